@@ -1,0 +1,503 @@
+//! Configuration: one TOML file, read with serde, unknown keys rejected, validated at start.
+//!
+//! Every bound the relay keeps is a field here with its default, so an operator can find
+//! and change it; `config.example.toml` documents each one. Running without `--config`
+//! uses [`Config::default`], which works on a laptop: loopback only, keys in `./keys`,
+//! spool in `./spool`, signed mail written to `./outbox` because no upstream is set.
+
+mod units;
+
+pub use units::{parse_duration, parse_size, ByteSize, HumanDuration};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration problem, naming the field so the operator knows where to look.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Name used in the SMTP greeting, in EHLO to the upstream and in Received/Message-ID.
+    pub hostname: String,
+    pub smtp: SmtpConfig,
+    pub spool: SpoolConfig,
+    pub keys: KeysConfig,
+    /// Domains to sign for; the key store may hold more (made with `keys generate`).
+    pub domains: Vec<DomainConfig>,
+    pub delivery: DeliveryConfig,
+    /// Where signed mail goes. Absent: signed messages are written to `delivery.outbox_dir`.
+    pub upstream: Option<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// Address and port of the inbound SMTP listener.
+    pub listen: SocketAddr,
+    /// Client networks allowed to relay. Everything else is refused at MAIL with 5.7.1.
+    pub allowed_networks: Vec<IpNet>,
+    /// Largest message accepted (advertised as SIZE; bigger ones get 552 5.3.4).
+    pub max_message_size: ByteSize,
+    /// Recipients per message; extra RCPTs get 452 4.5.3.
+    pub max_recipients: usize,
+    /// Concurrent inbound connections in total.
+    pub max_connections: usize,
+    /// Concurrent inbound connections from one client address.
+    pub max_connections_per_client: usize,
+    /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4: 512).
+    pub max_command_length: usize,
+    /// Longest line inside a message, CRLF excluded (RFC 5322 §2.1.1: 998).
+    pub max_line_length: usize,
+    /// Protocol errors in one session before it is closed with 421.
+    pub max_errors: usize,
+    /// How long the relay waits for the next command.
+    pub command_timeout: HumanDuration,
+    /// How long the whole DATA transfer of one message may take.
+    pub data_timeout: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Directory of the durable queue (created if missing).
+    pub dir: PathBuf,
+    /// fsync every message and the directory before answering 250. Turn off only for tests.
+    pub fsync: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// Key store directory: one folder per domain, a PEM file per selector, a state file.
+    pub dir: PathBuf,
+    /// At start, generate keys for configured domains that have none, and print the DNS
+    /// records to publish. Off in production if keys are provisioned by other means.
+    pub generate_missing: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainConfig {
+    /// The domain of the From header this entry signs for (d= of the signature).
+    pub name: String,
+    /// Add an Ed25519 signature (RFC 8463) next to the RSA one.
+    #[serde(default)]
+    pub ed25519: bool,
+    /// The two RSA selector slots used alternately by key rotation.
+    #[serde(default = "default_rsa_selectors")]
+    pub rsa_selectors: [String; 2],
+    /// The two Ed25519 selector slots.
+    #[serde(default = "default_ed25519_selectors")]
+    pub ed25519_selectors: [String; 2],
+}
+
+fn default_rsa_selectors() -> [String; 2] {
+    ["s1".into(), "s2".into()]
+}
+
+fn default_ed25519_selectors() -> [String; 2] {
+    ["e1".into(), "e2".into()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Concurrent delivery workers; each keeps its own upstream connection open.
+    pub workers: usize,
+    /// First retry delay after a temporary failure; doubles per attempt.
+    pub retry_initial: HumanDuration,
+    /// Longest delay between two attempts.
+    pub retry_max: HumanDuration,
+    /// A message not delivered within this time after it was received fails.
+    pub max_lifetime: HumanDuration,
+    /// Where signed messages are written when no upstream is configured.
+    pub outbox_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain connection upgraded with STARTTLS, which is required (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+    /// No TLS at all: only for an upstream on loopback or a trusted network.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Host name (also checked against the certificate) or IP address.
+    pub host: String,
+    #[serde(default = "default_upstream_port")]
+    pub port: u16,
+    #[serde(default = "default_tls_mode")]
+    pub tls: TlsMode,
+    /// AUTH user name; needs `password_file`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the AUTH password (first line). Never put the password in the config.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// PEM file of extra trusted CA certificates (private CA); system roots otherwise.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Wait for the reply to one command (RFC 5321 §4.5.3.2 suggests 5 minutes).
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout: HumanDuration,
+    /// Close a connection that has been idle this long instead of reusing it.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+}
+
+fn default_upstream_port() -> u16 {
+    587
+}
+fn default_tls_mode() -> TlsMode {
+    TlsMode::Starttls
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_command_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+/// The domain the embedded defaults sign for (RFC 2606 reserves it, so nothing real breaks).
+pub const DEFAULT_DOMAIN: &str = "example.com";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hostname: system_hostname(),
+            smtp: SmtpConfig::default(),
+            spool: SpoolConfig::default(),
+            keys: KeysConfig::default(),
+            domains: vec![DomainConfig {
+                name: DEFAULT_DOMAIN.into(),
+                ed25519: true,
+                rsa_selectors: default_rsa_selectors(),
+                ed25519_selectors: default_ed25519_selectors(),
+            }],
+            delivery: DeliveryConfig::default(),
+            upstream: None,
+        }
+    }
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            allowed_networks: vec![
+                IpNet::V4(Ipv4Net::new_assert(Ipv4Addr::new(127, 0, 0, 0), 8)),
+                IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::LOCALHOST, 128)),
+            ],
+            max_message_size: ByteSize(25_000_000),
+            max_recipients: 1000,
+            max_connections: 200,
+            max_connections_per_client: 50,
+            max_command_length: 512,
+            max_line_length: 998,
+            max_errors: 20,
+            command_timeout: HumanDuration(Duration::from_secs(300)),
+            data_timeout: HumanDuration(Duration::from_secs(600)),
+        }
+    }
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: PathBuf::from("spool"),
+            fsync: true,
+        }
+    }
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            dir: PathBuf::from("keys"),
+            generate_missing: true,
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            workers: 4,
+            retry_initial: HumanDuration(Duration::from_secs(60)),
+            retry_max: HumanDuration(Duration::from_secs(3600)),
+            max_lifetime: HumanDuration(Duration::from_secs(5 * 86_400)),
+            outbox_dir: PathBuf::from("outbox"),
+        }
+    }
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
+        Self::from_toml(&text)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let field = e
+                .span()
+                .map(|s| format!("line {}", line_of(text, s.start)))
+                .unwrap_or_else(|| "config".into());
+            ConfigError::new(field, e.message().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field for values that would make the relay unsafe or unusable, and
+    /// normalises domain names to lower case.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.hostname.trim().is_empty() {
+            return Err(ConfigError::new("hostname", "must not be empty"));
+        }
+        self.smtp.validate()?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, domain) in self.domains.iter_mut().enumerate() {
+            domain.validate(i)?;
+            if !seen.insert(domain.name.clone()) {
+                return Err(ConfigError::new(
+                    format!("domains[{i}].name"),
+                    format!("{} is listed twice", domain.name),
+                ));
+            }
+        }
+        self.delivery.validate()?;
+        if let Some(upstream) = &self.upstream {
+            upstream.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The settings of one domain, if it is configured.
+    pub fn domain(&self, name: &str) -> Option<&DomainConfig> {
+        self.domains.iter().find(|d| d.name == name)
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map(|t| t.matches('\n').count() + 1)
+        .unwrap_or(0)
+}
+
+impl SmtpConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (i, net) in self.allowed_networks.iter().enumerate() {
+            if net.prefix_len() == 0 {
+                return Err(ConfigError::new(
+                    format!("smtp.allowed_networks[{i}]"),
+                    format!("{net} allows every address: that is an open relay"),
+                ));
+            }
+        }
+        let positive = [
+            ("smtp.max_message_size", self.max_message_size.0 as usize),
+            ("smtp.max_recipients", self.max_recipients),
+            ("smtp.max_connections", self.max_connections),
+            ("smtp.max_connections_per_client", self.max_connections_per_client),
+            ("smtp.max_errors", self.max_errors),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::new(field, "must be at least 1"));
+            }
+        }
+        if !(78..=998).contains(&self.max_line_length) {
+            return Err(ConfigError::new(
+                "smtp.max_line_length",
+                "must be between 78 and 998 (RFC 5322 §2.1.1); longer lines get folded by a later hop and break the signature",
+            ));
+        }
+        if !(512..=65_536).contains(&self.max_command_length) {
+            return Err(ConfigError::new(
+                "smtp.max_command_length",
+                "must be between 512 (RFC 5321 §4.5.3.1.4) and 65536",
+            ));
+        }
+        for (field, d) in [
+            ("smtp.command_timeout", self.command_timeout),
+            ("smtp.data_timeout", self.data_timeout),
+        ] {
+            if d.0 < Duration::from_secs(1) {
+                return Err(ConfigError::new(field, "must be at least 1s"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DomainConfig {
+    fn validate(&mut self, i: usize) -> Result<(), ConfigError> {
+        self.name = self.name.trim().trim_end_matches('.').to_ascii_lowercase();
+        if !is_dns_name(&self.name) || !self.name.contains('.') {
+            return Err(ConfigError::new(
+                format!("domains[{i}].name"),
+                format!("\"{}\" is not a domain name", self.name),
+            ));
+        }
+        for (field, pair) in [
+            ("rsa_selectors", &self.rsa_selectors),
+            ("ed25519_selectors", &self.ed25519_selectors),
+        ] {
+            for s in pair.iter() {
+                if !is_dns_label(s) {
+                    return Err(ConfigError::new(
+                        format!("domains[{i}].{field}"),
+                        format!("\"{s}\" is not a valid selector (letters, digits, hyphens)"),
+                    ));
+                }
+            }
+            if pair[0] == pair[1] {
+                return Err(ConfigError::new(
+                    format!("domains[{i}].{field}"),
+                    "the two slots must differ, or rotation has nowhere to go",
+                ));
+            }
+        }
+        let rsa = &self.rsa_selectors;
+        if self.ed25519_selectors.iter().any(|s| rsa.contains(s)) {
+            return Err(ConfigError::new(
+                format!("domains[{i}].ed25519_selectors"),
+                "must not reuse an RSA selector: each selector publishes one key",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl DeliveryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers == 0 {
+            return Err(ConfigError::new("delivery.workers", "must be at least 1"));
+        }
+        if self.retry_initial > self.retry_max {
+            return Err(ConfigError::new(
+                "delivery.retry_initial",
+                format!("is longer than delivery.retry_max ({})", self.retry_max),
+            ));
+        }
+        if self.max_lifetime <= self.retry_initial {
+            return Err(ConfigError::new(
+                "delivery.max_lifetime",
+                "must be longer than delivery.retry_initial, or nothing is ever retried",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl UpstreamConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.host.trim().is_empty() {
+            return Err(ConfigError::new("upstream.host", "must not be empty"));
+        }
+        if self.port == 0 {
+            return Err(ConfigError::new("upstream.port", "must not be 0"));
+        }
+        match (&self.username, &self.password_file) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "upstream.password_file",
+                    "is required when upstream.username is set",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "upstream.username",
+                    "is required when upstream.password_file is set",
+                ))
+            }
+            _ => {}
+        }
+        if self.username.is_some() && self.tls == TlsMode::None && !self.host_is_loopback() {
+            return Err(ConfigError::new(
+                "upstream.tls",
+                "\"none\" would send the password in clear text to a remote host",
+            ));
+        }
+        if let Some(path) = &self.password_file {
+            std::fs::metadata(path).map_err(|e| {
+                ConfigError::new(
+                    "upstream.password_file",
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+        }
+        if let Some(path) = &self.ca_file {
+            std::fs::metadata(path).map_err(|e| {
+                ConfigError::new("upstream.ca_file", format!("{}: {e}", path.display()))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn host_is_loopback(&self) -> bool {
+        self.host == "localhost"
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+/// A DNS name of labels of letters, digits and hyphens (what a DKIM d= may hold).
+pub fn is_dns_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(is_dns_label)
+}
+
+pub fn is_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,65 @@
+use super::*;
+
+#[test]
+fn embedded_defaults_are_valid_and_loopback_only() {
+    let mut config = Config::default();
+    config.validate().unwrap();
+    assert_eq!(config.smtp.listen.to_string(), "127.0.0.1:2525");
+    assert!(config.upstream.is_none());
+    assert!(config
+        .smtp
+        .allowed_networks
+        .iter()
+        .all(|n| n.addr().is_loopback()));
+    assert_eq!(config.smtp.allowed_networks[0].to_string(), "127.0.0.0/8");
+}
+
+#[test]
+fn the_example_file_parses_and_validates() {
+    let text = include_str!("../../config.example.toml");
+    let config = Config::from_toml(text).unwrap();
+    assert_eq!(config.smtp.max_message_size, ByteSize(25_000_000));
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_name() {
+    let err = Config::from_toml("[smtp]\nlisten_on = \"127.0.0.1:25\"\n").unwrap_err();
+    assert!(err.to_string().contains("listen_on"), "{err}");
+}
+
+#[test]
+fn an_open_relay_network_is_refused() {
+    let err = Config::from_toml("[smtp]\nallowed_networks = [\"0.0.0.0/0\"]\n").unwrap_err();
+    assert_eq!(err.field, "smtp.allowed_networks[0]");
+}
+
+#[test]
+fn bad_duration_names_the_line() {
+    let err = Config::from_toml("[delivery]\nretry_initial = \"5 fortnights\"\n").unwrap_err();
+    assert!(err.to_string().contains("line 2"), "{err}");
+    assert!(err.to_string().contains("unknown unit"), "{err}");
+}
+
+#[test]
+fn username_without_password_file_is_refused() {
+    let err = Config::from_toml("[upstream]\nhost = \"smtp.example.net\"\nusername = \"u\"\n")
+        .unwrap_err();
+    assert_eq!(err.field, "upstream.password_file");
+}
+
+#[test]
+fn domain_names_are_normalised_and_checked() {
+    let config = Config::from_toml("[[domains]]\nname = \"Example.ORG.\"\n").unwrap();
+    assert_eq!(config.domains[0].name, "example.org");
+    let err = Config::from_toml("[[domains]]\nname = \"not a domain\"\n").unwrap_err();
+    assert_eq!(err.field, "domains[0].name");
+    let err = Config::from_toml("[[domains]]\nname = \"a.example\"\nrsa_selectors = [\"s1\", \"s1\"]\n")
+        .unwrap_err();
+    assert_eq!(err.field, "domains[0].rsa_selectors");
+}
+
+#[test]
+fn line_length_above_998_is_refused() {
+    let err = Config::from_toml("[smtp]\nmax_line_length = 2000\n").unwrap_err();
+    assert_eq!(err.field, "smtp.max_line_length");
+}

@@ -1,0 +1,232 @@
+//! Stage 4 of the pipeline: delivery. The queue runner keeps every spooled message in
+//! memory by its next attempt time, hands due ones to at most `delivery.workers`
+//! concurrent attempts, and reschedules what was deferred (DESIGN §2, §7).
+//!
+//! Time is an input: attempts take `now`, and [`QueueHandle::flush`] makes everything due
+//! at once (what `queue flush` and tests use instead of waiting).
+
+mod attempt;
+mod outbox;
+mod outcome;
+mod schedule;
+mod upstream;
+
+pub use outbox::Outbox;
+pub use outcome::{AttemptError, RcptOutcome};
+pub use schedule::{NextStep, RetryPolicy};
+pub use upstream::Upstream;
+
+use crate::dkim::SharedKeyRing;
+use crate::spool::{QueueId, QueuedMessage, Spool};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{broadcast, mpsc, watch, Semaphore};
+
+/// Where signed messages go.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    Outbox(Outbox),
+    Upstream(Arc<Upstream>),
+}
+
+/// What happened, for tests and (later) metrics. Logs carry the same facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryEvent {
+    Delivered { id: QueueId, rcpt: String },
+    Deferred { id: QueueId, reason: String },
+    Failed { id: QueueId, rcpt: String, reason: String },
+    /// Every recipient is delivered or failed; the message left the spool.
+    Done { id: QueueId },
+}
+
+/// Everything an attempt needs.
+pub struct DeliveryContext {
+    pub spool: Spool,
+    pub keys: Arc<SharedKeyRing>,
+    pub transport: Transport,
+    pub retry: RetryPolicy,
+    pub events: broadcast::Sender<DeliveryEvent>,
+}
+
+impl DeliveryContext {
+    fn emit(&self, event: DeliveryEvent) {
+        // No subscribers is normal outside tests.
+        let _ = self.events.send(event);
+    }
+
+    /// Header fields left out of `h=`, and whether to sign with RSA only. Per-upstream
+    /// profiles (Amazon SES) come with several upstreams; one upstream signs fully.
+    fn profile(&self) -> (&'static [&'static str], bool) {
+        (&[], false)
+    }
+}
+
+enum Command {
+    Enqueue(QueuedMessage),
+    Flush,
+    /// An attempt ended; the message comes back if it stays queued.
+    Finished(QueueId, Option<QueuedMessage>),
+}
+
+/// The way other stages talk to the queue runner.
+#[derive(Debug, Clone)]
+pub struct QueueHandle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Enqueue(m) => write!(f, "Enqueue({})", m.envelope.id),
+            Command::Flush => f.write_str("Flush"),
+            Command::Finished(id, _) => write!(f, "Finished({id})"),
+        }
+    }
+}
+
+impl QueueHandle {
+    /// Hands a message that is already in the spool to the runner.
+    pub fn enqueue(&self, message: QueuedMessage) {
+        if self.tx.send(Command::Enqueue(message)).is_err() {
+            // The runner has stopped (shutdown); the message is in the spool and will be
+            // loaded at the next start.
+            tracing::info!("queue runner stopped; message stays in the spool");
+        }
+    }
+
+    /// Makes every queued message due now.
+    pub fn flush(&self) {
+        let _ = self.tx.send(Command::Flush);
+    }
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Starts the runner with the messages loaded from the spool. It runs until `shutdown`;
+/// attempts in progress then finish before the returned future completes.
+pub fn start(
+    ctx: Arc<DeliveryContext>,
+    workers: usize,
+    initial: Vec<QueuedMessage>,
+    shutdown: watch::Receiver<bool>,
+) -> (QueueHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = QueueHandle { tx: tx.clone() };
+    let mut runner = Runner {
+        ctx,
+        items: HashMap::new(),
+        schedule: BTreeSet::new(),
+        permits: Arc::new(Semaphore::new(workers)),
+        workers,
+        tx,
+    };
+    for item in initial {
+        runner.insert(item);
+    }
+    let task = tokio::spawn(runner.run(rx, shutdown));
+    (handle, task)
+}
+
+struct Runner {
+    ctx: Arc<DeliveryContext>,
+    /// Messages waiting for their next attempt, by id.
+    items: HashMap<QueueId, QueuedMessage>,
+    /// (next attempt, id), so the earliest due message is first.
+    schedule: BTreeSet<(u64, QueueId)>,
+    /// One permit per concurrent attempt (= upstream connections in use).
+    permits: Arc<Semaphore>,
+    workers: usize,
+    /// To send `Finished` back to ourselves from attempt tasks.
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Runner {
+    fn insert(&mut self, item: QueuedMessage) {
+        let key = (item.state.next_attempt, item.envelope.id.clone());
+        self.items.insert(item.envelope.id.clone(), item);
+        self.schedule.insert(key);
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            self.dispatch_due();
+            let sleep = self.time_to_next();
+            tokio::select! {
+                command = rx.recv() => match command {
+                    Some(Command::Enqueue(item)) => self.insert(item),
+                    Some(Command::Flush) => self.make_all_due(),
+                    Some(Command::Finished(_, Some(item))) => self.insert(item),
+                    Some(Command::Finished(_, None)) => {}
+                    None => break,
+                },
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        // Let attempts in progress finish: each holds a permit until it is done.
+        let all = u32::try_from(self.workers).unwrap_or(u32::MAX);
+        if tokio::time::timeout(Duration::from_secs(30), self.permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("delivery attempts still running after 30s; their messages stay in the spool");
+        }
+        tracing::info!(queued = self.items.len(), "queue runner stopped");
+    }
+
+    fn time_to_next(&self) -> Duration {
+        match self.schedule.first() {
+            // Busy workers: a Finished command will wake us.
+            Some(_) if self.permits.available_permits() == 0 => Duration::from_secs(3600),
+            Some((at, _)) => Duration::from_secs(at.saturating_sub(now_unix())),
+            None => Duration::from_secs(3600),
+        }
+    }
+
+    fn make_all_due(&mut self) {
+        let now = now_unix();
+        let ids: Vec<QueueId> = self.schedule.iter().map(|(_, id)| id.clone()).collect();
+        self.schedule.clear();
+        for id in ids {
+            if let Some(item) = self.items.get_mut(&id) {
+                item.state.next_attempt = now;
+                self.schedule.insert((now, id));
+            }
+        }
+    }
+
+    fn dispatch_due(&mut self) {
+        let now = now_unix();
+        while let Some((at, _)) = self.schedule.first() {
+            if *at > now {
+                break;
+            }
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            let Some((_, id)) = self.schedule.pop_first() else {
+                break;
+            };
+            let Some(item) = self.items.remove(&id) else {
+                continue;
+            };
+            let ctx = self.ctx.clone();
+            let tx = self.tx.clone();
+            let span = tracing::info_span!("delivery", queue_id = %id);
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let back = attempt::attempt(&ctx, item, now_unix()).await;
+                    drop(permit);
+                    let _ = tx.send(Command::Finished(id, back));
+                },
+                span,
+            ));
+        }
+    }
+}

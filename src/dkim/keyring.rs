@@ -1,0 +1,201 @@
+//! The keys the relay may sign with right now, loaded from the key store.
+
+use crate::config::Config;
+use crate::keys::{Algorithm, KeyStore};
+use mail_auth::common::crypto::{
+    Algorithm as DkimAlgorithm, DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey,
+};
+use mail_auth::common::headers::Writable;
+use rustls_pki_types::{pem::PemObject, PrivateKeyDer};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One loaded private key. It deliberately has no derived `Debug`: the manual one shows
+/// only the selector and algorithm.
+#[derive(Clone)]
+pub struct LoadedKey {
+    pub selector: String,
+    pub algorithm: Algorithm,
+    key: SharedKey,
+}
+
+impl std::fmt::Debug for LoadedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LoadedKey({} {})", self.selector, self.algorithm)
+    }
+}
+
+impl LoadedKey {
+    /// Loads a PKCS#8 (or PKCS#1 for RSA) PEM key into ring.
+    pub fn from_pem(selector: &str, algorithm: Algorithm, pem: &str) -> Result<Self, String> {
+        let der = PrivateKeyDer::from_pem_slice(pem.as_bytes())
+            .map_err(|_| format!("{selector}: not a PEM private key"))?;
+        let key = match algorithm {
+            Algorithm::Rsa => RsaKey::<Sha256>::from_key_der(der)
+                .map(DkimKey::Rsa)
+                .map_err(|_| {
+                    format!("{selector}: ring refuses this RSA key (it needs 2048 bits or more)")
+                })?,
+            Algorithm::Ed25519 => {
+                let PrivateKeyDer::Pkcs8(pkcs8) = der else {
+                    return Err(format!("{selector}: an Ed25519 key must be PKCS#8"));
+                };
+                // OpenSSL writes PKCS#8 v1 without the public key, which only this
+                // constructor accepts (DESIGN §8).
+                Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der())
+                    .map(DkimKey::Ed25519)
+                    .map_err(|_| format!("{selector}: not a usable Ed25519 key"))?
+            }
+        };
+        Ok(LoadedKey {
+            selector: selector.to_string(),
+            algorithm,
+            key: SharedKey(Arc::new(key)),
+        })
+    }
+
+    pub(crate) fn signing_key(&self) -> SharedKey {
+        self.key.clone()
+    }
+}
+
+/// mail-auth's signer takes its key by value; this lets many signers share one key.
+#[derive(Clone)]
+pub(crate) struct SharedKey(Arc<DkimKey>);
+
+impl SigningKey for SharedKey {
+    type Hasher = Sha256;
+
+    fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
+        self.0.sign(input)
+    }
+
+    fn algorithm(&self) -> DkimAlgorithm {
+        self.0.algorithm()
+    }
+}
+
+/// The keys to sign one domain's mail with: RSA first, then Ed25519 if configured.
+#[derive(Debug)]
+pub struct DomainKeys {
+    pub domain: String,
+    pub keys: Vec<LoadedKey>,
+}
+
+/// What the key ring knows about a From domain.
+#[derive(Debug, Clone)]
+pub enum KeyLookup {
+    /// Not configured and not in the key store: the relay does not sign for it.
+    Unknown,
+    /// Configured, but no key can be used now (missing, unreadable, none active).
+    Unusable(String),
+    Ready(Arc<DomainKeys>),
+}
+
+#[derive(Debug, Default)]
+pub struct KeyRing {
+    domains: HashMap<String, Result<Arc<DomainKeys>, String>>,
+}
+
+impl KeyRing {
+    /// Loads every domain of the config and the key store. A domain whose keys cannot be
+    /// used is recorded with the reason, so its mail is deferred, not lost or unsigned.
+    pub fn load(store: &KeyStore, config: &Config) -> KeyRing {
+        let mut names: Vec<String> = config.domains.iter().map(|d| d.name.clone()).collect();
+        match store.domains() {
+            Ok(found) => names.extend(found),
+            Err(e) => tracing::error!(error = %e, "cannot list the key store"),
+        }
+        names.sort();
+        names.dedup();
+        let domains = names
+            .into_iter()
+            .map(|name| {
+                let keys = load_domain(store, config, &name);
+                (name, keys)
+            })
+            .collect();
+        KeyRing { domains }
+    }
+
+    pub fn lookup(&self, domain: &str) -> KeyLookup {
+        match self.domains.get(domain) {
+            None => KeyLookup::Unknown,
+            Some(Err(reason)) => KeyLookup::Unusable(reason.clone()),
+            Some(Ok(keys)) => KeyLookup::Ready(keys.clone()),
+        }
+    }
+
+    /// (domain, Ok(selectors) or Err(reason)) for the start-up log.
+    pub fn summary(&self) -> Vec<(String, Result<Vec<String>, String>)> {
+        let mut out: Vec<_> = self
+            .domains
+            .iter()
+            .map(|(d, k)| {
+                let k = match k {
+                    Ok(keys) => Ok(keys
+                        .keys
+                        .iter()
+                        .map(|k| format!("{} ({})", k.selector, k.algorithm))
+                        .collect()),
+                    Err(e) => Err(e.clone()),
+                };
+                (d.clone(), k)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+fn load_domain(store: &KeyStore, config: &Config, domain: &str) -> Result<Arc<DomainKeys>, String> {
+    let state = store
+        .load(domain)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!("no keys in the key store (run: dkim-relay keys generate --domain {domain})")
+        })?;
+    let want_ed25519 = config.domain(domain).map(|d| d.ed25519);
+    let mut keys = Vec::new();
+    for slot in state.active() {
+        if slot.algorithm == Algorithm::Ed25519 && want_ed25519 == Some(false) {
+            continue;
+        }
+        let pem = store
+            .read_private_pem(domain, slot)
+            .map_err(|e| e.to_string())?;
+        keys.push(LoadedKey::from_pem(&slot.selector, slot.algorithm, &pem)?);
+    }
+    // RSA is never optional: Gmail and Outlook do not verify Ed25519 (DESIGN §5).
+    if !keys.iter().any(|k| k.algorithm == Algorithm::Rsa) {
+        return Err("no active RSA key".into());
+    }
+    if want_ed25519 == Some(true) && !keys.iter().any(|k| k.algorithm == Algorithm::Ed25519) {
+        tracing::warn!(domain, "ed25519 is configured but no Ed25519 key is active; signing with RSA only");
+    }
+    Ok(Arc::new(DomainKeys {
+        domain: domain.to_string(),
+        keys,
+    }))
+}
+
+/// The key ring currently in force, swapped whole when keys change. A delivery attempt
+/// takes one `Arc` and keeps using it, so a message in flight keeps its signer.
+#[derive(Debug, Default)]
+pub struct SharedKeyRing(std::sync::RwLock<Arc<KeyRing>>);
+
+impl SharedKeyRing {
+    pub fn new(ring: KeyRing) -> Self {
+        SharedKeyRing(std::sync::RwLock::new(Arc::new(ring)))
+    }
+
+    pub fn current(&self) -> Arc<KeyRing> {
+        // A poisoned lock only means a writer panicked mid-swap of an Arc: the value is
+        // still a whole KeyRing.
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn replace(&self, ring: KeyRing) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ring);
+    }
+}

@@ -1,0 +1,51 @@
+//! Durable file writes shared by the spool and the key store.
+//!
+//! A file that other code may read must never be seen half-written: write a temporary
+//! file in the same directory, fsync it, rename it over the final name, then fsync the
+//! directory so the rename itself survives a power cut.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Writes `bytes` to `dir/name` atomically with the given Unix mode.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32, fsync: bool) -> io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        if fsync {
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, dir.join(name))?;
+        if fsync {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        // Best effort: a leftover temp file is harmless but untidy.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// fsyncs a directory so that entries created or renamed in it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates a directory (and parents) with the given mode if it does not exist.
+pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+}

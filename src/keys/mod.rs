@@ -1,0 +1,22 @@
+//! The key store: one folder per domain under the keys directory, a PEM file per selector
+//! (mode 0600) and a `state.json` per domain recording each selector slot.
+//!
+//! Layout (DESIGN §6), for example:
+//! ```text
+//! keys/example.com/state.json
+//! keys/example.com/s1.pem      RSA, active
+//! keys/example.com/e1.pem      Ed25519, active
+//! ```
+//! The slot states are the ones scheduled rotation walks through; this module only stores
+//! them. Private key bytes never leave this module except into a signer, and no type
+//! here that holds them implements `Debug`.
+
+mod material;
+mod record;
+mod state;
+mod store;
+
+pub use material::{generate, public_key_of, Algorithm, KeyMaterial};
+pub use record::DnsRecord;
+pub use state::{DomainState, Slot, SlotState};
+pub use store::{KeyError, KeyStore};

@@ -1,0 +1,73 @@
+//! The per-domain state file: which selector holds which key, and where it stands.
+
+use super::Algorithm;
+use serde::{Deserialize, Serialize};
+
+/// Where one selector slot stands in its life (DESIGN §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotState {
+    /// Key generated; its record is waiting to be published.
+    Pending,
+    /// DNS serves the record; the key may become active.
+    Published,
+    /// Signing uses this key.
+    Active,
+    /// Replaced by a newer key; kept published for mail in flight.
+    Retiring,
+    /// No longer used; its record may be revoked.
+    Retired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    pub selector: String,
+    pub algorithm: Algorithm,
+    /// PEM file name inside the domain folder.
+    pub key_file: String,
+    pub state: SlotState,
+    /// Unix seconds.
+    pub created: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_since: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retiring_until: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainState {
+    pub domain: String,
+    pub slots: Vec<Slot>,
+}
+
+impl DomainState {
+    pub fn new(domain: &str) -> Self {
+        DomainState {
+            domain: domain.to_string(),
+            slots: Vec::new(),
+        }
+    }
+
+    /// The keys to sign with now: the active slot of each algorithm, RSA first.
+    pub fn active(&self) -> Vec<&Slot> {
+        let mut active: Vec<&Slot> = self
+            .slots
+            .iter()
+            .filter(|s| s.state == SlotState::Active)
+            .collect();
+        active.sort_by_key(|s| s.algorithm);
+        active
+    }
+
+    pub fn slot(&self, selector: &str) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.selector == selector)
+    }
+
+    pub fn has_active(&self, algorithm: Algorithm) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.algorithm == algorithm && s.state == SlotState::Active)
+    }
+}

@@ -1,0 +1,265 @@
+//! Reading and writing the key store on disk.
+
+use super::{generate, public_key_of, Algorithm, DnsRecord, DomainState, KeyMaterial, Slot, SlotState};
+use crate::config::is_dns_name;
+use crate::fsutil::{ensure_dir, write_atomic};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+const STATE_FILE: &str = "state.json";
+
+/// Errors name the file and the problem; they never carry key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: readable by group or others (mode {mode:03o}); private keys must be 0600 (chmod 600 {path})")]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("{path}: {problem}")]
+    Invalid { path: PathBuf, problem: String },
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+    move |source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyStore {
+    dir: PathBuf,
+}
+
+impl KeyStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        KeyStore { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn domain_dir(&self, domain: &str) -> Result<PathBuf, KeyError> {
+        // The domain becomes a path component: refuse anything that could leave the store.
+        if !is_dns_name(domain) {
+            return Err(KeyError::Refused(format!("\"{domain}\" is not a domain name")));
+        }
+        Ok(self.dir.join(domain))
+    }
+
+    /// Domains that have a state file, sorted.
+    pub fn domains(&self) -> Result<Vec<String>, KeyError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&self.dir)(e)),
+        };
+        let mut domains = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_dns_name(&name) && entry.path().join(STATE_FILE).is_file() {
+                domains.push(name);
+            }
+        }
+        domains.sort();
+        Ok(domains)
+    }
+
+    /// The state of a domain, or `None` if the store has nothing for it.
+    pub fn load(&self, domain: &str) -> Result<Option<DomainState>, KeyError> {
+        let path = self.domain_dir(domain)?.join(STATE_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let state: DomainState = serde_json::from_str(&text).map_err(|e| KeyError::Invalid {
+            path: path.clone(),
+            problem: e.to_string(),
+        })?;
+        if state.domain != domain {
+            return Err(KeyError::Invalid {
+                path,
+                problem: format!("describes {} instead of {domain}", state.domain),
+            });
+        }
+        Ok(Some(state))
+    }
+
+    /// Writes a domain's state atomically (temp file, fsync, rename, fsync directory).
+    pub fn save(&self, state: &DomainState) -> Result<(), KeyError> {
+        let dir = self.domain_dir(&state.domain)?;
+        ensure_dir(&dir, 0o700).map_err(io_err(&dir))?;
+        let json = serde_json::to_vec_pretty(state).map_err(|e| KeyError::Invalid {
+            path: dir.join(STATE_FILE),
+            problem: e.to_string(),
+        })?;
+        write_atomic(&dir, STATE_FILE, &json, 0o644, true).map_err(io_err(&dir))
+    }
+
+    /// Reads a slot's private key, refusing files that others can read.
+    pub fn read_private_pem(&self, domain: &str, slot: &Slot) -> Result<Zeroizing<String>, KeyError> {
+        let path = self.key_path(domain, slot)?;
+        let meta = std::fs::metadata(&path).map_err(io_err(&path))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::Permissions { path, mode });
+        }
+        std::fs::read_to_string(&path)
+            .map(Zeroizing::new)
+            .map_err(io_err(&path))
+    }
+
+    fn key_path(&self, domain: &str, slot: &Slot) -> Result<PathBuf, KeyError> {
+        let file = &slot.key_file;
+        if file.contains('/') || file.starts_with('.') || file.is_empty() {
+            return Err(KeyError::Refused(format!(
+                "{domain}: key file name \"{file}\" must be a plain file name in the domain folder"
+            )));
+        }
+        Ok(self.domain_dir(domain)?.join(file))
+    }
+
+    /// Writes a new private key (mode 0600, never overwriting) and records its slot.
+    pub fn add_key(
+        &self,
+        domain: &str,
+        selector: &str,
+        algorithm: Algorithm,
+        material: &KeyMaterial,
+        state: SlotState,
+        now: u64,
+    ) -> Result<Slot, KeyError> {
+        let mut domain_state = self.load(domain)?.unwrap_or_else(|| DomainState::new(domain));
+        if let Some(existing) = domain_state.slot(selector) {
+            if existing.state != SlotState::Retired {
+                return Err(KeyError::Refused(format!(
+                    "{domain}: selector {selector} already holds a {} key in state {:?}",
+                    existing.algorithm, existing.state
+                )));
+            }
+        }
+        let dir = self.domain_dir(domain)?;
+        ensure_dir(&dir, 0o700).map_err(io_err(&dir))?;
+        let key_file = format!("{selector}.pem");
+        let path = dir.join(&key_file);
+        // A retired slot's old file is replaced; anything else already there is kept.
+        if domain_state.slot(selector).is_some() {
+            let _ = std::fs::remove_file(&path);
+        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.write_all(material.private_pem.as_bytes())
+            .and_then(|_| file.sync_all())
+            .map_err(io_err(&path))?;
+        let slot = Slot {
+            selector: selector.to_string(),
+            algorithm,
+            key_file,
+            state,
+            created: now,
+            published: None,
+            active_since: (state == SlotState::Active).then_some(now),
+            retiring_until: None,
+        };
+        domain_state.slots.retain(|s| s.selector != selector);
+        domain_state.slots.push(slot.clone());
+        self.save(&domain_state)?;
+        Ok(slot)
+    }
+
+    /// Generates and stores a key in a slot.
+    pub fn generate_key(
+        &self,
+        domain: &str,
+        selector: &str,
+        algorithm: Algorithm,
+        rsa_bits: usize,
+        state: SlotState,
+        now: u64,
+    ) -> Result<(Slot, DnsRecord), KeyError> {
+        let material = generate(algorithm, rsa_bits).map_err(KeyError::Refused)?;
+        let slot = self.add_key(domain, selector, algorithm, &material, state, now)?;
+        let record = DnsRecord::new(domain, selector, algorithm, &material.public_key);
+        Ok((slot, record))
+    }
+
+    /// The DNS record of a slot, computed from its private key file.
+    pub fn record(&self, domain: &str, slot: &Slot) -> Result<DnsRecord, KeyError> {
+        let pem = self.read_private_pem(domain, slot)?;
+        let public = public_key_of(slot.algorithm, &pem).map_err(|problem| KeyError::Invalid {
+            path: self.key_path(domain, slot).unwrap_or_default(),
+            problem,
+        })?;
+        Ok(DnsRecord::new(domain, &slot.selector, slot.algorithm, &public))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_written_0600_and_state_records_the_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let (slot, record) = store
+            .generate_key("example.org", "e1", Algorithm::Ed25519, 0, SlotState::Active, 1000)
+            .unwrap();
+        let mode = std::fs::metadata(dir.path().join("example.org/e1.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(store.domains().unwrap(), vec!["example.org".to_string()]);
+        let state = store.load("example.org").unwrap().unwrap();
+        assert_eq!(state.active(), vec![&slot]);
+        assert_eq!(store.record("example.org", &slot).unwrap(), record);
+    }
+
+    #[test]
+    fn world_readable_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        let (slot, _) = store
+            .generate_key("example.org", "e1", Algorithm::Ed25519, 0, SlotState::Active, 1)
+            .unwrap();
+        let path = dir.path().join("example.org/e1.pem");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = store.read_private_pem("example.org", &slot).err().unwrap();
+        assert!(matches!(err, KeyError::Permissions { mode: 0o644, .. }), "{err}");
+        assert!(!err.to_string().contains("PRIVATE"));
+    }
+
+    #[test]
+    fn an_occupied_slot_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(dir.path());
+        store
+            .generate_key("example.org", "e1", Algorithm::Ed25519, 0, SlotState::Active, 1)
+            .unwrap();
+        assert!(store
+            .generate_key("example.org", "e1", Algorithm::Ed25519, 0, SlotState::Active, 2)
+            .is_err());
+    }
+
+    #[test]
+    fn path_escapes_are_refused() {
+        let store = KeyStore::new("/nonexistent");
+        assert!(store.load("../etc").is_err());
+    }
+}

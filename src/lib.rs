@@ -1,0 +1,28 @@
+//! # dkim-relay
+//!
+//! An outbound SMTP relay for an organisation's own hosts: it accepts their mail, keeps it
+//! durably, DKIM-signs it for the domain of its From header and forwards it upstream.
+//!
+//! # Layout
+//! A message passes the stages in this order, each a module with a named type at its edge:
+//! - [`smtp`]: the inbound listener and session state machine; ends in a [`spool::Envelope`]
+//!   plus message bytes handed to the spool.
+//! - [`spool`]: the durable queue on disk; nothing is answered 250 before it is here.
+//! - [`dkim`]: signing at each delivery attempt with the keys active at that moment.
+//! - [`delivery`]: the queue runner, retry schedule, upstream SMTP client and outbox.
+//!
+//! Around them: [`config`] (the TOML file), [`keys`] (the key store on disk),
+//! [`message`] (header and From parsing), [`relay`] (wires the stages together),
+//! [`cli`] (the command line), [`logging`].
+
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod dkim;
+mod fsutil;
+pub mod keys;
+pub mod logging;
+pub mod message;
+pub mod relay;
+pub mod smtp;
+pub mod spool;

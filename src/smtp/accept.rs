@@ -1,0 +1,145 @@
+//! DATA and the end of a transaction: read the message, apply the message policy
+//! (DESIGN §4), store it durably, and only then answer 250.
+
+use super::data::DataParser;
+use super::reply::{Refusal, Reply};
+use super::session::{Flow, Session, State, Transaction};
+use crate::dkim::KeyLookup;
+use crate::message::{from_domain, HeaderBlock};
+use crate::spool::{Envelope, QueueId, QueuedMessage, DeliveryState};
+use std::time::SystemTime;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    pub(super) async fn data(&mut self) -> Flow {
+        let txn = match std::mem::replace(&mut self.state, State::Ready) {
+            State::Transaction(txn) if !txn.rcpts.is_empty() => txn,
+            State::Transaction(txn) => {
+                self.state = State::Transaction(txn);
+                return self.respond(Refusal::NoRecipients.reply());
+            }
+            other => {
+                self.state = other;
+                return self.respond(Refusal::BadSequence("send MAIL and RCPT first").reply());
+            }
+        };
+        self.conn.queue_reply(&Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
+        let smtp = &self.ctx.config.smtp;
+        let mut parser = DataParser::new(
+            smtp.max_message_size.0 as usize,
+            smtp.max_line_length,
+            txn.declared_size,
+        );
+        let read = tokio::time::timeout(smtp.data_timeout.0, self.conn.read_data(&mut parser)).await;
+        match read {
+            Err(_) => {
+                tracing::info!(sender = %txn.mail_from, "DATA timeout; closing");
+                return self.respond(Refusal::Timeout.reply());
+            }
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "connection lost during DATA; nothing stored");
+                return Flow::Close;
+            }
+            Ok(Ok(false)) => {
+                tracing::info!("client closed the connection during DATA; nothing stored");
+                return Flow::Close;
+            }
+            Ok(Ok(true)) => {}
+        }
+        let reply = match self.accept(txn, parser).await {
+            Ok(id) => Reply::owned(250, "2.0.0", format!("Ok: queued as {id}")),
+            Err(refusal) => refusal.reply(),
+        };
+        self.respond(reply)
+    }
+
+    /// Checks a complete message and stores it; returns its queue id.
+    async fn accept(&mut self, txn: Transaction, parser: DataParser) -> Result<QueueId, Refusal> {
+        let log_refusal = |why: &str, refusal: Refusal| {
+            tracing::info!(sender = %txn.mail_from, rcpts = txn.rcpts.len(), reason = why, "message refused");
+            refusal
+        };
+        if let Some(taint) = parser.taint {
+            return Err(log_refusal(taint.name(), Refusal::TaintedData(taint)));
+        }
+        if parser.too_big {
+            return Err(log_refusal("too big", Refusal::MessageTooBig));
+        }
+        if parser.long_line {
+            return Err(log_refusal("line over the length limit", Refusal::LineTooLong));
+        }
+        let eight_bit = parser.eight_bit;
+        let data = parser.into_message();
+        let headers = HeaderBlock::parse(&data)
+            .map_err(|e| log_refusal(&e.to_string(), Refusal::MalformedHeader))?;
+        let domain = from_domain(&headers).map_err(|e| log_refusal(&e.to_string(), Refusal::BadFrom))?;
+        match self.ctx.keys.current().lookup(&domain) {
+            KeyLookup::Unknown => {
+                tracing::info!(sender = %txn.mail_from, from_domain = %domain, "message refused: no key configured for the From domain");
+                return Err(Refusal::NoKeyForDomain);
+            }
+            KeyLookup::Unusable(reason) => {
+                // Accept: the operator can fix the key, and the message waits in the queue.
+                tracing::warn!(from_domain = %domain, reason = %reason, "accepting, but the domain's keys are unusable; delivery will wait");
+            }
+            KeyLookup::Ready(_) => {}
+        }
+
+        let now = SystemTime::now();
+        let id = QueueId::generate(now);
+        let mut message = received_header(&self.helo, self.peer, &self.ctx.config.hostname, &id, now).into_bytes();
+        message.extend_from_slice(&data);
+        drop(data);
+        let envelope = Envelope {
+            id: id.clone(),
+            received: unix(now),
+            client: self.peer,
+            helo: self.helo.clone(),
+            mail_from: txn.mail_from,
+            rcpts: txn.rcpts,
+            from_domain: domain,
+            size: message.len() as u64,
+            eight_bit,
+        };
+        let spool = self.ctx.spool.clone();
+        let env = envelope.clone();
+        let stored = tokio::task::spawn_blocking(move || spool.store(&env, &message)).await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(queue_id = %id, error = %e, "spool write failed; message refused with 451");
+                return Err(Refusal::SpoolFailed);
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "spool task failed; message refused with 451");
+                return Err(Refusal::SpoolFailed);
+            }
+        }
+        tracing::info!(
+            queue_id = %id,
+            client = %envelope.client,
+            sender = %envelope.mail_from,
+            rcpts = envelope.rcpts.len(),
+            size = envelope.size,
+            from_domain = %envelope.from_domain,
+            "message accepted"
+        );
+        let state = DeliveryState::new(&envelope);
+        self.ctx.queue.enqueue(QueuedMessage { envelope, state });
+        Ok(id)
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The trace field RFC 5321 §4.4 requires of every relay.
+fn received_header(helo: &str, peer: std::net::IpAddr, hostname: &str, id: &QueueId, now: SystemTime) -> String {
+    format!(
+        "Received: from {helo} ([{peer}])\r\n\tby {hostname} (dkim-relay) with ESMTP id {id};\r\n\t{}\r\n",
+        crate::message::rfc5322_date(unix(now))
+    )
+}

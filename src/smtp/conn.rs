@@ -1,0 +1,106 @@
+//! Buffered line I/O for one SMTP connection. Replies are collected and flushed only when
+//! the client has no more pipelined commands waiting (RFC 2920 §3.2), so a pipelined
+//! batch costs one write.
+
+use super::data::DataParser;
+use super::reply::Reply;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+const READ_CHUNK: usize = 16 * 1024;
+
+pub enum LineRead {
+    /// A line including its LF terminator.
+    Line(Vec<u8>),
+    /// The line was longer than allowed; it has been read to its end and dropped.
+    TooLong,
+    Eof,
+}
+
+pub struct Conn<S> {
+    stream: S,
+    buf: Vec<u8>,
+    start: usize,
+    out: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    pub fn new(stream: S) -> Self {
+        Conn {
+            stream,
+            buf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+            out: Vec::with_capacity(512),
+        }
+    }
+
+    pub fn queue_reply(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.out);
+    }
+
+    pub fn queue_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes from the client, flushing pending replies first: the client may be
+    /// waiting for them before it sends anything else.
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        self.flush().await?;
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + READ_CHUNK, 0);
+        let n = self.stream.read(&mut self.buf[len..]).await;
+        self.buf.truncate(len + *n.as_ref().unwrap_or(&0));
+        n
+    }
+
+    /// Reads one line (up to and including LF) of at most `max` bytes.
+    pub async fn read_line(&mut self, max: usize) -> std::io::Result<LineRead> {
+        let mut skipping = false;
+        loop {
+            let pending = &self.buf[self.start..];
+            if let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                let line = pending[..=i].to_vec();
+                self.start += i + 1;
+                return Ok(if skipping || line.len() > max {
+                    LineRead::TooLong
+                } else {
+                    LineRead::Line(line)
+                });
+            }
+            if pending.len() > max {
+                // Drop what we have and keep reading until the line ends.
+                skipping = true;
+                self.start = self.buf.len();
+            }
+            if self.fill().await? == 0 {
+                return Ok(LineRead::Eof);
+            }
+        }
+    }
+
+    /// Feeds the DATA parser until the end of data. Returns false on EOF.
+    pub async fn read_data(&mut self, parser: &mut DataParser) -> std::io::Result<bool> {
+        loop {
+            let used = parser.feed(&self.buf[self.start..]);
+            self.start += used;
+            if parser.is_done() {
+                return Ok(true);
+            }
+            if self.fill().await? == 0 {
+                return Ok(false);
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! SMTP replies, and the one place where every refusal becomes a reply.
+//!
+//! Handlers return a [`Refusal`] naming what went wrong; [`Refusal::reply`] decides the
+//! code, enhanced status (RFC 3463) and text the client sees. Details for the operator
+//! go to the log at the place the refusal is made, never into the reply.
+
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    /// Enhanced status code, e.g. "2.0.0".
+    pub status: &'static str,
+    pub text: Cow<'static, str>,
+}
+
+impl Reply {
+    pub const fn new(code: u16, status: &'static str, text: &'static str) -> Reply {
+        Reply {
+            code,
+            status,
+            text: Cow::Borrowed(text),
+        }
+    }
+
+    pub fn owned(code: u16, status: &'static str, text: String) -> Reply {
+        Reply {
+            code,
+            status,
+            text: Cow::Owned(text),
+        }
+    }
+
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let line = if self.status.is_empty() {
+            format!("{} {}\r\n", self.code, self.text)
+        } else {
+            format!("{} {} {}\r\n", self.code, self.status, self.text)
+        };
+        out.extend_from_slice(line.as_bytes());
+    }
+
+    /// 4xx/5xx replies count towards the session's error limit.
+    pub fn is_error(&self) -> bool {
+        self.code >= 400
+    }
+
+    /// 421 means the server closes the connection after sending it.
+    pub fn closes(&self) -> bool {
+        self.code == 421
+    }
+}
+
+/// Why a bare CR, bare LF or NUL made the relay refuse a message or line (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taint {
+    BareCr,
+    BareLf,
+    Nul,
+}
+
+impl Taint {
+    pub fn name(self) -> &'static str {
+        match self {
+            Taint::BareCr => "bare CR",
+            Taint::BareLf => "bare LF",
+            Taint::Nul => "NUL byte",
+        }
+    }
+}
+
+/// Every way the relay says no.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    UnknownCommand,
+    Syntax(&'static str),
+    BadSequence(&'static str),
+    NotImplemented,
+    CommandTooLong,
+    /// A command line with a bare CR/LF or NUL.
+    BadCommandLine(Taint),
+    /// The client is not in an allowed network.
+    RelayDenied,
+    UnsupportedParameter,
+    BadRecipient,
+    MessageTooBig,
+    TooManyRecipients,
+    NoRecipients,
+    /// A bare CR/LF or NUL in DATA: the smuggling defence.
+    TaintedData(Taint),
+    LineTooLong,
+    MalformedHeader,
+    /// From missing, repeated, a group, several mailboxes, or no address.
+    BadFrom,
+    /// The relay has no key for the From domain.
+    NoKeyForDomain,
+    SpoolFailed,
+    TooManyErrors,
+    Timeout,
+    TooManyConnections,
+    ShuttingDown,
+}
+
+impl Refusal {
+    pub fn reply(&self) -> Reply {
+        match self {
+            Refusal::UnknownCommand => Reply::new(500, "5.5.2", "Command not recognised"),
+            Refusal::Syntax(usage) => Reply::owned(501, "5.5.4", format!("Syntax: {usage}")),
+            Refusal::BadSequence(why) => Reply::owned(503, "5.5.1", format!("Bad sequence of commands: {why}")),
+            Refusal::NotImplemented => Reply::new(502, "5.5.1", "Command not implemented"),
+            Refusal::CommandTooLong => Reply::new(500, "5.5.2", "Line too long"),
+            Refusal::BadCommandLine(t) => {
+                Reply::owned(500, "5.5.2", format!("Command line contains a {}; lines must end in CRLF", t.name()))
+            }
+            Refusal::RelayDenied => Reply::new(550, "5.7.1", "Relay access denied: client not allowed"),
+            Refusal::UnsupportedParameter => Reply::new(555, "5.5.4", "Parameter not supported"),
+            Refusal::BadRecipient => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
+            Refusal::MessageTooBig => Reply::new(552, "5.3.4", "Message too big"),
+            Refusal::TooManyRecipients => Reply::new(452, "4.5.3", "Too many recipients"),
+            Refusal::NoRecipients => Reply::new(554, "5.5.1", "No valid recipients"),
+            Refusal::TaintedData(t) => Reply::owned(
+                550,
+                "5.6.0",
+                format!("Message contains a {}; lines must end in CRLF", t.name()),
+            ),
+            Refusal::LineTooLong => Reply::new(554, "5.6.0", "Message has a line longer than 998 octets"),
+            Refusal::MalformedHeader => Reply::new(550, "5.6.0", "Message header is malformed"),
+            Refusal::BadFrom => Reply::new(
+                550,
+                "5.6.0",
+                "Message must have exactly one From header field with one address",
+            ),
+            Refusal::NoKeyForDomain => Reply::new(550, "5.7.1", "This relay does not sign for the From domain"),
+            Refusal::SpoolFailed => Reply::new(451, "4.3.0", "Message not stored; try again later"),
+            Refusal::TooManyErrors => Reply::new(421, "4.7.0", "Too many errors; closing connection"),
+            Refusal::Timeout => Reply::new(421, "4.4.2", "Timeout; closing connection"),
+            Refusal::TooManyConnections => Reply::new(421, "4.7.0", "Too many connections; try again later"),
+            Refusal::ShuttingDown => Reply::new(421, "4.3.2", "Service shutting down"),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The envelope of a spooled message and its delivery progress.
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+/// A queue id: microseconds since the epoch and 32 random bits, in hex, so ids sort by
+/// arrival and are safe as file names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String")]
+pub struct QueueId(String);
+
+impl QueueId {
+    pub fn generate(now: std::time::SystemTime) -> QueueId {
+        let micros = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let mut random = [0u8; 4];
+        // Without randomness the time alone still orders ids; a clash would be caught
+        // by the spool's create-and-rename, so fall back quietly.
+        let _ = getrandom::fill(&mut random);
+        QueueId(format!("{micros:014x}{:08x}", u32::from_be_bytes(random)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for QueueId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            Ok(QueueId(s))
+        } else {
+            Err(format!("\"{s}\" is not a queue id"))
+        }
+    }
+}
+
+impl std::fmt::Display for QueueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Everything about a message except its bytes, fixed when it is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: QueueId,
+    /// Unix seconds when the 250 was given.
+    pub received: u64,
+    pub client: IpAddr,
+    pub helo: String,
+    /// Envelope sender; empty for `MAIL FROM:<>` (bounces).
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+    /// Domain of the From header: what the message is signed for.
+    pub from_domain: String,
+    pub size: u64,
+    /// The message has bytes above 127 (sent upstream with BODY=8BITMIME).
+    pub eight_bit: bool,
+}
+
+/// Where each recipient stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptStatus {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+/// Delivery progress, rewritten after each attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryState {
+    pub attempts: u32,
+    /// Unix seconds of the next attempt.
+    pub next_attempt: u64,
+    pub last_error: Option<String>,
+    /// One entry per envelope recipient, same order.
+    pub rcpts: Vec<RcptStatus>,
+}
+
+impl DeliveryState {
+    pub fn new(envelope: &Envelope) -> Self {
+        DeliveryState {
+            attempts: 0,
+            next_attempt: envelope.received,
+            last_error: None,
+            rcpts: vec![RcptStatus::Pending; envelope.rcpts.len()],
+        }
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = usize> + '_ {
+        self.rcpts
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s == RcptStatus::Pending)
+            .map(|(i, _)| i)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.pending().next().is_none()
+    }
+}

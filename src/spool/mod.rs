@@ -1,0 +1,169 @@
+//! Stage 2 of the pipeline: the durable queue. The spool is the source of truth: a
+//! message is answered 250 only after it is here (temp file, fsync, rename, fsync of the
+//! directory), and at start the relay rebuilds its queue from these files (DESIGN §7).
+//!
+//! Layout: `queue/<id>.msg` holds the envelope and the message as received (unsigned);
+//! `queue/<id>.state` holds the delivery progress and is replaced atomically after each
+//! attempt. A file that cannot be read back is moved to `corrupt/` and logged.
+
+mod envelope;
+mod file;
+
+pub use envelope::{DeliveryState, Envelope, QueueId, RcptStatus};
+
+use crate::fsutil::{ensure_dir, sync_dir, write_atomic};
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Spool {
+    queue: PathBuf,
+    corrupt: PathBuf,
+    fsync: bool,
+}
+
+/// A message read back from the spool; the message bytes are a slice of the file's bytes.
+pub struct SpooledMessage {
+    bytes: Vec<u8>,
+    offset: usize,
+}
+
+impl SpooledMessage {
+    pub fn message(&self) -> &[u8] {
+        &self.bytes[self.offset..]
+    }
+}
+
+/// A queue entry as loaded at start.
+#[derive(Debug, Clone)]
+pub struct QueuedMessage {
+    pub envelope: Envelope,
+    pub state: DeliveryState,
+}
+
+impl Spool {
+    /// Opens (creating) the spool directory and removes temp files of writes that never
+    /// completed: they never got a 250, so the client still holds those messages.
+    pub fn open(dir: &Path, fsync: bool) -> io::Result<Spool> {
+        let spool = Spool {
+            queue: dir.join("queue"),
+            corrupt: dir.join("corrupt"),
+            fsync,
+        };
+        ensure_dir(&spool.queue, 0o700)?;
+        ensure_dir(&spool.corrupt, 0o700)?;
+        for entry in std::fs::read_dir(&spool.queue)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                tracing::info!(file = %name, "removing an incomplete spool write from before a crash");
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(spool)
+    }
+
+    pub fn queue_dir(&self) -> &Path {
+        &self.queue
+    }
+
+    /// Stores a message durably. Only after this returns Ok may the client get 250.
+    pub fn store(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
+        let bytes = file::encode(envelope, message)?;
+        write_atomic(&self.queue, &msg_name(&envelope.id), &bytes, 0o600, self.fsync)
+    }
+
+    pub fn read(&self, id: &QueueId) -> io::Result<SpooledMessage> {
+        let bytes = std::fs::read(self.queue.join(msg_name(id)))?;
+        let (_, offset) = file::decode(&bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(SpooledMessage { bytes, offset })
+    }
+
+    pub fn save_state(&self, id: &QueueId, state: &DeliveryState) -> io::Result<()> {
+        let json = serde_json::to_vec(state).map_err(io::Error::other)?;
+        write_atomic(&self.queue, &state_name(id), &json, 0o600, self.fsync)
+    }
+
+    /// Removes a finished message. Losing this removal in a crash only means the message
+    /// is delivered again (at least once), so the directory is not fsynced here.
+    pub fn remove(&self, id: &QueueId) -> io::Result<()> {
+        std::fs::remove_file(self.queue.join(msg_name(id)))?;
+        match std::fs::remove_file(self.queue.join(state_name(id))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads every queued message's envelope and state. Damaged files are moved aside to
+    /// `corrupt/` and logged; they are never delivered and never stop the relay.
+    pub fn load_all(&self) -> io::Result<Vec<QueuedMessage>> {
+        let mut out = Vec::new();
+        let mut names: Vec<String> = std::fs::read_dir(&self.queue)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in &names {
+            let Some(id) = name.strip_suffix(".msg") else {
+                if let Some(id) = name.strip_suffix(".state") {
+                    if !names.contains(&format!("{id}.msg")) {
+                        // The message was removed after delivery but its state was not.
+                        let _ = std::fs::remove_file(self.queue.join(name));
+                    }
+                }
+                continue;
+            };
+            match self.load_one(id) {
+                Ok(entry) => out.push(entry),
+                Err(reason) => self.quarantine(id, &reason),
+            }
+        }
+        out.sort_by_key(|m| m.envelope.received);
+        Ok(out)
+    }
+
+    fn load_one(&self, id: &str) -> Result<QueuedMessage, String> {
+        let bytes = std::fs::read(self.queue.join(format!("{id}.msg"))).map_err(|e| e.to_string())?;
+        let (envelope, _) = file::decode(&bytes)?;
+        if envelope.id.as_str() != id {
+            return Err(format!("file name says {id}, envelope says {}", envelope.id));
+        }
+        let state = match std::fs::read(self.queue.join(format!("{id}.state"))) {
+            Ok(json) => match serde_json::from_slice::<DeliveryState>(&json) {
+                Ok(state) if state.rcpts.len() == envelope.rcpts.len() => state,
+                _ => {
+                    tracing::warn!(queue_id = id, "delivery state unreadable; retrying every recipient (some may receive it twice)");
+                    DeliveryState::new(&envelope)
+                }
+            },
+            Err(_) => DeliveryState::new(&envelope),
+        };
+        Ok(QueuedMessage { envelope, state })
+    }
+
+    fn quarantine(&self, id: &str, reason: &str) {
+        tracing::error!(queue_id = id, reason, dir = %self.corrupt.display(), "damaged spool file moved aside; it will not be delivered");
+        for suffix in ["msg", "state"] {
+            let name = format!("{id}.{suffix}");
+            let from = self.queue.join(&name);
+            if from.exists() {
+                if let Err(e) = std::fs::rename(&from, self.corrupt.join(&name)) {
+                    tracing::error!(queue_id = id, error = %e, "cannot move the damaged file aside");
+                }
+            }
+        }
+        let _ = sync_dir(&self.queue);
+    }
+}
+
+fn msg_name(id: &QueueId) -> String {
+    format!("{id}.msg")
+}
+
+fn state_name(id: &QueueId) -> String {
+    format!("{id}.state")
+}
+
+#[cfg(test)]
+mod tests;

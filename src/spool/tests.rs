@@ -1,0 +1,87 @@
+use super::*;
+use std::time::{Duration, UNIX_EPOCH};
+
+fn envelope(id: &str, message: &[u8]) -> Envelope {
+    Envelope {
+        id: QueueId::try_from(id.to_string()).unwrap(),
+        received: 1_700_000_000,
+        client: "127.0.0.1".parse().unwrap(),
+        helo: "host.internal".into(),
+        mail_from: "cron@example.com".into(),
+        rcpts: vec!["a@example.net".into(), "b@example.net".into()],
+        from_domain: "example.com".into(),
+        size: message.len() as u64,
+        eight_bit: false,
+    }
+}
+
+#[test]
+fn a_stored_message_reads_back_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), true).unwrap();
+    let message = b"From: a@example.com\r\n\r\nhello\r\n";
+    let env = envelope("aa01", message);
+    spool.store(&env, message).unwrap();
+    assert_eq!(spool.read(&env.id).unwrap().message(), message);
+    let loaded = spool.load_all().unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].envelope, env);
+    assert_eq!(loaded[0].state, DeliveryState::new(&env));
+}
+
+#[test]
+fn delivery_state_survives_and_removal_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), false).unwrap();
+    let env = envelope("aa02", b"x");
+    spool.store(&env, b"x").unwrap();
+    let mut state = DeliveryState::new(&env);
+    state.attempts = 2;
+    state.rcpts[0] = RcptStatus::Delivered;
+    spool.save_state(&env.id, &state).unwrap();
+    assert_eq!(spool.load_all().unwrap()[0].state, state);
+    spool.remove(&env.id).unwrap();
+    assert!(spool.load_all().unwrap().is_empty());
+    assert_eq!(std::fs::read_dir(spool.queue_dir()).unwrap().count(), 0);
+}
+
+#[test]
+fn damaged_files_are_moved_aside_not_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), false).unwrap();
+    let good = envelope("aa03", b"good");
+    spool.store(&good, b"good").unwrap();
+    let bad = envelope("aa04", b"truncated message");
+    spool.store(&bad, b"truncated message").unwrap();
+    let path = spool.queue_dir().join("aa04.msg");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+    std::fs::write(spool.queue_dir().join("aa05.msg"), b"garbage").unwrap();
+
+    let loaded = spool.load_all().unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].envelope.id.as_str(), "aa03");
+    assert!(dir.path().join("corrupt/aa04.msg").exists());
+    assert!(dir.path().join("corrupt/aa05.msg").exists());
+}
+
+#[test]
+fn leftover_temp_files_are_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    Spool::open(dir.path(), false).unwrap();
+    let tmp = dir.path().join("queue/.aa06.msg.tmp");
+    std::fs::write(&tmp, b"half").unwrap();
+    let spool = Spool::open(dir.path(), false).unwrap();
+    assert!(!tmp.exists());
+    assert!(spool.load_all().unwrap().is_empty());
+}
+
+#[test]
+fn queue_ids_sort_by_time_and_are_unique() {
+    let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let a = QueueId::generate(t);
+    let b = QueueId::generate(t + Duration::from_micros(1));
+    assert!(a < b);
+    assert_ne!(QueueId::generate(t), QueueId::generate(t));
+    assert!(QueueId::try_from("../x".to_string()).is_err());
+}
