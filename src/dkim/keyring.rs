@@ -54,6 +54,13 @@ impl LoadedKey {
         })
     }
 
+    /// Signs `data` as DKIM does for this algorithm: RSASSA-PKCS1-v1_5 over SHA-256 of
+    /// the data, or Ed25519 over the SHA-256 digest (RFC 8463 §3). Exposed so test
+    /// vectors can check the primitive byte for byte.
+    pub fn sign_raw(&self, data: &[u8]) -> Result<Vec<u8>, String> {
+        self.key.sign(data).map_err(|e| e.to_string())
+    }
+
     pub(crate) fn signing_key(&self) -> SharedKey {
         self.key.clone()
     }

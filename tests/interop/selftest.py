@@ -13,6 +13,7 @@ Usage: selftest.py [WORKDIR]   (a temp dir is made and removed otherwise)
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,6 +71,41 @@ def sign(raw, keys, algs=("rsa-sha256", "ed25519-sha256"), h_edit=None,
     return out + raw
 
 
+def check_corpus():
+    """The corpus rules that the suite relies on. Returns a list of problems."""
+    problems = []
+    with open(os.path.join(CORPUS, "manifest.json")) as f:
+        manifest = json.load(f)
+    files = sorted(n for n in os.listdir(CORPUS) if n.endswith(".eml"))
+    if sorted(manifest) != files:
+        problems.append("manifest.json and the .eml files differ: %s"
+                        % sorted(set(manifest) ^ set(files)))
+    if len(files) < 40:
+        problems.append("only %d messages (issue 6 asks for at least 40)" % len(files))
+    subjects = {}
+    for n in files:
+        with open(os.path.join(CORPUS, n), "rb") as f:
+            raw = f.read()
+        env = manifest.get(n, {})
+        if not isinstance(env.get("mail_from"), str) or not env.get("rcpt_to"):
+            problems.append("%s: manifest needs mail_from (\"\" for <>) and rcpt_to" % n)
+        # The relay refuses bare CR/LF/NUL and lines over 998 octets: the
+        # corpus is meant to be accepted, so it has none of them.
+        if b"\0" in raw or re.search(rb"\r(?!\n)|(?<!\r)\n", raw) or not raw.endswith(b"\r\n"):
+            problems.append("%s: not clean CRLF text (bare CR/LF, NUL or no final CRLF)" % n)
+        if any(len(line) > 998 for line in raw.split(b"\r\n")):
+            problems.append("%s: a line is over 998 octets" % n)
+        headers, _ = verify.split_message(raw)
+        if verify.from_domain(headers) not in DOMAINS:
+            problems.append("%s: needs one From mailbox at %s" % (n, " or ".join(DOMAINS)))
+        key = verify.subject_key(headers)
+        if key is None or key in subjects:
+            problems.append("%s: Subject missing or same as %s (verify.py matches by it)"
+                            % (n, subjects.get(key)))
+        subjects[key] = n
+    return problems
+
+
 def run_verify(work, records, outdir, label):
     rec_path = os.path.join(work, "records-%s.json" % label)
     with open(rec_path, "w") as f:
@@ -119,6 +155,10 @@ def main():
             for r in records], "records"),
     ]
     failed = 0
+    problems = check_corpus()
+    print("%s selftest %-13s %d messages%s" % ("FAIL" if problems else "ok  ", "corpus",
+                                              len(names), "".join("\n  " + p for p in problems)))
+    failed += bool(problems)
     for label, files, kw, recs, must_fail in cases:
         outdir = os.path.join(work, label)
         os.makedirs(outdir, exist_ok=True)
@@ -141,7 +181,7 @@ def main():
             print(out)
     if len(sys.argv) <= 1:
         shutil.rmtree(work)
-    print("selftest: %d passed, %d failed" % (len(cases) - failed, failed))
+    print("selftest: %d passed, %d failed" % (len(cases) + 1 - failed, failed))
     return 1 if failed else 0
 
 

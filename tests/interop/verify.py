@@ -63,6 +63,9 @@ MIN_RSA_BITS = 2048
 # (p=MIIBIj...) and absent from a bare PKCS#1 RSAPublicKey (p=MIIBCg...).
 RSA_ENCRYPTION_OID = bytes.fromhex("06092a864886f70d010101")
 
+# "b=<base64>" followed by folding whitespace and then ";".
+RE_FWS_AFTER_B = re.compile(rb"(?:^|[;\s])b\s*=[\sA-Za-z0-9+/=]*[A-Za-z0-9+/=]\s*\r?\n[ \t]+;")
+
 CHECK_ORDER = ("records", "arrived", "sig-set", "verify", "tags", "h-list",
                "tamper-hdr", "tamper-body")
 
@@ -210,6 +213,11 @@ def dkimpy_verify(raw, idx, records):
     if ok:
         return True, "", d.keysize
     reason = "; ".join(handler.lines) or "signature (b=) does not verify"
+    sig = [v for n, v in d.headers if n.lower() == b"dkim-signature"][idx]
+    if RE_FWS_AFTER_B.search(sig):
+        # dkimpy blanks only the b= value itself, so whitespace left between
+        # it and the ";" is hashed; a signer that hashed "b=;" then mismatches.
+        reason += " (the signature has folding whitespace between the b= value and ';')"
     return False, reason, d.keysize
 
 
@@ -352,17 +360,27 @@ def eml_files(path):
 
 
 def load_corpus(corpus_dir):
-    """Subject key -> corpus file name, for the messages listed in the manifest."""
+    """Subject key -> (corpus file name, body), for the messages in the manifest."""
     with open(os.path.join(corpus_dir, "manifest.json")) as f:
         manifest = json.load(f)
     keys = {}
     for name in sorted(manifest):
         with open(os.path.join(corpus_dir, name), "rb") as f:
-            key = subject_key(split_message(f.read())[0])
+            headers, body = split_message(f.read())
+        key = subject_key(headers)
         if key is None or key in keys:
             raise SystemExit("verify.py: corpus %s has no unique Subject" % name)
-        keys[key] = name
+        keys[key] = (name, body)
     return keys
+
+
+def body_note(sent, got):
+    """Describe how a relayed body differs from what was sent (or None)."""
+    if sent == got:
+        return None
+    i = next((k for k, (a, b) in enumerate(zip(sent, got)) if a != b), min(len(sent), len(got)))
+    return "body changed in transit: %d -> %d bytes, first difference at byte %d (%r -> %r)" % (
+        len(sent), len(got), i, sent[i:i + 12], got[i:i + 12])
 
 
 def main():
@@ -381,6 +399,7 @@ def main():
     for ok, what in records.check():
         res.add("records", "records", ok, what)
 
+    notes = []
     groups = collections.OrderedDict()
     for p in args.paths:
         label, sep, path = p.partition("=")
@@ -400,18 +419,28 @@ def main():
                 except dkim.DKIMException:
                     key = None
                 if key in corpus:
-                    arrived[corpus[key]] += 1
-                    if corpus[key] != name:
-                        name = "%s (%s)" % (corpus[key], name)
+                    cname, cbody = corpus[key]
+                    arrived[cname] += 1
+                    if cname != name:
+                        name = "%s (%s)" % (cname, name)
+                    # Not a DKIM failure (the signature covers what was sent
+                    # on), but a relay should not rewrite message bodies.
+                    note = body_note(cbody, split_message(raw)[1])
+                    if note:
+                        notes.append("[%s] %s: %s" % (label, name, note))
                 else:
                     res.add(label, "arrived", False, "%s is not a corpus message (Subject %r)"
                             % (name, key))
             print("[%s] %s" % (label, check_message(label, name, raw, records, res, now)))
         if corpus is not None:
-            for cname in sorted(corpus.values()):
+            for cname, _ in sorted(corpus.values()):
                 n = arrived[cname]
                 res.add(label, "arrived", n == 1, "%s arrived %d times, expected once" % (cname, n))
 
+    if notes:
+        print("\nNotes (not counted as failures):")
+        for n in notes:
+            print("  " + n)
     if res.failures:
         print("\nFailures:")
         for f in res.failures:
