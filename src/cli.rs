@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "dkim-relay", version, about = "Outbound SMTP relay that DKIM-signs mail for the domain of its From header")]
+#[command(
+    name = "dkim-relay",
+    version,
+    about = "Outbound SMTP relay that DKIM-signs mail for the domain of its From header"
+)]
 pub struct Cli {
     /// Config file (TOML). Without it, the embedded laptop defaults are used.
     #[arg(long, global = true, value_name = "FILE")]
@@ -87,7 +91,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let source = cli
                 .config
                 .as_ref()
-                .map_or("the embedded defaults".to_string(), |p| p.display().to_string());
+                .map_or("the embedded defaults".to_string(), |p| {
+                    p.display().to_string()
+                });
             println!("{source}: OK");
             Ok(())
         }
@@ -126,7 +132,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         std::future::pending::<()>().await;
         return;
@@ -139,12 +148,15 @@ async fn wait_for_signal() {
 
 /// A domain's settings: the configured ones, or the defaults for a domain only in the store.
 fn domain_settings(config: &Config, name: &str) -> DomainConfig {
-    config.domain(name).cloned().unwrap_or_else(|| DomainConfig {
-        name: name.to_string(),
-        ed25519: false,
-        rsa_selectors: ["s1".into(), "s2".into()],
-        ed25519_selectors: ["e1".into(), "e2".into()],
-    })
+    config
+        .domain(name)
+        .cloned()
+        .unwrap_or_else(|| DomainConfig {
+            name: name.to_string(),
+            ed25519: false,
+            rsa_selectors: ["s1".into(), "s2".into()],
+            ed25519_selectors: ["e1".into(), "e2".into()],
+        })
 }
 
 fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
@@ -157,28 +169,47 @@ fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
 }
 
 fn generate(config: &Config, store: &KeyStore, args: GenerateArgs) -> anyhow::Result<()> {
-    let domain = args.domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    let domain = args
+        .domain
+        .trim()
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
     if !crate::config::is_dns_name(&domain) || !domain.contains('.') {
         bail!("\"{}\" is not a domain name", args.domain);
     }
     let settings = domain_settings(config, &domain);
     let now = crate::delivery::now_unix();
     for name in &args.algorithms {
-        let algorithm = Algorithm::parse(name).with_context(|| format!("unknown algorithm \"{name}\" (use rsa or ed25519)"))?;
+        let algorithm = Algorithm::parse(name)
+            .with_context(|| format!("unknown algorithm \"{name}\" (use rsa or ed25519)"))?;
         let pair = match algorithm {
             Algorithm::Rsa => &settings.rsa_selectors,
             Algorithm::Ed25519 => &settings.ed25519_selectors,
         };
         let state = store.load(&domain)?;
-        let used = |s: &String| state.as_ref().and_then(|st| st.slot(s)).is_some_and(|slot| slot.state != SlotState::Retired);
+        let used = |s: &String| {
+            state
+                .as_ref()
+                .and_then(|st| st.slot(s))
+                .is_some_and(|slot| slot.state != SlotState::Retired)
+        };
         let Some(selector) = pair.iter().find(|s| !used(s)) else {
-            bail!("{domain}: both {algorithm} slots ({} and {}) hold keys; retire one first", pair[0], pair[1]);
+            bail!(
+                "{domain}: both {algorithm} slots ({} and {}) hold keys; retire one first",
+                pair[0],
+                pair[1]
+            );
         };
         // The first key of an algorithm is active at once (nothing to rotate from); a
         // second waits as pending until rotation has seen it in DNS.
         let has_active = state.as_ref().is_some_and(|s| s.has_active(algorithm));
-        let slot_state = if has_active { SlotState::Pending } else { SlotState::Active };
-        let (_, record) = store.generate_key(&domain, selector, algorithm, args.rsa_bits, slot_state, now)?;
+        let slot_state = if has_active {
+            SlotState::Pending
+        } else {
+            SlotState::Active
+        };
+        let (_, record) =
+            store.generate_key(&domain, selector, algorithm, args.rsa_bits, slot_state, now)?;
         println!("; {domain} {algorithm} key in selector {selector} ({slot_state:?}); publish:");
         println!("{}", record.zone_line());
     }
@@ -221,7 +252,10 @@ fn list(store: &KeyStore, args: ListArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:<30} {:<10} {:<8} {:<10} CREATED", "DOMAIN", "SELECTOR", "ALG", "STATE");
+    println!(
+        "{:<30} {:<10} {:<8} {:<10} CREATED",
+        "DOMAIN", "SELECTOR", "ALG", "STATE"
+    );
     for state in rows {
         for slot in &state.slots {
             println!(

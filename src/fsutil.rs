@@ -10,7 +10,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Writes `bytes` to `dir/name` atomically with the given Unix mode.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32, fsync: bool) -> io::Result<()> {
+pub fn write_atomic(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+    fsync: bool,
+) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let result = (|| {
         let mut file = OpenOptions::new()

@@ -2,7 +2,9 @@
 //! sessions. [`start`] is what `serve` runs and what integration tests start in-process.
 
 use crate::config::{Config, DomainConfig};
-use crate::delivery::{self, DeliveryContext, DeliveryEvent, Outbox, QueueHandle, RetryPolicy, Transport, Upstream};
+use crate::delivery::{
+    self, DeliveryContext, DeliveryEvent, Outbox, QueueHandle, RetryPolicy, Transport, Upstream,
+};
 use crate::dkim::{KeyRing, SharedKeyRing};
 use crate::keys::{Algorithm, KeyError, KeyStore, SlotState};
 use crate::smtp::{self, SmtpContext};
@@ -16,11 +18,20 @@ use tokio::task::JoinHandle;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("spool {path}: {source}")]
-    Spool { path: String, source: std::io::Error },
+    Spool {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("outbox {path}: {source}")]
-    Outbox { path: String, source: std::io::Error },
+    Outbox {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("upstream: {0}")]
     Upstream(String),
     #[error("key store: {0}")]
@@ -88,21 +99,26 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
     let spool = Spool::open(&config.spool.dir, config.spool.fsync).map_err(spool_err)?;
     let initial = spool.load_all().map_err(spool_err)?;
     if !initial.is_empty() {
-        tracing::info!(messages = initial.len(), "loaded the spool; delivering what is there");
+        tracing::info!(
+            messages = initial.len(),
+            "loaded the spool; delivering what is there"
+        );
     }
 
     let transport = match &config.upstream {
         Some(upstream) => {
-            let upstream = Upstream::new(upstream, &config.hostname).map_err(StartError::Upstream)?;
+            let upstream =
+                Upstream::new(upstream, &config.hostname).map_err(StartError::Upstream)?;
             tracing::info!(upstream = %upstream.describe(), "delivering to the upstream");
             Transport::Upstream(upstream)
         }
         None => {
             let dir = &config.delivery.outbox_dir;
-            let outbox = Outbox::open(dir, config.spool.fsync).map_err(|source| StartError::Outbox {
-                path: dir.display().to_string(),
-                source,
-            })?;
+            let outbox =
+                Outbox::open(dir, config.spool.fsync).map_err(|source| StartError::Outbox {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
             tracing::warn!(outbox = %dir.display(), "NO UPSTREAM CONFIGURED: signed messages are written to the outbox directory and NOT sent anywhere");
             Transport::Outbox(outbox)
         }
@@ -121,13 +137,20 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         },
         events: events.clone(),
     });
-    let (queue, runner) = delivery::start(delivery_ctx, config.delivery.workers, initial, shutdown_rx.clone());
+    let (queue, runner) = delivery::start(
+        delivery_ctx,
+        config.delivery.workers,
+        initial,
+        shutdown_rx.clone(),
+    );
 
     let addr = config.smtp.listen;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
-    let smtp_addr = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+    let smtp_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
     let smtp_ctx = Arc::new(SmtpContext {
         config: config.clone(),
         keys: keys.clone(),
@@ -153,8 +176,12 @@ fn load_keys(store: &KeyStore, config: &Config) -> KeyRing {
     let ring = KeyRing::load(store, config);
     for (domain, keys) in ring.summary() {
         match keys {
-            Ok(selectors) => tracing::info!(domain = %domain, keys = %selectors.join(", "), "signing for domain"),
-            Err(reason) => tracing::error!(domain = %domain, reason = %reason, "cannot sign for domain; its mail will wait in the queue"),
+            Ok(selectors) => {
+                tracing::info!(domain = %domain, keys = %selectors.join(", "), "signing for domain")
+            }
+            Err(reason) => {
+                tracing::error!(domain = %domain, reason = %reason, "cannot sign for domain; its mail will wait in the queue")
+            }
         }
     }
     ring
@@ -177,7 +204,14 @@ pub fn bootstrap_keys(store: &KeyStore, domains: &[DomainConfig]) -> Result<(), 
             if has_any {
                 continue;
             }
-            let (_, record) = store.generate_key(&domain.name, selector, algorithm, 2048, SlotState::Active, now)?;
+            let (_, record) = store.generate_key(
+                &domain.name,
+                selector,
+                algorithm,
+                2048,
+                SlotState::Active,
+                now,
+            )?;
             tracing::warn!(
                 domain = %domain.name,
                 selector = %selector,

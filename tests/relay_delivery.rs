@@ -19,10 +19,25 @@ async fn relayed_mail_is_signed_with_rsa_and_ed25519_and_verifies() {
     let mut client = Client::connect(relay.smtp_addr()).await;
     client.ehlo().await;
     let body = "From: \"Cron Daemon\" <cron@example.com>\r\nTo: ops@example.net\r\nSubject: backup done\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\nMessage-ID: <a1@host>\r\n\r\nAll good.\r\n.hidden dot line\r\n\r\n  \r\n";
-    let r = client.send("cron@host.internal", &["ops@example.net", "dev@example.net"], body).await;
+    let r = client
+        .send(
+            "cron@host.internal",
+            &["ops@example.net", "dev@example.net"],
+            body,
+        )
+        .await;
     assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
-    let r = client.send("", &["ops@example.net"], &message(OTHER_DOMAIN_FROM, "bounce")).await;
-    assert!(r.starts_with("250"), "bounce with MAIL FROM:<> refused: {r}");
+    let r = client
+        .send(
+            "",
+            &["ops@example.net"],
+            &message(OTHER_DOMAIN_FROM, "bounce"),
+        )
+        .await;
+    assert!(
+        r.starts_with("250"),
+        "bounce with MAIL FROM:<> refused: {r}"
+    );
     wait_done(&mut events, 2).await;
 
     let received = upstream.received();
@@ -33,11 +48,30 @@ async fn relayed_mail_is_signed_with_rsa_and_ed25519_and_verifies() {
     assert_eq!(first.rcpts, ["ops@example.net", "dev@example.net"]);
     assert_signed(&first.data, &cache, DOMAIN).await;
     let text = String::from_utf8_lossy(&first.data);
-    assert!(text.contains("\r\n.hidden dot line\r\n"), "dot-stuffing was not undone:\n{text}");
-    assert!(text.contains("Received: from client.test ([127.0.0.1])"), "{text}");
+    assert!(
+        text.contains("\r\n.hidden dot line\r\n"),
+        "dot-stuffing was not undone:\n{text}"
+    );
+    assert!(
+        text.contains("Received: from client.test ([127.0.0.1])"),
+        "{text}"
+    );
     // Over-signing: From occurs once, so h= names it twice.
-    let h = text.split("h=").nth(1).unwrap().split(';').next().unwrap().replace(['\r', '\n', '\t', ' '], "");
-    assert_eq!(h.split(':').filter(|n| n.eq_ignore_ascii_case("from")).count(), 2, "{h}");
+    let h = text
+        .split("h=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .replace(['\r', '\n', '\t', ' '], "");
+    assert_eq!(
+        h.split(':')
+            .filter(|n| n.eq_ignore_ascii_case("from"))
+            .count(),
+        2,
+        "{h}"
+    );
 
     let bounce = received.iter().find(|m| m.mail_from.is_empty()).unwrap();
     assert_eq!(bounce.mail_from, "");
@@ -48,7 +82,10 @@ async fn relayed_mail_is_signed_with_rsa_and_ed25519_and_verifies() {
     let pos = tampered.windows(8).position(|w| w == b"All good").unwrap();
     tampered[pos] = b'a';
     let results = common::verify::verify(&tampered, &cache).await;
-    assert!(results.iter().all(|r| r.3 != mail_auth::DkimResult::Pass), "{results:?}");
+    assert!(
+        results.iter().all(|r| r.3 != mail_auth::DkimResult::Pass),
+        "{results:?}"
+    );
     relay.shutdown().await;
 }
 
@@ -63,7 +100,13 @@ async fn restart_with_a_non_empty_spool_delivers_exactly_what_was_there() {
     let mut client = Client::connect(relay.smtp_addr()).await;
     client.ehlo().await;
     for i in 0..3 {
-        let r = client.send("app@host", &["u@example.net"], &message("app@example.com", &format!("queued-{i}"))).await;
+        let r = client
+            .send(
+                "app@host",
+                &["u@example.net"],
+                &message("app@example.com", &format!("queued-{i}")),
+            )
+            .await;
         assert!(r.starts_with("250"), "{r}");
     }
     for _ in 0..3 {
@@ -73,7 +116,13 @@ async fn restart_with_a_non_empty_spool_delivers_exactly_what_was_there() {
     relay.shutdown().await;
     let spooled = std::fs::read_dir(dir.path().join("spool/queue"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".msg"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".msg")
+        })
         .count();
     assert_eq!(spooled, 3);
 
@@ -88,12 +137,27 @@ async fn restart_with_a_non_empty_spool_delivers_exactly_what_was_there() {
         .iter()
         .map(|m| {
             let text = String::from_utf8_lossy(&m.data).to_string();
-            text.lines().find(|l| l.starts_with("Subject: ")).unwrap().to_string()
+            text.lines()
+                .find(|l| l.starts_with("Subject: "))
+                .unwrap()
+                .to_string()
         })
         .collect();
     subjects.sort();
-    assert_eq!(subjects, ["Subject: queued-0", "Subject: queued-1", "Subject: queued-2"]);
-    assert_eq!(std::fs::read_dir(dir.path().join("spool/queue")).unwrap().count(), 0);
+    assert_eq!(
+        subjects,
+        [
+            "Subject: queued-0",
+            "Subject: queued-1",
+            "Subject: queued-2"
+        ]
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("spool/queue"))
+            .unwrap()
+            .count(),
+        0
+    );
     relay.shutdown().await;
 }
 
@@ -106,10 +170,18 @@ async fn a_temporary_failure_is_retried_and_delivered_once() {
     let mut events = relay.subscribe();
     let mut client = Client::connect(relay.smtp_addr()).await;
     client.ehlo().await;
-    let r = client.send("app@host", &["u@example.net"], &message("app@example.com", "retry")).await;
+    let r = client
+        .send(
+            "app@host",
+            &["u@example.net"],
+            &message("app@example.com", "retry"),
+        )
+        .await;
     assert!(r.starts_with("250"), "{r}");
     let deferred = wait_for(&mut events, |e| matches!(e, DeliveryEvent::Deferred { .. })).await;
-    let DeliveryEvent::Deferred { reason, .. } = deferred else { unreachable!() };
+    let DeliveryEvent::Deferred { reason, .. } = deferred else {
+        unreachable!()
+    };
     assert!(reason.contains("451"), "{reason}");
     assert!(upstream.received().is_empty());
 
@@ -131,11 +203,17 @@ async fn a_permanent_refusal_fails_that_recipient_only() {
     let mut client = Client::connect(relay.smtp_addr()).await;
     client.ehlo().await;
     let r = client
-        .send("app@host", &["gone@example.net", "here@example.net"], &message("app@example.com", "partial"))
+        .send(
+            "app@host",
+            &["gone@example.net", "here@example.net"],
+            &message("app@example.com", "partial"),
+        )
         .await;
     assert!(r.starts_with("250"), "{r}");
     let failed = wait_for(&mut events, |e| matches!(e, DeliveryEvent::Failed { .. })).await;
-    let DeliveryEvent::Failed { rcpt, reason, .. } = failed else { unreachable!() };
+    let DeliveryEvent::Failed { rcpt, reason, .. } = failed else {
+        unreachable!()
+    };
     assert_eq!(rcpt, "gone@example.net");
     assert!(reason.starts_with("550"), "{reason}");
     wait_done(&mut events, 1).await;
@@ -145,9 +223,19 @@ async fn a_permanent_refusal_fails_that_recipient_only() {
 
     // A message refused at DATA fails for everyone and leaves the spool.
     upstream.reply_to_data("554 5.7.1 rejected by policy");
-    let r = client.send("app@host", &["x@example.net"], &message("app@example.com", "refused")).await;
+    let r = client
+        .send(
+            "app@host",
+            &["x@example.net"],
+            &message("app@example.com", "refused"),
+        )
+        .await;
     assert!(r.starts_with("250"), "{r}");
-    wait_for(&mut events, |e| matches!(e, DeliveryEvent::Failed { rcpt, .. } if rcpt == "x@example.net")).await;
+    wait_for(
+        &mut events,
+        |e| matches!(e, DeliveryEvent::Failed { rcpt, .. } if rcpt == "x@example.net"),
+    )
+    .await;
     wait_done(&mut events, 1).await;
     assert_eq!(upstream.received().len(), 1);
     relay.shutdown().await;
@@ -161,10 +249,19 @@ async fn without_an_upstream_signed_mail_lands_in_the_outbox() {
     let cache = TxtCache::from_store(&dir.path().join("keys"));
     let mut client = Client::connect(relay.smtp_addr()).await;
     client.ehlo().await;
-    let r = client.send("someone@example.com", &["u@example.net"], &message("someone@example.com", "laptop")).await;
+    let r = client
+        .send(
+            "someone@example.com",
+            &["u@example.net"],
+            &message("someone@example.com", "laptop"),
+        )
+        .await;
     assert!(r.starts_with("250"), "{r}");
     wait_done(&mut events, 1).await;
-    let files: Vec<_> = std::fs::read_dir(dir.path().join("outbox")).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("outbox"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(files.len(), 1);
     assert_eq!(files[0].extension().unwrap(), "eml");
     assert_signed(&std::fs::read(&files[0]).unwrap(), &cache, DOMAIN).await;
@@ -184,10 +281,21 @@ async fn a_domain_whose_key_is_unreadable_is_deferred_never_sent_unsigned() {
     let mut events = relay.subscribe();
     let mut client = Client::connect(relay.smtp_addr()).await;
     client.ehlo().await;
-    let r = client.send("a@host", &["u@example.net"], &message("a@example.org", "nokey")).await;
-    assert!(r.starts_with("250"), "accepted so the operator can fix the key: {r}");
+    let r = client
+        .send(
+            "a@host",
+            &["u@example.net"],
+            &message("a@example.org", "nokey"),
+        )
+        .await;
+    assert!(
+        r.starts_with("250"),
+        "accepted so the operator can fix the key: {r}"
+    );
     let deferred = wait_for(&mut events, |e| matches!(e, DeliveryEvent::Deferred { .. })).await;
-    let DeliveryEvent::Deferred { reason, .. } = deferred else { unreachable!() };
+    let DeliveryEvent::Deferred { reason, .. } = deferred else {
+        unreachable!()
+    };
     assert!(reason.contains("readable by group or others"), "{reason}");
     assert!(!reason.contains("PRIVATE KEY"));
     assert!(upstream.received().is_empty());

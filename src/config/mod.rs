@@ -338,7 +338,10 @@ impl SmtpConfig {
             ("smtp.max_message_size", self.max_message_size.0 as usize),
             ("smtp.max_recipients", self.max_recipients),
             ("smtp.max_connections", self.max_connections),
-            ("smtp.max_connections_per_client", self.max_connections_per_client),
+            (
+                "smtp.max_connections_per_client",
+                self.max_connections_per_client,
+            ),
             ("smtp.max_errors", self.max_errors),
         ];
         for (field, value) in positive {
@@ -461,10 +464,7 @@ impl UpstreamConfig {
         }
         if let Some(path) = &self.password_file {
             std::fs::metadata(path).map_err(|e| {
-                ConfigError::new(
-                    "upstream.password_file",
-                    format!("{}: {e}", path.display()),
-                )
+                ConfigError::new("upstream.password_file", format!("{}: {e}", path.display()))
             })?;
         }
         if let Some(path) = &self.ca_file {

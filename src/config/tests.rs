@@ -53,8 +53,9 @@ fn domain_names_are_normalised_and_checked() {
     assert_eq!(config.domains[0].name, "example.org");
     let err = Config::from_toml("[[domains]]\nname = \"not a domain\"\n").unwrap_err();
     assert_eq!(err.field, "domains[0].name");
-    let err = Config::from_toml("[[domains]]\nname = \"a.example\"\nrsa_selectors = [\"s1\", \"s1\"]\n")
-        .unwrap_err();
+    let err =
+        Config::from_toml("[[domains]]\nname = \"a.example\"\nrsa_selectors = [\"s1\", \"s1\"]\n")
+            .unwrap_err();
     assert_eq!(err.field, "domains[0].rsa_selectors");
 }
 

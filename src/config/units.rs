@@ -93,7 +93,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match StrOrInt::deserialize(d)? {
-            StrOrInt::Str(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+            StrOrInt::Str(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
             StrOrInt::Int(n) => Ok(ByteSize(n)),
         }
     }
@@ -102,12 +104,18 @@ impl<'de> Deserialize<'de> for ByteSize {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.0.as_secs();
-        let units = [(604_800, "w"), (86_400, "d"), (3600, "h"), (60, "m"), (1, "s")];
+        let units = [
+            (604_800, "w"),
+            (86_400, "d"),
+            (3600, "h"),
+            (60, "m"),
+            (1, "s"),
+        ];
         if self.0.subsec_millis() != 0 || secs == 0 {
             return write!(f, "{}ms", self.0.as_millis());
         }
         for (size, unit) in units {
-            if secs % size == 0 {
+            if secs.is_multiple_of(size) {
                 return write!(f, "{}{unit}", secs / size);
             }
         }
@@ -154,8 +162,14 @@ mod tests {
 
     #[test]
     fn durations_display_in_the_largest_whole_unit() {
-        assert_eq!(HumanDuration(Duration::from_secs(432_000)).to_string(), "5d");
+        assert_eq!(
+            HumanDuration(Duration::from_secs(432_000)).to_string(),
+            "5d"
+        );
         assert_eq!(HumanDuration(Duration::from_secs(90)).to_string(), "90s");
-        assert_eq!(HumanDuration(Duration::from_millis(1500)).to_string(), "1500ms");
+        assert_eq!(
+            HumanDuration(Duration::from_millis(1500)).to_string(),
+            "1500ms"
+        );
     }
 }

@@ -8,13 +8,20 @@ use crate::dkim::{sign, KeyLookup};
 use crate::spool::{QueuedMessage, RcptStatus};
 
 /// Runs one attempt at time `now` (Unix seconds). Returns the message if it stays queued.
-pub async fn attempt(ctx: &DeliveryContext, mut item: QueuedMessage, now: u64) -> Option<QueuedMessage> {
+pub async fn attempt(
+    ctx: &DeliveryContext,
+    mut item: QueuedMessage,
+    now: u64,
+) -> Option<QueuedMessage> {
     let id = item.envelope.id.clone();
     item.state.attempts += 1;
     let pending: Vec<usize> = item.state.pending().collect();
     let outcomes = match prepare_and_send(ctx, &item, &pending).await {
         Ok(outcomes) => outcomes,
-        Err(reason) => pending.iter().map(|&i| (i, RcptOutcome::Deferred(reason.clone()))).collect(),
+        Err(reason) => pending
+            .iter()
+            .map(|&i| (i, RcptOutcome::Deferred(reason.clone())))
+            .collect(),
     };
 
     let mut deferred_reason = None;
@@ -24,12 +31,19 @@ pub async fn attempt(ctx: &DeliveryContext, mut item: QueuedMessage, now: u64) -
             RcptOutcome::Delivered(reply) => {
                 item.state.rcpts[i] = RcptStatus::Delivered;
                 tracing::info!(queue_id = %id, rcpt = %rcpt, reply = %reply, "delivered");
-                ctx.emit(DeliveryEvent::Delivered { id: id.clone(), rcpt: rcpt.clone() });
+                ctx.emit(DeliveryEvent::Delivered {
+                    id: id.clone(),
+                    rcpt: rcpt.clone(),
+                });
             }
             RcptOutcome::Failed(reason) => {
                 item.state.rcpts[i] = RcptStatus::Failed;
                 tracing::warn!(queue_id = %id, rcpt = %rcpt, reason = %reason, "failed permanently");
-                ctx.emit(DeliveryEvent::Failed { id: id.clone(), rcpt: rcpt.clone(), reason });
+                ctx.emit(DeliveryEvent::Failed {
+                    id: id.clone(),
+                    rcpt: rcpt.clone(),
+                    reason,
+                });
             }
             RcptOutcome::Deferred(reason) => deferred_reason = Some(reason),
         }
@@ -39,14 +53,24 @@ pub async fn attempt(ctx: &DeliveryContext, mut item: QueuedMessage, now: u64) -
         return finish(ctx, item);
     }
     let reason = deferred_reason.unwrap_or_else(|| "no result".into());
-    match ctx.retry.next(item.envelope.received, item.state.attempts, now) {
+    match ctx
+        .retry
+        .next(item.envelope.received, item.state.attempts, now)
+    {
         NextStep::Expired => {
             for i in item.state.pending().collect::<Vec<_>>() {
                 item.state.rcpts[i] = RcptStatus::Failed;
                 let rcpt = item.envelope.rcpts[i].clone();
-                let why = format!("expired after {} attempts; last error: {reason}", item.state.attempts);
+                let why = format!(
+                    "expired after {} attempts; last error: {reason}",
+                    item.state.attempts
+                );
                 tracing::warn!(queue_id = %id, rcpt = %rcpt, reason = %why, "failed permanently");
-                ctx.emit(DeliveryEvent::Failed { id: id.clone(), rcpt, reason: why });
+                ctx.emit(DeliveryEvent::Failed {
+                    id: id.clone(),
+                    rcpt,
+                    reason: why,
+                });
             }
             finish(ctx, item)
         }
@@ -83,7 +107,9 @@ async fn prepare_and_send(
     let env = &item.envelope;
     let keys = match ctx.keys.current().lookup(&env.from_domain) {
         KeyLookup::Ready(keys) => keys,
-        KeyLookup::Unusable(reason) => return Err(format!("no usable key for {}: {reason}", env.from_domain)),
+        KeyLookup::Unusable(reason) => {
+            return Err(format!("no usable key for {}: {reason}", env.from_domain))
+        }
         KeyLookup::Unknown => return Err(format!("no key configured for {}", env.from_domain)),
     };
     let spool = ctx.spool.clone();

@@ -33,11 +33,23 @@ pub enum Transport {
 /// What happened, for tests and (later) metrics. Logs carry the same facts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryEvent {
-    Delivered { id: QueueId, rcpt: String },
-    Deferred { id: QueueId, reason: String },
-    Failed { id: QueueId, rcpt: String, reason: String },
+    Delivered {
+        id: QueueId,
+        rcpt: String,
+    },
+    Deferred {
+        id: QueueId,
+        reason: String,
+    },
+    Failed {
+        id: QueueId,
+        rcpt: String,
+        reason: String,
+    },
     /// Every recipient is delivered or failed; the message left the spool.
-    Done { id: QueueId },
+    Done {
+        id: QueueId,
+    },
 }
 
 /// Everything an attempt needs.
@@ -153,7 +165,11 @@ impl Runner {
         self.schedule.insert(key);
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Command>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             self.dispatch_due();
             let sleep = self.time_to_next();
@@ -175,7 +191,9 @@ impl Runner {
             .await
             .is_err()
         {
-            tracing::warn!("delivery attempts still running after 30s; their messages stay in the spool");
+            tracing::warn!(
+                "delivery attempts still running after 30s; their messages stay in the spool"
+            );
         }
         tracing::info!(queued = self.items.len(), "queue runner stopped");
     }

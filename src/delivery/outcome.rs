@@ -43,16 +43,27 @@ impl AttemptError {
             E::UnparseableReply => ("unparseable reply or connection closed".to_string(), false),
             E::UnexpectedReply(r) => (format!("unexpected reply: {} {}", r.code, r.message), false),
             E::AuthenticationFailed(r) => (
-                format!("AUTH refused ({} {}): check upstream.username and upstream.password_file", r.code, r.message),
+                format!(
+                    "AUTH refused ({} {}): check upstream.username and upstream.password_file",
+                    r.code, r.message
+                ),
                 true,
             ),
             E::MissingCredentials => ("no credentials for AUTH".to_string(), true),
-            E::UnsupportedAuthMechanism => ("upstream offers no AUTH mechanism we support".to_string(), true),
+            E::UnsupportedAuthMechanism => (
+                "upstream offers no AUTH mechanism we support".to_string(),
+                true,
+            ),
             E::Auth(e) => (format!("AUTH error: {e:?}"), true),
             E::InvalidTLSName => ("upstream.host is not a valid TLS name".to_string(), true),
-            E::MissingStartTls => ("upstream does not offer STARTTLS, which upstream.tls requires".to_string(), true),
+            E::MissingStartTls => (
+                "upstream does not offer STARTTLS, which upstream.tls requires".to_string(),
+                true,
+            ),
             E::Base64(_) => ("AUTH encoding error".to_string(), true),
-            E::MissingMailFrom | E::MissingRcptTo => ("internal: incomplete envelope".to_string(), false),
+            E::MissingMailFrom | E::MissingRcptTo => {
+                ("internal: incomplete envelope".to_string(), false)
+            }
         };
         AttemptError {
             reason,
@@ -67,11 +78,26 @@ mod tests {
 
     #[test]
     fn reply_codes_map_to_outcomes() {
-        assert!(matches!(RcptOutcome::from_reply(250, "ok"), RcptOutcome::Delivered(_)));
-        assert!(matches!(RcptOutcome::from_reply(451, "later"), RcptOutcome::Deferred(_)));
-        assert!(matches!(RcptOutcome::from_reply(421, "bye"), RcptOutcome::Deferred(_)));
-        assert!(matches!(RcptOutcome::from_reply(550, "no"), RcptOutcome::Failed(_)));
-        assert!(matches!(RcptOutcome::from_reply(354, "??"), RcptOutcome::Deferred(_)));
+        assert!(matches!(
+            RcptOutcome::from_reply(250, "ok"),
+            RcptOutcome::Delivered(_)
+        ));
+        assert!(matches!(
+            RcptOutcome::from_reply(451, "later"),
+            RcptOutcome::Deferred(_)
+        ));
+        assert!(matches!(
+            RcptOutcome::from_reply(421, "bye"),
+            RcptOutcome::Deferred(_)
+        ));
+        assert!(matches!(
+            RcptOutcome::from_reply(550, "no"),
+            RcptOutcome::Failed(_)
+        ));
+        assert!(matches!(
+            RcptOutcome::from_reply(354, "??"),
+            RcptOutcome::Deferred(_)
+        ));
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub enum NextStep {
 impl RetryPolicy {
     /// Delay after the `attempts`-th failed attempt: initial, doubling, capped at max.
     pub fn delay(&self, attempts: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(attempts.saturating_sub(1))
+            .unwrap_or(u32::MAX);
         self.initial.saturating_mul(factor).min(self.max)
     }
 
@@ -61,9 +63,18 @@ mod tests {
     fn retries_stop_at_the_lifetime() {
         let p = policy();
         let received = 1_000_000;
-        assert_eq!(p.next(received, 1, received + 10), NextStep::RetryAt(received + 70));
+        assert_eq!(
+            p.next(received, 1, received + 10),
+            NextStep::RetryAt(received + 70)
+        );
         let almost = received + 5 * 86_400 - 100;
-        assert_eq!(p.next(received, 20, almost), NextStep::RetryAt(received + 5 * 86_400));
-        assert_eq!(p.next(received, 21, received + 5 * 86_400), NextStep::Expired);
+        assert_eq!(
+            p.next(received, 20, almost),
+            NextStep::RetryAt(received + 5 * 86_400)
+        );
+        assert_eq!(
+            p.next(received, 21, received + 5 * 86_400),
+            NextStep::Expired
+        );
     }
 }

@@ -17,7 +17,8 @@ use tokio_rustls::TlsConnector;
 const PROBE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 enum Client {
-    Tls(SmtpClient<TlsStream<TcpStream>>),
+    // Boxed: the TLS state is over a kilobyte and connections move in and out of the pool.
+    Tls(Box<SmtpClient<TlsStream<TcpStream>>>),
     Plain(SmtpClient<TcpStream>),
 }
 
@@ -73,7 +74,10 @@ impl Upstream {
                     .map_err(|e| format!("upstream.password_file {}: {e}", path.display()))?;
                 let first = text.lines().next().unwrap_or("").trim_end().to_string();
                 if first.is_empty() {
-                    return Err(format!("upstream.password_file {} is empty", path.display()));
+                    return Err(format!(
+                        "upstream.password_file {} is empty",
+                        path.display()
+                    ));
                 }
                 Some(Secret(first))
             }
@@ -146,17 +150,24 @@ impl Upstream {
     }
 
     fn put_idle(&self, conn: Connection) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
     }
 
     async fn connect(&self) -> Result<Connection, AttemptError> {
         let cfg = &self.config;
-        let builder = SmtpClientBuilder::new_with_tls_connector(cfg.host.clone(), cfg.port, self.connector.clone())
-            .helo_host(self.hostname.clone())
-            .implicit_tls(cfg.tls == TlsMode::Implicit)
-            // We say EHLO and AUTH ourselves, to keep the capabilities.
-            .say_ehlo(false)
-            .timeout(cfg.connect_timeout.0);
+        let builder = SmtpClientBuilder::new_with_tls_connector(
+            cfg.host.clone(),
+            cfg.port,
+            self.connector.clone(),
+        )
+        .helo_host(self.hostname.clone())
+        .implicit_tls(cfg.tls == TlsMode::Implicit)
+        // We say EHLO and AUTH ourselves, to keep the capabilities.
+        .say_ehlo(false)
+        .timeout(cfg.connect_timeout.0);
         let fail = |e: mail_send::Error| AttemptError::from_send(&e);
         let conn = match cfg.tls {
             TlsMode::Implicit | TlsMode::Starttls => {
@@ -164,7 +175,7 @@ impl Upstream {
                 c.timeout = cfg.command_timeout.0;
                 let eight_bit = self.greet(&mut c).await?;
                 Connection {
-                    client: Client::Tls(c),
+                    client: Client::Tls(Box::new(c)),
                     eight_bit,
                     last_used: Instant::now(),
                 }
@@ -185,7 +196,10 @@ impl Upstream {
     }
 
     /// EHLO and AUTH; returns whether the upstream takes 8-bit data.
-    async fn greet<T: AsyncRead + AsyncWrite + Unpin>(&self, c: &mut SmtpClient<T>) -> Result<bool, AttemptError> {
+    async fn greet<T: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        c: &mut SmtpClient<T>,
+    ) -> Result<bool, AttemptError> {
         let fail = |e: mail_send::Error| AttemptError::from_send(&e);
         let caps = c.ehlo(&self.hostname).await.map_err(fail)?;
         if let (Some(user), Some(secret)) = (&self.username, &self.password) {
@@ -202,9 +216,13 @@ async fn transact(
     rcpts: &[usize],
     parts: &[&[u8]],
 ) -> Result<Vec<(usize, RcptOutcome)>, TransactError> {
-    let body = if envelope.eight_bit && conn.eight_bit { " BODY=8BITMIME" } else { "" };
+    let body = if envelope.eight_bit && conn.eight_bit {
+        " BODY=8BITMIME"
+    } else {
+        ""
+    };
     match &mut conn.client {
-        Client::Tls(c) => transact_on(c, envelope, rcpts, parts, body).await,
+        Client::Tls(c) => transact_on(c.as_mut(), envelope, rcpts, parts, body).await,
         Client::Plain(c) => transact_on(c, envelope, rcpts, parts, body).await,
     }
 }
@@ -220,10 +238,18 @@ async fn transact_on<T: AsyncRead + AsyncWrite + Unpin>(
         error: AttemptError::from_send(&e),
         retry_now: true,
     };
-    let all = |outcome: RcptOutcome| rcpts.iter().map(|&i| (i, outcome.clone())).collect::<Vec<_>>();
+    let all = |outcome: RcptOutcome| {
+        rcpts
+            .iter()
+            .map(|&i| (i, outcome.clone()))
+            .collect::<Vec<_>>()
+    };
 
     let reply = c
-        .cmd(format!("MAIL FROM:<{}>{body_param}\r\n", envelope.mail_from))
+        .cmd(format!(
+            "MAIL FROM:<{}>{body_param}\r\n",
+            envelope.mail_from
+        ))
         .await
         .map_err(before_data)?;
     if !(200..300).contains(&reply.code) {
@@ -320,11 +346,13 @@ fn tls_connector(config: &UpstreamConfig) -> Result<TlsConnector, String> {
             .add(cert)
             .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(tls)))
 }
 
@@ -340,8 +368,14 @@ mod tests {
 
     #[tokio::test]
     async fn dot_stuffing_covers_lines_that_start_across_parts() {
-        assert_eq!(stuffed(&[b"A: b\r\n", b".x\r\n..y\r\n"]).await, b"A: b\r\n..x\r\n...y\r\n.\r\n");
-        assert_eq!(stuffed(&[b"A: b\r\n", b"no newline"]).await, b"A: b\r\nno newline\r\n.\r\n");
+        assert_eq!(
+            stuffed(&[b"A: b\r\n", b".x\r\n..y\r\n"]).await,
+            b"A: b\r\n..x\r\n...y\r\n.\r\n"
+        );
+        assert_eq!(
+            stuffed(&[b"A: b\r\n", b"no newline"]).await,
+            b"A: b\r\nno newline\r\n.\r\n"
+        );
         assert_eq!(stuffed(&[b".start\r\n"]).await, b"..start\r\n.\r\n");
     }
 }

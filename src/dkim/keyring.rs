@@ -178,7 +178,10 @@ fn load_domain(store: &KeyStore, config: &Config, domain: &str) -> Result<Arc<Do
         return Err("no active RSA key".into());
     }
     if want_ed25519 == Some(true) && !keys.iter().any(|k| k.algorithm == Algorithm::Ed25519) {
-        tracing::warn!(domain, "ed25519 is configured but no Ed25519 key is active; signing with RSA only");
+        tracing::warn!(
+            domain,
+            "ed25519 is configured but no Ed25519 key is active; signing with RSA only"
+        );
     }
     Ok(Arc::new(DomainKeys {
         domain: domain.to_string(),

@@ -60,8 +60,42 @@ pub fn sign(
         out.push(Signature {
             selector: key.selector.clone(),
             algorithm: key.algorithm,
-            header: signature.to_header(),
+            header: close_b_tag(signature.to_header()),
         });
     }
     Ok(out)
+}
+
+/// mail-auth folds the header so that the `;` after `b=` can land alone on the last line
+/// (`…==\r\n\t;`). RFC 6376 §3.7 says to drop whitespace around the removed b= value,
+/// which mail-auth does, but dkimpy (and verifiers like it) keep the fold and hash `b= ;`,
+/// so those signatures fail there. mail-auth signed as if it read `b=;`, so joining the
+/// `;` back onto the b= line is safe after signing and verifies everywhere.
+fn close_b_tag(header: String) -> String {
+    let body = header.trim_end_matches("\r\n");
+    let Some(without_semicolon) = body.strip_suffix(';') else {
+        return header;
+    };
+    let mut fixed = without_semicolon
+        .trim_end_matches([' ', '\t', '\r', '\n'])
+        .to_string();
+    fixed.push_str(";\r\n");
+    fixed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::close_b_tag;
+
+    #[test]
+    fn a_lone_semicolon_is_joined_to_the_b_line() {
+        assert_eq!(
+            close_b_tag("DKIM-Signature: a=x;\r\n\tb=AAAA\r\n\t;\r\n".into()),
+            "DKIM-Signature: a=x;\r\n\tb=AAAA;\r\n"
+        );
+        assert_eq!(
+            close_b_tag("DKIM-Signature: a=x; b=AAAA;\r\n".into()),
+            "DKIM-Signature: a=x; b=AAAA;\r\n"
+        );
+    }
 }

@@ -84,8 +84,9 @@ pub fn generate(algorithm: Algorithm, rsa_bits: usize) -> Result<KeyMaterial, St
             getrandom::fill(seed.as_mut())
                 .map_err(|e| format!("no randomness for the Ed25519 key: {e}"))?;
             let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-            let private_pem = ed25519_dalek::pkcs8::EncodePrivateKey::to_pkcs8_pem(&key, LineEnding::LF)
-                .map_err(|e| format!("Ed25519 key encoding failed: {e}"))?;
+            let private_pem =
+                ed25519_dalek::pkcs8::EncodePrivateKey::to_pkcs8_pem(&key, LineEnding::LF)
+                    .map_err(|e| format!("Ed25519 key encoding failed: {e}"))?;
             Ok(KeyMaterial {
                 private_pem,
                 public_key: key.verifying_key().to_bytes().to_vec(),
@@ -132,7 +133,10 @@ mod tests {
         // SPKI DER of a 2048-bit key starts 30 82 01 22 30 0d 06 09 (base64 "MIIBIjAN").
         assert_eq!(&key.public_key[..4], &[0x30, 0x82, 0x01, 0x22]);
         assert!(key.private_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
-        assert_eq!(public_key_of(Algorithm::Rsa, &key.private_pem).unwrap(), key.public_key);
+        assert_eq!(
+            public_key_of(Algorithm::Rsa, &key.private_pem).unwrap(),
+            key.public_key
+        );
     }
 
     #[test]

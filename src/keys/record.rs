@@ -50,7 +50,9 @@ mod tests {
     fn long_values_are_split_into_255_octet_strings() {
         let record = DnsRecord::new("example.com", "s1", Algorithm::Rsa, &[0u8; 294]);
         let line = record.zone_line();
-        assert!(line.starts_with("s1._domainkey.example.com. 3600 IN TXT ( \"v=DKIM1; k=rsa; p=AAAA"));
+        assert!(
+            line.starts_with("s1._domainkey.example.com. 3600 IN TXT ( \"v=DKIM1; k=rsa; p=AAAA")
+        );
         let strings: Vec<&str> = line
             .split('"')
             .enumerate()

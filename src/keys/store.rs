@@ -1,6 +1,8 @@
 //! Reading and writing the key store on disk.
 
-use super::{generate, public_key_of, Algorithm, DnsRecord, DomainState, KeyMaterial, Slot, SlotState};
+use super::{
+    generate, public_key_of, Algorithm, DnsRecord, DomainState, KeyMaterial, Slot, SlotState,
+};
 use crate::config::is_dns_name;
 use crate::fsutil::{ensure_dir, write_atomic};
 use std::fs::OpenOptions;
@@ -51,7 +53,9 @@ impl KeyStore {
     fn domain_dir(&self, domain: &str) -> Result<PathBuf, KeyError> {
         // The domain becomes a path component: refuse anything that could leave the store.
         if !is_dns_name(domain) {
-            return Err(KeyError::Refused(format!("\"{domain}\" is not a domain name")));
+            return Err(KeyError::Refused(format!(
+                "\"{domain}\" is not a domain name"
+            )));
         }
         Ok(self.dir.join(domain))
     }
@@ -108,7 +112,11 @@ impl KeyStore {
     }
 
     /// Reads a slot's private key, refusing files that others can read.
-    pub fn read_private_pem(&self, domain: &str, slot: &Slot) -> Result<Zeroizing<String>, KeyError> {
+    pub fn read_private_pem(
+        &self,
+        domain: &str,
+        slot: &Slot,
+    ) -> Result<Zeroizing<String>, KeyError> {
         let path = self.key_path(domain, slot)?;
         let meta = std::fs::metadata(&path).map_err(io_err(&path))?;
         let mode = meta.permissions().mode() & 0o777;
@@ -140,7 +148,9 @@ impl KeyStore {
         state: SlotState,
         now: u64,
     ) -> Result<Slot, KeyError> {
-        let mut domain_state = self.load(domain)?.unwrap_or_else(|| DomainState::new(domain));
+        let mut domain_state = self
+            .load(domain)?
+            .unwrap_or_else(|| DomainState::new(domain));
         if let Some(existing) = domain_state.slot(selector) {
             if existing.state != SlotState::Retired {
                 return Err(KeyError::Refused(format!(
@@ -205,7 +215,12 @@ impl KeyStore {
             path: self.key_path(domain, slot).unwrap_or_default(),
             problem,
         })?;
-        Ok(DnsRecord::new(domain, &slot.selector, slot.algorithm, &public))
+        Ok(DnsRecord::new(
+            domain,
+            &slot.selector,
+            slot.algorithm,
+            &public,
+        ))
     }
 }
 
@@ -218,7 +233,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::new(dir.path());
         let (slot, record) = store
-            .generate_key("example.org", "e1", Algorithm::Ed25519, 0, SlotState::Active, 1000)
+            .generate_key(
+                "example.org",
+                "e1",
+                Algorithm::Ed25519,
+                0,
+                SlotState::Active,
+                1000,
+            )
             .unwrap();
         let mode = std::fs::metadata(dir.path().join("example.org/e1.pem"))
             .unwrap()
@@ -236,12 +258,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::new(dir.path());
         let (slot, _) = store
-            .generate_key("example.org", "e1", Algorithm::Ed25519, 0, SlotState::Active, 1)
+            .generate_key(
+                "example.org",
+                "e1",
+                Algorithm::Ed25519,
+                0,
+                SlotState::Active,
+                1,
+            )
             .unwrap();
         let path = dir.path().join("example.org/e1.pem");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = store.read_private_pem("example.org", &slot).err().unwrap();
-        assert!(matches!(err, KeyError::Permissions { mode: 0o644, .. }), "{err}");
+        assert!(
+            matches!(err, KeyError::Permissions { mode: 0o644, .. }),
+            "{err}"
+        );
         assert!(!err.to_string().contains("PRIVATE"));
     }
 
@@ -250,10 +282,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::new(dir.path());
         store
-            .generate_key("example.org", "e1", Algorithm::Ed25519, 0, SlotState::Active, 1)
+            .generate_key(
+                "example.org",
+                "e1",
+                Algorithm::Ed25519,
+                0,
+                SlotState::Active,
+                1,
+            )
             .unwrap();
         assert!(store
-            .generate_key("example.org", "e1", Algorithm::Ed25519, 0, SlotState::Active, 2)
+            .generate_key(
+                "example.org",
+                "e1",
+                Algorithm::Ed25519,
+                0,
+                SlotState::Active,
+                2
+            )
             .is_err());
     }
 

@@ -41,7 +41,13 @@ mod tests {
     #[test]
     fn known_dates_format_correctly() {
         assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_528_637_909), "Sun, 10 Jun 2018 13:38:29 +0000");
-        assert_eq!(rfc5322_date(1_709_210_096), "Thu, 29 Feb 2024 12:34:56 +0000");
+        assert_eq!(
+            rfc5322_date(1_528_637_909),
+            "Sun, 10 Jun 2018 13:38:29 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(1_709_210_096),
+            "Thu, 29 Feb 2024 12:34:56 +0000"
+        );
     }
 }

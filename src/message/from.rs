@@ -70,7 +70,10 @@ mod tests {
     #[test]
     fn the_usual_forms_give_the_domain() {
         assert_eq!(domain("From: joe@Example.COM").unwrap(), "example.com");
-        assert_eq!(domain("From: Joe <joe@example.com>").unwrap(), "example.com");
+        assert_eq!(
+            domain("From: Joe <joe@example.com>").unwrap(),
+            "example.com"
+        );
         assert_eq!(
             domain("From: \"Doe, Joe\" <joe@mail.example.com> (cron)").unwrap(),
             "mail.example.com"
@@ -79,7 +82,10 @@ mod tests {
             domain("From: =?UTF-8?Q?J=C3=B6e?= <joe@example.com>").unwrap(),
             "example.com"
         );
-        assert_eq!(domain("From:\r\n <joe@example.com>").unwrap(), "example.com");
+        assert_eq!(
+            domain("From:\r\n <joe@example.com>").unwrap(),
+            "example.com"
+        );
     }
 
     #[test]

@@ -45,7 +45,10 @@ impl<'a> HeaderBlock<'a> {
                 }
             } else {
                 if let Some((name, vs, end)) = current.take() {
-                    fields.push(HeaderField { name, value: &message[vs..end] });
+                    fields.push(HeaderField {
+                        name,
+                        value: &message[vs..end],
+                    });
                 }
                 let colon = line
                     .iter()
@@ -65,7 +68,10 @@ impl<'a> HeaderBlock<'a> {
             pos = line_end + 2;
         };
         if let Some((name, vs, end)) = current {
-            fields.push(HeaderField { name, value: &message[vs..end] });
+            fields.push(HeaderField {
+                name,
+                value: &message[vs..end],
+            });
         }
         if fields.is_empty() {
             return Err(HeaderError::Empty);
@@ -131,7 +137,10 @@ mod tests {
             HeaderBlock::parse(b"From: a@b.example\r\nnonsense\r\n\r\n"),
             Err(HeaderError::Malformed(2))
         );
-        assert_eq!(HeaderBlock::parse(b" leading\r\n\r\n"), Err(HeaderError::Malformed(1)));
+        assert_eq!(
+            HeaderBlock::parse(b" leading\r\n\r\n"),
+            Err(HeaderError::Malformed(1))
+        );
         assert_eq!(HeaderBlock::parse(b"\r\nbody"), Err(HeaderError::Empty));
     }
 

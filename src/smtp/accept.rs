@@ -6,7 +6,7 @@ use super::reply::{Refusal, Reply};
 use super::session::{Flow, Session, State, Transaction};
 use crate::dkim::KeyLookup;
 use crate::message::{from_domain, HeaderBlock};
-use crate::spool::{Envelope, QueueId, QueuedMessage, DeliveryState};
+use crate::spool::{DeliveryState, Envelope, QueueId, QueuedMessage};
 use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -23,14 +23,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return self.respond(Refusal::BadSequence("send MAIL and RCPT first").reply());
             }
         };
-        self.conn.queue_reply(&Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
+        self.conn
+            .queue_reply(&Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
         let smtp = &self.ctx.config.smtp;
         let mut parser = DataParser::new(
             smtp.max_message_size.0 as usize,
             smtp.max_line_length,
             txn.declared_size,
         );
-        let read = tokio::time::timeout(smtp.data_timeout.0, self.conn.read_data(&mut parser)).await;
+        let read =
+            tokio::time::timeout(smtp.data_timeout.0, self.conn.read_data(&mut parser)).await;
         match read {
             Err(_) => {
                 tracing::info!(sender = %txn.mail_from, "DATA timeout; closing");
@@ -66,13 +68,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(log_refusal("too big", Refusal::MessageTooBig));
         }
         if parser.long_line {
-            return Err(log_refusal("line over the length limit", Refusal::LineTooLong));
+            return Err(log_refusal(
+                "line over the length limit",
+                Refusal::LineTooLong,
+            ));
         }
         let eight_bit = parser.eight_bit;
         let data = parser.into_message();
         let headers = HeaderBlock::parse(&data)
             .map_err(|e| log_refusal(&e.to_string(), Refusal::MalformedHeader))?;
-        let domain = from_domain(&headers).map_err(|e| log_refusal(&e.to_string(), Refusal::BadFrom))?;
+        let domain =
+            from_domain(&headers).map_err(|e| log_refusal(&e.to_string(), Refusal::BadFrom))?;
         match self.ctx.keys.current().lookup(&domain) {
             KeyLookup::Unknown => {
                 tracing::info!(sender = %txn.mail_from, from_domain = %domain, "message refused: no key configured for the From domain");
@@ -87,7 +93,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
         let now = SystemTime::now();
         let id = QueueId::generate(now);
-        let mut message = received_header(&self.helo, self.peer, &self.ctx.config.hostname, &id, now).into_bytes();
+        let mut message =
+            received_header(&self.helo, self.peer, &self.ctx.config.hostname, &id, now)
+                .into_bytes();
         message.extend_from_slice(&data);
         drop(data);
         let envelope = Envelope {
@@ -137,7 +145,13 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 /// The trace field RFC 5321 §4.4 requires of every relay.
-fn received_header(helo: &str, peer: std::net::IpAddr, hostname: &str, id: &QueueId, now: SystemTime) -> String {
+fn received_header(
+    helo: &str,
+    peer: std::net::IpAddr,
+    hostname: &str,
+    id: &QueueId,
+    now: SystemTime,
+) -> String {
     format!(
         "Received: from {helo} ([{peer}])\r\n\tby {hostname} (dkim-relay) with ESMTP id {id};\r\n\t{}\r\n",
         crate::message::rfc5322_date(unix(now))

@@ -106,13 +106,22 @@ impl Refusal {
         match self {
             Refusal::UnknownCommand => Reply::new(500, "5.5.2", "Command not recognised"),
             Refusal::Syntax(usage) => Reply::owned(501, "5.5.4", format!("Syntax: {usage}")),
-            Refusal::BadSequence(why) => Reply::owned(503, "5.5.1", format!("Bad sequence of commands: {why}")),
+            Refusal::BadSequence(why) => {
+                Reply::owned(503, "5.5.1", format!("Bad sequence of commands: {why}"))
+            }
             Refusal::NotImplemented => Reply::new(502, "5.5.1", "Command not implemented"),
             Refusal::CommandTooLong => Reply::new(500, "5.5.2", "Line too long"),
-            Refusal::BadCommandLine(t) => {
-                Reply::owned(500, "5.5.2", format!("Command line contains a {}; lines must end in CRLF", t.name()))
+            Refusal::BadCommandLine(t) => Reply::owned(
+                500,
+                "5.5.2",
+                format!(
+                    "Command line contains a {}; lines must end in CRLF",
+                    t.name()
+                ),
+            ),
+            Refusal::RelayDenied => {
+                Reply::new(550, "5.7.1", "Relay access denied: client not allowed")
             }
-            Refusal::RelayDenied => Reply::new(550, "5.7.1", "Relay access denied: client not allowed"),
             Refusal::UnsupportedParameter => Reply::new(555, "5.5.4", "Parameter not supported"),
             Refusal::BadRecipient => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
             Refusal::MessageTooBig => Reply::new(552, "5.3.4", "Message too big"),
@@ -123,18 +132,26 @@ impl Refusal {
                 "5.6.0",
                 format!("Message contains a {}; lines must end in CRLF", t.name()),
             ),
-            Refusal::LineTooLong => Reply::new(554, "5.6.0", "Message has a line longer than 998 octets"),
+            Refusal::LineTooLong => {
+                Reply::new(554, "5.6.0", "Message has a line longer than 998 octets")
+            }
             Refusal::MalformedHeader => Reply::new(550, "5.6.0", "Message header is malformed"),
             Refusal::BadFrom => Reply::new(
                 550,
                 "5.6.0",
                 "Message must have exactly one From header field with one address",
             ),
-            Refusal::NoKeyForDomain => Reply::new(550, "5.7.1", "This relay does not sign for the From domain"),
+            Refusal::NoKeyForDomain => {
+                Reply::new(550, "5.7.1", "This relay does not sign for the From domain")
+            }
             Refusal::SpoolFailed => Reply::new(451, "4.3.0", "Message not stored; try again later"),
-            Refusal::TooManyErrors => Reply::new(421, "4.7.0", "Too many errors; closing connection"),
+            Refusal::TooManyErrors => {
+                Reply::new(421, "4.7.0", "Too many errors; closing connection")
+            }
             Refusal::Timeout => Reply::new(421, "4.4.2", "Timeout; closing connection"),
-            Refusal::TooManyConnections => Reply::new(421, "4.7.0", "Too many connections; try again later"),
+            Refusal::TooManyConnections => {
+                Reply::new(421, "4.7.0", "Too many connections; try again later")
+            }
             Refusal::ShuttingDown => Reply::new(421, "4.3.2", "Service shutting down"),
         }
     }

@@ -73,7 +73,11 @@ pub fn normalise(ip: IpAddr) -> IpAddr {
 
 /// Accepts connections until `shutdown` turns true, then stops accepting and ends the
 /// sessions still open.
-pub async fn serve(listener: TcpListener, ctx: Arc<SmtpContext>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<SmtpContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let total = Arc::new(Semaphore::new(ctx.config.smtp.max_connections));
     let per_client = Arc::new(PerClient::default());
     let mut sessions = JoinSet::new();
@@ -104,7 +108,12 @@ pub async fn serve(listener: TcpListener, ctx: Arc<SmtpContext>, mut shutdown: w
             refuse(stream).await;
             continue;
         };
-        let allowed = ctx.config.smtp.allowed_networks.iter().any(|n| n.contains(&ip));
+        let allowed = ctx
+            .config
+            .smtp
+            .allowed_networks
+            .iter()
+            .any(|n| n.contains(&ip));
         if allowed {
             tracing::info!(client = %peer, "connection accepted");
         } else {

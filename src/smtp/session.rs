@@ -115,7 +115,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn command(&mut self, line: &[u8]) -> Flow {
         if let Some(taint) = line_taint(line) {
             // Whatever was in progress can no longer be trusted (DESIGN §3).
-            tracing::info!(taint = taint.name(), "tainted command line; transaction reset");
+            tracing::info!(
+                taint = taint.name(),
+                "tainted command line; transaction reset"
+            );
             self.reset();
             return self.answer(Err(Refusal::BadCommandLine(taint)));
         }
@@ -188,7 +191,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // Multi-line reply: written raw, with the final line as the Reply. ENHANCEDSTATUSCODES
         // lines carry no status code themselves (RFC 2034 §3).
         self.conn.queue_raw(
-            format!("250-{name}\r\n250-PIPELINING\r\n250-SIZE {size}\r\n250-8BITMIME\r\n").as_bytes(),
+            format!("250-{name}\r\n250-PIPELINING\r\n250-SIZE {size}\r\n250-8BITMIME\r\n")
+                .as_bytes(),
         );
         Reply {
             code: 250,

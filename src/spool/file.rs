@@ -37,9 +37,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Envelope, usize), String> {
     };
     let (json_len, msg_len) = (number()?, number()?);
     let json_start = nl + 1;
-    let msg_start = json_start
-        .checked_add(json_len)
-        .ok_or("length overflow")?;
+    let msg_start = json_start.checked_add(json_len).ok_or("length overflow")?;
     if msg_start.checked_add(msg_len) != Some(bytes.len()) {
         return Err(format!(
             "file is {} bytes, header promises {}",

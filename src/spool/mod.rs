@@ -70,13 +70,19 @@ impl Spool {
     /// Stores a message durably. Only after this returns Ok may the client get 250.
     pub fn store(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
         let bytes = file::encode(envelope, message)?;
-        write_atomic(&self.queue, &msg_name(&envelope.id), &bytes, 0o600, self.fsync)
+        write_atomic(
+            &self.queue,
+            &msg_name(&envelope.id),
+            &bytes,
+            0o600,
+            self.fsync,
+        )
     }
 
     pub fn read(&self, id: &QueueId) -> io::Result<SpooledMessage> {
         let bytes = std::fs::read(self.queue.join(msg_name(id)))?;
-        let (_, offset) = file::decode(&bytes)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let (_, offset) =
+            file::decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok(SpooledMessage { bytes, offset })
     }
 
@@ -124,10 +130,14 @@ impl Spool {
     }
 
     fn load_one(&self, id: &str) -> Result<QueuedMessage, String> {
-        let bytes = std::fs::read(self.queue.join(format!("{id}.msg"))).map_err(|e| e.to_string())?;
+        let bytes =
+            std::fs::read(self.queue.join(format!("{id}.msg"))).map_err(|e| e.to_string())?;
         let (envelope, _) = file::decode(&bytes)?;
         if envelope.id.as_str() != id {
-            return Err(format!("file name says {id}, envelope says {}", envelope.id));
+            return Err(format!(
+                "file name says {id}, envelope says {}",
+                envelope.id
+            ));
         }
         let state = match std::fs::read(self.queue.join(format!("{id}.state"))) {
             Ok(json) => match serde_json::from_slice::<DeliveryState>(&json) {

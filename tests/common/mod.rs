@@ -61,8 +61,10 @@ pub fn config(root: &Path, upstream: Option<SocketAddr>) -> Config {
     if !keys.exists() {
         copy_dir(key_template(), &keys);
     }
-    let mut config = Config::default();
-    config.hostname = "relay.test".into();
+    let mut config = Config {
+        hostname: "relay.test".into(),
+        ..Config::default()
+    };
     config.smtp.listen = "127.0.0.1:0".parse().unwrap();
     config.spool.dir = root.join("spool");
     config.keys.dir = keys;
@@ -140,6 +142,12 @@ impl Client {
 
     /// Reads one (possibly multi-line) reply; returns its last line.
     pub async fn reply(&mut self) -> String {
+        self.reply_lines().await.pop().unwrap()
+    }
+
+    /// Reads one reply; returns all its lines.
+    pub async fn reply_lines(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
         loop {
             let mut line = String::new();
             let n = tokio::time::timeout(Duration::from_secs(20), self.reader.read_line(&mut line))
@@ -147,8 +155,10 @@ impl Client {
                 .expect("reply timeout")
                 .unwrap();
             assert!(n > 0, "connection closed");
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return line.trim_end().to_string();
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line.trim_end().to_string());
+            if last {
+                return lines;
             }
         }
     }

@@ -47,7 +47,11 @@ impl FakeUpstream {
     }
 
     pub fn reply_to_data(&self, line: &str) {
-        self.script.lock().unwrap().data_replies.push_back(line.to_string());
+        self.script
+            .lock()
+            .unwrap()
+            .data_replies
+            .push_back(line.to_string());
     }
 
     pub fn reply_to_rcpt(&self, rcpt: &str, line: &str) {
@@ -113,7 +117,11 @@ async fn session(stream: tokio::net::TcpStream, script: Arc<Mutex<Script>>) {
                 if raw == b".\r\n" {
                     break;
                 }
-                let unstuffed = if raw.starts_with(b".") { &raw[1..] } else { &raw[..] };
+                let unstuffed = if raw.starts_with(b".") {
+                    &raw[1..]
+                } else {
+                    &raw[..]
+                };
                 data.extend_from_slice(unstuffed);
             }
             let mut s = script.lock().unwrap();
@@ -140,7 +148,10 @@ async fn session(stream: tokio::net::TcpStream, script: Arc<Mutex<Script>>) {
         } else {
             "502 5.5.1 not implemented".to_string()
         };
-        if w.write_all(format!("{reply}\r\n").as_bytes()).await.is_err() {
+        if w.write_all(format!("{reply}\r\n").as_bytes())
+            .await
+            .is_err()
+        {
             return;
         }
     }

@@ -59,9 +59,18 @@ fn smuggling_end_of_data_variants_do_not_end_the_data() {
         input.extend_from_slice(payload);
         input.extend_from_slice(b"MAIL FROM:<evil@example.com>\r\n");
         let (p, used) = parse(&input);
-        assert!(!p.is_done(), "{:?} ended the data", String::from_utf8_lossy(payload));
+        assert!(
+            !p.is_done(),
+            "{:?} ended the data",
+            String::from_utf8_lossy(payload)
+        );
         assert_eq!(used, input.len());
-        assert_eq!(p.taint, Some(*taint), "{:?}", String::from_utf8_lossy(payload));
+        assert_eq!(
+            p.taint,
+            Some(*taint),
+            "{:?}",
+            String::from_utf8_lossy(payload)
+        );
         // The real end still ends it.
         let mut p = p;
         let used = p.feed(b"\r\n.\r\nNOOP\r\n");
