@@ -41,6 +41,9 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub keys: KeysConfig,
     /// Domains to sign for; the key store may hold more (made with `keys generate`).
+    /// A config file without `[[domains]]` has none; only the embedded defaults (no file)
+    /// sign for example.com.
+    #[serde(default)]
     pub domains: Vec<DomainConfig>,
     pub delivery: DeliveryConfig,
     /// Where signed mail goes. Absent: signed messages are written to `delivery.outbox_dir`.

@@ -64,3 +64,10 @@ fn line_length_above_998_is_refused() {
     let err = Config::from_toml("[smtp]\nmax_line_length = 2000\n").unwrap_err();
     assert_eq!(err.field, "smtp.max_line_length");
 }
+
+#[test]
+fn a_file_without_domains_signs_for_none_by_default() {
+    let config = Config::from_toml("[smtp]\nmax_errors = 5\n").unwrap();
+    assert!(config.domains.is_empty());
+    assert_eq!(Config::default().domains[0].name, DEFAULT_DOMAIN);
+}
