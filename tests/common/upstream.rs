@@ -4,8 +4,19 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// How the fake upstream speaks TLS.
+#[derive(Clone)]
+pub enum Tls {
+    None,
+    /// Offers STARTTLS; AUTH PLAIN only after it.
+    Starttls(TlsAcceptor),
+    /// TLS from the first byte; AUTH PLAIN offered.
+    Implicit(TlsAcceptor),
+}
 
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -23,6 +34,10 @@ struct Script {
     rcpt_replies: HashMap<String, String>,
     received: Vec<Received>,
     connections: usize,
+    /// Decoded AUTH PLAIN credentials (user, password) it was given.
+    logins: Vec<(String, String)>,
+    /// Sessions that completed a TLS handshake.
+    tls_sessions: usize,
 }
 
 #[derive(Clone)]
@@ -33,6 +48,10 @@ pub struct FakeUpstream {
 
 impl FakeUpstream {
     pub async fn start() -> FakeUpstream {
+        Self::start_with(Tls::None).await
+    }
+
+    pub async fn start_with(tls: Tls) -> FakeUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let script = Arc::new(Mutex::new(Script::default()));
@@ -40,10 +59,18 @@ impl FakeUpstream {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 shared.lock().unwrap().connections += 1;
-                tokio::spawn(session(stream, shared.clone()));
+                tokio::spawn(connection(stream, shared.clone(), tls.clone()));
             }
         });
         FakeUpstream { addr, script }
+    }
+
+    pub fn logins(&self) -> Vec<(String, String)> {
+        self.script.lock().unwrap().logins.clone()
+    }
+
+    pub fn tls_sessions(&self) -> usize {
+        self.script.lock().unwrap().tls_sessions
     }
 
     pub fn reply_to_data(&self, line: &str) {
@@ -78,20 +105,76 @@ fn address(line: &str) -> String {
     line[start..end].to_string()
 }
 
-async fn session(stream: tokio::net::TcpStream, script: Arc<Mutex<Script>>) {
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    let _ = w.write_all(b"220 fake.upstream ESMTP\r\n").await;
+async fn connection(stream: tokio::net::TcpStream, script: Arc<Mutex<Script>>, tls: Tls) {
+    match tls {
+        Tls::None => {
+            session(stream, script, false, true).await;
+        }
+        Tls::Implicit(acceptor) => {
+            if let Ok(tls) = acceptor.accept(stream).await {
+                script.lock().unwrap().tls_sessions += 1;
+                session(tls, script, false, true).await;
+            }
+        }
+        Tls::Starttls(acceptor) => {
+            if let Some(plain) = session(stream, script.clone(), true, true).await {
+                if let Ok(tls) = acceptor.accept(plain).await {
+                    script.lock().unwrap().tls_sessions += 1;
+                    session(tls, script, false, false).await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs SMTP on `stream`; returns the stream when the client asked for STARTTLS.
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    script: Arc<Mutex<Script>>,
+    offer_starttls: bool,
+    greet: bool,
+) -> Option<S> {
+    let mut r = BufReader::new(stream);
+    if greet {
+        let _ = r.get_mut().write_all(b"220 fake.upstream ESMTP\r\n").await;
+    }
     let mut mail_from = String::new();
     let mut rcpts = Vec::new();
     loop {
         let mut line = String::new();
         if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-            return;
+            return None;
         }
         let upper = line.to_ascii_uppercase();
         let reply = if upper.starts_with("EHLO") {
-            "250-fake.upstream\r\n250-8BITMIME\r\n250 PIPELINING".to_string()
+            let tls_or_auth = if offer_starttls {
+                "STARTTLS"
+            } else {
+                "AUTH PLAIN"
+            };
+            format!("250-fake.upstream\r\n250-8BITMIME\r\n250-{tls_or_auth}\r\n250 PIPELINING")
+        } else if upper.starts_with("STARTTLS") && offer_starttls {
+            let _ = r.get_mut().write_all(b"220 2.0.0 ready\r\n").await;
+            return Some(r.into_inner());
+        } else if upper.starts_with("AUTH PLAIN ") && !offer_starttls {
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(line[11..].trim())
+                .unwrap_or_default();
+            let parts: Vec<String> = decoded
+                .split(|&b| b == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            if parts.len() == 3 {
+                script
+                    .lock()
+                    .unwrap()
+                    .logins
+                    .push((parts[1].clone(), parts[2].clone()));
+                "235 2.7.0 authenticated".to_string()
+            } else {
+                "501 5.5.2 bad AUTH PLAIN".to_string()
+            }
         } else if upper.starts_with("MAIL FROM:") {
             mail_from = address(&line);
             rcpts.clear();
@@ -107,12 +190,12 @@ async fn session(stream: tokio::net::TcpStream, script: Arc<Mutex<Script>>) {
                 }
             }
         } else if upper.starts_with("DATA") {
-            let _ = w.write_all(b"354 go ahead\r\n").await;
+            let _ = r.get_mut().write_all(b"354 go ahead\r\n").await;
             let mut data = Vec::new();
             loop {
                 let mut raw = Vec::new();
                 if r.read_until(b'\n', &mut raw).await.unwrap_or(0) == 0 {
-                    return;
+                    return None;
                 }
                 if raw == b".\r\n" {
                     break;
@@ -143,16 +226,17 @@ async fn session(stream: tokio::net::TcpStream, script: Arc<Mutex<Script>>) {
         } else if upper.starts_with("NOOP") {
             "250 2.0.0 ok".to_string()
         } else if upper.starts_with("QUIT") {
-            let _ = w.write_all(b"221 2.0.0 bye\r\n").await;
-            return;
+            let _ = r.get_mut().write_all(b"221 2.0.0 bye\r\n").await;
+            return None;
         } else {
             "502 5.5.1 not implemented".to_string()
         };
-        if w.write_all(format!("{reply}\r\n").as_bytes())
+        if r.get_mut()
+            .write_all(format!("{reply}\r\n").as_bytes())
             .await
             .is_err()
         {
-            return;
+            return None;
         }
     }
 }
