@@ -11,10 +11,12 @@
 //! - [`dkim`]: signing at each delivery attempt with the keys active at that moment.
 //! - [`delivery`]: the queue runner, retry schedule, upstream SMTP client and outbox.
 //!
-//! Around them: [`config`] (the TOML file), [`keys`] (the key store on disk),
+//! Around them: [`auth`] (AUTH users, who may send as which domain), [`config`] (the TOML
+//! file), [`keys`] (the key store on disk),
 //! [`message`] (header and From parsing), [`relay`] (wires the stages together),
 //! [`cli`] (the command line), [`logging`].
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;

@@ -5,7 +5,10 @@
 //! uses [`Config::default`], which works on a laptop: loopback only, keys in `./keys`,
 //! spool in `./spool`, signed mail written to `./outbox` because no upstream is set.
 
+mod inbound;
 mod units;
+
+pub use inbound::{normalise_domains, InboundAuthConfig, InboundTlsConfig, SenderPolicyConfig};
 
 pub use units::{parse_duration, parse_size, ByteSize, HumanDuration};
 
@@ -75,6 +78,31 @@ pub struct SmtpConfig {
     pub command_timeout: HumanDuration,
     /// How long the whole DATA transfer of one message may take.
     pub data_timeout: HumanDuration,
+
+    // Inbound hardening (issue 4); see `inbound.rs` and config.example.toml.
+    /// TLS for clients (STARTTLS, optional implicit-TLS listener). Absent: no TLS, no AUTH.
+    pub tls: Option<InboundTlsConfig>,
+    /// SMTP AUTH for clients, over TLS only. Absent: no AUTH.
+    pub auth: Option<InboundAuthConfig>,
+    /// Networks limited to some From domains; `allowed_networks` may use every domain.
+    pub senders: Vec<SenderPolicyConfig>,
+    /// Messages accepted in one session before MAIL gets 421 4.7.0 (the client reconnects).
+    pub max_messages_per_session: usize,
+    /// Longest AUTH command or SASL response line, CRLF included (RFC 4954: 12288).
+    pub max_auth_line_length: usize,
+    /// Largest header block of a message (Postfix header_size_limit: 100KiB); 552 5.3.4.
+    pub max_header_size: ByteSize,
+    /// Minimum DATA rate in bytes per second: each received chunk extends the DATA deadline
+    /// (which starts at `command_timeout`) by its size over this rate, up to
+    /// `data_timeout` (Postfix smtpd_min_data_rate: 500). 0 turns the rule off.
+    pub min_data_rate: u64,
+    /// Longest a session may last, however active; then 421 4.4.2.
+    pub max_session_age: HumanDuration,
+    /// At shutdown, how long a transaction in progress may take to finish before 421.
+    pub shutdown_grace: HumanDuration,
+    /// The upstream carries 8-bit bodies (8BITMIME). When false, 8BITMIME is not
+    /// advertised and 8-bit messages get 554 5.6.0. SMTPUTF8 is not offered at all yet.
+    pub upstream_8bitmime: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -229,6 +257,16 @@ impl Default for SmtpConfig {
             max_errors: 20,
             command_timeout: HumanDuration(Duration::from_secs(300)),
             data_timeout: HumanDuration(Duration::from_secs(600)),
+            tls: None,
+            auth: None,
+            senders: Vec::new(),
+            max_messages_per_session: 100,
+            max_auth_line_length: 12_288,
+            max_header_size: ByteSize(102_400),
+            min_data_rate: 500,
+            max_session_age: HumanDuration(Duration::from_secs(3600)),
+            shutdown_grace: HumanDuration(Duration::from_secs(30)),
+            upstream_8bitmime: true,
         }
     }
 }
@@ -298,6 +336,7 @@ impl Config {
             return Err(ConfigError::new("hostname", "must not be empty"));
         }
         self.smtp.validate()?;
+        self.smtp.validate_inbound()?;
         let mut seen = std::collections::HashSet::new();
         for (i, domain) in self.domains.iter_mut().enumerate() {
             domain.validate(i)?;
@@ -373,6 +412,11 @@ impl SmtpConfig {
             }
         }
         Ok(())
+    }
+
+    /// Validation of the inbound hardening fields (and normalisation of their domains).
+    fn validate_inbound(&mut self) -> Result<(), ConfigError> {
+        inbound::validate_limits(self)
     }
 }
 
