@@ -36,11 +36,28 @@ pub enum StartError {
     Upstream(String),
     #[error("key store: {0}")]
     Keys(#[from] KeyError),
+    #[error("inbound: {0}")]
+    Inbound(String),
+}
+
+/// Binds the implicit-TLS listener when one is configured.
+async fn bind_implicit_tls(
+    config: &Config,
+) -> Result<(Option<TcpListener>, Option<SocketAddr>), StartError> {
+    let Some(addr) = config.smtp.tls.as_ref().and_then(|t| t.implicit_listen) else {
+        return Ok((None, None));
+    };
+    let listen_err = |source| StartError::Listen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(listen_err)?;
+    let bound = listener.local_addr().map_err(listen_err)?;
+    Ok((Some(listener), Some(bound)))
 }
 
 /// A running relay.
 pub struct RelayHandle {
     smtp_addr: SocketAddr,
+    /// The implicit-TLS listener's address, when `smtp.tls.implicit_listen` is set.
+    smtp_tls_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     queue: QueueHandle,
     events: broadcast::Sender<DeliveryEvent>,
@@ -54,6 +71,11 @@ impl RelayHandle {
     /// The address the SMTP listener is bound to (useful with port 0).
     pub fn smtp_addr(&self) -> SocketAddr {
         self.smtp_addr
+    }
+
+    /// The implicit-TLS listener's address (useful with port 0).
+    pub fn smtp_tls_addr(&self) -> Option<SocketAddr> {
+        self.smtp_tls_addr
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<DeliveryEvent> {
@@ -151,17 +173,20 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
     let smtp_addr = listener
         .local_addr()
         .map_err(|source| StartError::Listen { addr, source })?;
-    let smtp_ctx = Arc::new(SmtpContext {
-        config: config.clone(),
-        keys: keys.clone(),
-        spool,
-        queue: queue.clone(),
-    });
-    let server = tokio::spawn(smtp::serve(listener, smtp_ctx, shutdown_rx));
+    let (implicit, smtp_tls_addr) = bind_implicit_tls(&config).await?;
+    let smtp_ctx = SmtpContext::new(config.clone(), keys.clone(), spool, queue.clone())
+        .map_err(|e| StartError::Inbound(e.to_string()))?;
+    let server = tokio::spawn(smtp::serve(
+        listener,
+        implicit,
+        Arc::new(smtp_ctx),
+        shutdown_rx,
+    ));
     tracing::info!(listen = %smtp_addr, hostname = %config.hostname, "dkim-relay is accepting mail");
 
     Ok(RelayHandle {
         smtp_addr,
+        smtp_tls_addr,
         shutdown: shutdown_tx,
         queue,
         events,

@@ -1,9 +1,11 @@
 //! DATA and the end of a transaction: read the message, apply the message policy
 //! (DESIGN §4), store it durably, and only then answer 250.
 
+use super::conn::DataRead;
 use super::data::DataParser;
+use super::pace::Pace;
 use super::reply::{Refusal, Reply};
-use super::session::{Flow, Session, State, Transaction};
+use super::session::{stopping, Flow, Session, State, Transaction};
 use crate::dkim::KeyLookup;
 use crate::message::{from_domain, HeaderBlock};
 use crate::spool::{DeliveryState, Envelope, QueueId, QueuedMessage};
@@ -31,25 +33,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             smtp.max_line_length,
             txn.declared_size,
         );
-        let read =
-            tokio::time::timeout(smtp.data_timeout.0, self.conn.read_data(&mut parser)).await;
+        let now = tokio::time::Instant::now();
+        let cap = (now + smtp.data_timeout.0).min(self.client.started + smtp.max_session_age.0);
+        let mut pace = Pace::new(now, smtp.command_timeout.0, cap, smtp.min_data_rate);
+        let grace = smtp.shutdown_grace.0;
+        // At shutdown a transfer in progress may still finish within the grace period;
+        // then the client gets 421 and nothing is stored, so it will retry elsewhere.
+        let read = tokio::select! {
+            read = self.conn.read_data(&mut parser, &mut pace) => read,
+            _ = async { stopping(&mut self.shutdown).await; tokio::time::sleep(grace).await } => {
+                tracing::info!(sender = %txn.mail_from, "shutdown grace ran out during DATA; nothing stored");
+                return self.respond(Refusal::ShuttingDown.reply());
+            }
+        };
         match read {
-            Err(_) => {
-                tracing::info!(sender = %txn.mail_from, "DATA timeout; closing");
+            Ok(DataRead::TimedOut) => {
+                tracing::info!(sender = %txn.mail_from, "DATA too slow or too long; closing, nothing stored");
                 return self.respond(Refusal::Timeout.reply());
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::info!(error = %e, "connection lost during DATA; nothing stored");
                 return Flow::Close;
             }
-            Ok(Ok(false)) => {
+            Ok(DataRead::Eof) => {
                 tracing::info!("client closed the connection during DATA; nothing stored");
                 return Flow::Close;
             }
-            Ok(Ok(true)) => {}
+            Ok(DataRead::Done) => {}
         }
         let reply = match self.accept(txn, parser).await {
-            Ok(id) => Reply::owned(250, "2.0.0", format!("Ok: queued as {id}")),
+            Ok(id) => {
+                self.messages += 1;
+                Reply::owned(250, "2.0.0", format!("Ok: queued as {id}"))
+            }
             Err(refusal) => refusal.reply(),
         };
         self.respond(reply)
@@ -77,8 +93,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let data = parser.into_message();
         let headers = HeaderBlock::parse(&data)
             .map_err(|e| log_refusal(&e.to_string(), Refusal::MalformedHeader))?;
+        let smtp = &self.ctx.config.smtp;
+        if headers.body_offset as u64 > smtp.max_header_size.0 {
+            return Err(log_refusal("header block too big", Refusal::HeaderTooBig));
+        }
+        // SMTPUTF8 is not offered, so UTF-8 in header fields cannot be relayed (RFC 6532
+        // needs it end to end); an 8-bit body needs an upstream that carries 8BITMIME.
+        if !data[..headers.body_offset].is_ascii() {
+            return Err(log_refusal("non-ASCII header field", Refusal::Utf8Headers));
+        }
+        if eight_bit && !smtp.upstream_8bitmime {
+            return Err(log_refusal(
+                "8-bit body; the upstream does not carry 8BITMIME",
+                Refusal::EightBitNotCarried,
+            ));
+        }
         let domain =
             from_domain(&headers).map_err(|e| log_refusal(&e.to_string(), Refusal::BadFrom))?;
+        // Authorisation before the key check: a tenant learns nothing about which other
+        // domains the relay signs for.
+        if let Some(grant) = self.grant().filter(|g| !g.permits(&domain)) {
+            tracing::warn!(client = %self.client.ip, user = %self.user_name(), from_domain = %domain, allowed = %grant.describe(), sender = %txn.mail_from, "message refused: From domain not allowed for this client");
+            return Err(Refusal::FromDomainDenied);
+        }
         match self.ctx.keys.current().lookup(&domain) {
             KeyLookup::Unknown => {
                 tracing::info!(sender = %txn.mail_from, from_domain = %domain, "message refused: no key configured for the From domain");
@@ -93,15 +130,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
         let now = SystemTime::now();
         let id = QueueId::generate(now);
+        let protocol = match (self.phase.tls(), self.user.is_some()) {
+            (false, false) => "ESMTP",
+            (true, false) => "ESMTPS",
+            (false, true) => "ESMTPA",
+            (true, true) => "ESMTPSA",
+        };
+        let hostname = &self.ctx.config.hostname;
         let mut message =
-            received_header(&self.helo, self.peer, &self.ctx.config.hostname, &id, now)
-                .into_bytes();
+            received_header(&self.helo, self.client.ip, hostname, protocol, &id, now).into_bytes();
+        // RFC 6409 §8.2/8.3: a submission server may add what the client left out; it
+        // goes in before signing, so it is covered by the signature.
+        if headers.all("Message-ID").next().is_none() {
+            message.extend_from_slice(format!("Message-ID: <{id}@{hostname}>\r\n").as_bytes());
+            tracing::info!(queue_id = %id, "added a Message-ID");
+        }
+        if headers.all("Date").next().is_none() {
+            let date = crate::message::rfc5322_date(unix(now));
+            message.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
+            tracing::info!(queue_id = %id, "added a Date");
+        }
+        drop(headers);
         message.extend_from_slice(&data);
         drop(data);
         let envelope = Envelope {
             id: id.clone(),
             received: unix(now),
-            client: self.peer,
+            client: self.client.ip,
             helo: self.helo.clone(),
             mail_from: txn.mail_from,
             rcpts: txn.rcpts,
@@ -149,11 +204,12 @@ fn received_header(
     helo: &str,
     peer: std::net::IpAddr,
     hostname: &str,
+    protocol: &str,
     id: &QueueId,
     now: SystemTime,
 ) -> String {
     format!(
-        "Received: from {helo} ([{peer}])\r\n\tby {hostname} (dkim-relay) with ESMTP id {id};\r\n\t{}\r\n",
+        "Received: from {helo} ([{peer}])\r\n\tby {hostname} (dkim-relay) with {protocol} id {id};\r\n\t{}\r\n",
         crate::message::rfc5322_date(unix(now))
     )
 }

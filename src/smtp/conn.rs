@@ -3,6 +3,7 @@
 //! batch costs one write.
 
 use super::data::DataParser;
+use super::pace::Pace;
 use super::reply::Reply;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -14,6 +15,13 @@ pub enum LineRead {
     /// The line was longer than allowed; it has been read to its end and dropped.
     TooLong,
     Eof,
+}
+
+pub enum DataRead {
+    Done,
+    Eof,
+    /// The DATA deadline passed (too slow, or too long in total).
+    TimedOut,
 }
 
 pub struct Conn<S> {
@@ -31,6 +39,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             start: 0,
             out: Vec::with_capacity(512),
         }
+    }
+
+    /// The bare stream; unread input and unsent output are dropped (STARTTLS).
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+
+    /// Whether the client has sent bytes not read yet.
+    pub fn has_buffered_input(&self) -> bool {
+        self.start < self.buf.len()
     }
 
     pub fn queue_reply(&mut self, reply: &Reply) {
@@ -90,16 +108,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Feeds the DATA parser until the end of data. Returns false on EOF.
-    pub async fn read_data(&mut self, parser: &mut DataParser) -> std::io::Result<bool> {
+    /// Feeds the DATA parser until the end of data, the client's EOF, or `pace`'s
+    /// deadline (which each received chunk pushes out).
+    pub async fn read_data(
+        &mut self,
+        parser: &mut DataParser,
+        pace: &mut Pace,
+    ) -> std::io::Result<DataRead> {
         loop {
             let used = parser.feed(&self.buf[self.start..]);
             self.start += used;
             if parser.is_done() {
-                return Ok(true);
+                return Ok(DataRead::Done);
             }
-            if self.fill().await? == 0 {
-                return Ok(false);
+            match tokio::time::timeout_at(pace.deadline(), self.fill()).await {
+                Err(_) => return Ok(DataRead::TimedOut),
+                Ok(read) => match read? {
+                    0 => return Ok(DataRead::Eof),
+                    n => pace.received(n),
+                },
             }
         }
     }

@@ -4,10 +4,15 @@
 //! spool, and only then does the client get 250.
 
 mod accept;
+mod auth;
 mod conn;
+pub mod connection;
 pub mod data;
+pub mod pace;
 pub mod reply;
 pub mod server;
 mod session;
+mod starttls;
+pub mod tls;
 
-pub use server::{serve, SmtpContext};
+pub use server::{serve, InboundError, SmtpContext};

@@ -99,6 +99,37 @@ pub enum Refusal {
     Timeout,
     TooManyConnections,
     ShuttingDown,
+
+    // Inbound hardening (issue 4).
+    /// `require_tls` is set and the client sent MAIL in clear text.
+    TlsRequired,
+    /// AUTH over a connection without TLS.
+    AuthNeedsTls,
+    /// A SASL mechanism other than PLAIN or LOGIN.
+    AuthMechanism,
+    /// Wrong user name or password (after the configured delay).
+    AuthFailed,
+    /// Too many failed AUTHs from this address recently.
+    AuthLocked,
+    /// The client answered a SASL challenge with `*`.
+    AuthCancelled,
+    /// A SASL response that is not base64 or not the mechanism's format.
+    AuthBadEncoding,
+    /// The header From domain is not among those the client or user may use.
+    FromDomainDenied,
+    /// The MAIL FROM domain is not among those the client or user may use.
+    SenderDomainDenied,
+    /// A non-ASCII address while SMTPUTF8 is not available.
+    NonAsciiAddress,
+    /// UTF-8 in the header block while SMTPUTF8 is not available.
+    Utf8Headers,
+    /// An 8-bit message while the upstream does not carry 8BITMIME.
+    EightBitNotCarried,
+    HeaderTooBig,
+    /// `max_messages_per_session` reached.
+    TooManyMessages,
+    /// `max_session_age` reached.
+    SessionTooOld,
 }
 
 impl Refusal {
@@ -153,6 +184,53 @@ impl Refusal {
                 Reply::new(421, "4.7.0", "Too many connections; try again later")
             }
             Refusal::ShuttingDown => Reply::new(421, "4.3.2", "Service shutting down"),
+            Refusal::TlsRequired => Reply::new(530, "5.7.0", "Must issue a STARTTLS command first"),
+            Refusal::AuthNeedsTls => Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            ),
+            Refusal::AuthMechanism => Reply::new(504, "5.5.4", "Unrecognized authentication type"),
+            Refusal::AuthFailed => Reply::new(535, "5.7.8", "Authentication credentials invalid"),
+            Refusal::AuthLocked => Reply::new(
+                454,
+                "4.7.0",
+                "Too many failed authentications; try again later",
+            ),
+            Refusal::AuthCancelled => Reply::new(501, "5.7.0", "Authentication cancelled"),
+            Refusal::AuthBadEncoding => {
+                Reply::new(501, "5.5.2", "Cannot decode the authentication response")
+            }
+            Refusal::FromDomainDenied => {
+                Reply::new(550, "5.7.1", "Not authorised to send as the From domain")
+            }
+            Refusal::SenderDomainDenied => Reply::new(
+                550,
+                "5.7.1",
+                "Not authorised to use this envelope sender domain",
+            ),
+            Refusal::NonAsciiAddress => Reply::new(
+                553,
+                "5.6.7",
+                "Non-ASCII addresses not permitted (no SMTPUTF8)",
+            ),
+            Refusal::Utf8Headers => Reply::new(
+                553,
+                "5.6.7",
+                "Non-ASCII header fields not permitted (no SMTPUTF8)",
+            ),
+            Refusal::EightBitNotCarried => Reply::new(
+                554,
+                "5.6.0",
+                "8-bit message content cannot be relayed; use a 7-bit encoding",
+            ),
+            Refusal::HeaderTooBig => Reply::new(552, "5.3.4", "Message header too big"),
+            Refusal::TooManyMessages => {
+                Reply::new(421, "4.7.0", "Too many messages in this session; reconnect")
+            }
+            Refusal::SessionTooOld => {
+                Reply::new(421, "4.4.2", "Session too long; closing connection")
+            }
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The inbound listener: accepts connections, enforces the connection limits, decides
 //! whether the client may relay, and runs one session task per connection.
 
+use super::connection::{self, ClientInfo};
 use super::reply::Refusal;
-use super::session::Session;
+use super::tls::{TlsError, TlsStore};
+use crate::auth::{FailureLimiter, Grants, UserError, Users};
 use crate::config::Config;
 use crate::delivery::QueueHandle;
 use crate::dkim::SharedKeyRing;
@@ -24,6 +26,59 @@ pub struct SmtpContext {
     pub spool: Spool,
     /// Where accepted messages go for delivery.
     pub queue: QueueHandle,
+    /// Which From domains each client network may use (`allowed_networks`, `senders`).
+    pub grants: Grants,
+    /// The certificate for STARTTLS and implicit TLS; None without `[smtp.tls]`.
+    pub tls: Option<Arc<TlsStore>>,
+    /// AUTH users; None without `[smtp.auth]` (then AUTH is neither offered nor accepted).
+    pub users: Option<Arc<Users>>,
+    /// Failed AUTHs per client address, shared by all sessions.
+    pub auth_failures: FailureLimiter,
+}
+
+/// Why the inbound side cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum InboundError {
+    #[error("smtp.tls: {0}")]
+    Tls(#[from] TlsError),
+    #[error("smtp.auth.users_file: {0}")]
+    Users(#[from] UserError),
+}
+
+impl SmtpContext {
+    /// Builds what sessions share; loads the TLS certificate and the users file.
+    pub fn new(
+        config: Arc<Config>,
+        keys: Arc<SharedKeyRing>,
+        spool: Spool,
+        queue: QueueHandle,
+    ) -> Result<SmtpContext, InboundError> {
+        let tls = match &config.smtp.tls {
+            Some(tls) => Some(Arc::new(TlsStore::open(tls)?)),
+            None => None,
+        };
+        let users = match &config.smtp.auth {
+            Some(auth) => Some(Arc::new(Users::load(&auth.users_file)?)),
+            None => None,
+        };
+        let (max, window) = config
+            .smtp
+            .auth
+            .as_ref()
+            .map_or((usize::MAX, std::time::Duration::ZERO), |a| {
+                (a.max_failures, a.failure_window.0)
+            });
+        Ok(SmtpContext {
+            grants: Grants::from_config(&config.smtp),
+            tls,
+            users,
+            auth_failures: FailureLimiter::new(max, window),
+            config,
+            keys,
+            spool,
+            queue,
+        })
+    }
 }
 
 /// Open connections per client address, to enforce `max_connections_per_client`.
@@ -71,20 +126,36 @@ pub fn normalise(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Accepts connections until `shutdown` turns true, then stops accepting and ends the
-/// sessions still open.
+/// Accepts on `implicit` when there is one; never returns otherwise.
+async fn accept_opt(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Accepts connections (plain, and implicit TLS on `implicit`) until `shutdown` turns
+/// true, then stops accepting and lets the sessions still open finish within
+/// `smtp.shutdown_grace` (each answers 421 when it runs out).
 pub async fn serve(
     listener: TcpListener,
+    implicit: Option<TcpListener>,
     ctx: Arc<SmtpContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let total = Arc::new(Semaphore::new(ctx.config.smtp.max_connections));
     let per_client = Arc::new(PerClient::default());
     let mut sessions = JoinSet::new();
+    if let (Some(store), Some(tls)) = (&ctx.tls, &ctx.config.smtp.tls) {
+        tokio::spawn(store.clone().watch(tls.reload_interval.0, shutdown.clone()));
+    }
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => break,
+        let (accepted, implicit_tls) = tokio::select! {
+            accepted = listener.accept() => (accepted, false),
+            accepted = accept_opt(implicit.as_ref()) => (accepted, true),
+            _ = shutdown.wait_for(|stop| *stop) => break,
         };
         // Reap finished sessions so the set does not grow.
         while sessions.try_join_next().is_some() {}
@@ -108,31 +179,49 @@ pub async fn serve(
             refuse(stream).await;
             continue;
         };
-        let allowed = ctx
-            .config
-            .smtp
-            .allowed_networks
-            .iter()
-            .any(|n| n.contains(&ip));
-        if allowed {
-            tracing::info!(client = %peer, "connection accepted");
-        } else {
-            tracing::warn!(client = %peer, "connection from a client outside smtp.allowed_networks; it may not relay");
+        let grant = ctx.grants.for_client(ip).cloned();
+        match &grant {
+            Some(g) => {
+                tracing::info!(client = %peer, tls = implicit_tls, domains = %g.describe(), "connection accepted")
+            }
+            None => {
+                tracing::warn!(client = %peer, tls = implicit_tls, "connection from a client outside the allowed networks; it may relay only after AUTH")
+            }
         }
         let _ = stream.set_nodelay(true);
-        let ctx = ctx.clone();
+        let client = ClientInfo {
+            ip,
+            grant,
+            started: tokio::time::Instant::now(),
+        };
+        let session_ctx = ctx.clone();
+        let stop = shutdown.clone();
         let span = tracing::info_span!("smtp", client = %SocketAddr::new(ip, peer.port()));
         sessions.spawn(
             async move {
-                Session::new(stream, ip, allowed, ctx).run().await;
+                connection::run(stream, client, session_ctx, stop, implicit_tls).await;
                 drop(slot);
                 drop(permit);
             }
             .instrument(span),
         );
     }
-    tracing::info!(open = sessions.len(), "SMTP listener stopped");
-    sessions.shutdown().await;
+    // Sessions see the same signal: idle ones answer 421 at once, a transaction in
+    // progress gets `shutdown_grace` to finish. The margin covers the final spool write.
+    let open = sessions.len();
+    tracing::info!(open, "SMTP listener stopped; waiting for open sessions");
+    let wait = ctx.config.smtp.shutdown_grace.0 + std::time::Duration::from_secs(5);
+    let drained = tokio::time::timeout(wait, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = sessions.len(),
+            "sessions still open after the shutdown grace; closing them"
+        );
+        sessions.shutdown().await;
+    }
 }
 
 async fn refuse(mut stream: TcpStream) {

@@ -1,13 +1,18 @@
-//! One SMTP session: a state machine over the commands of RFC 5321.
+//! One SMTP session: a state machine over the commands of RFC 5321. AUTH lives in
+//! `auth.rs`, STARTTLS in `starttls.rs`, DATA and the message policy in `accept.rs`.
 
 use super::conn::{Conn, LineRead};
+use super::connection::ClientInfo;
 use super::reply::{Refusal, Reply, Taint};
 use super::server::SmtpContext;
+use crate::auth::DomainGrant;
 use smtp_proto::{Error as ParseError, Request};
 use std::borrow::Cow;
-use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use zeroize::Zeroize;
 
 /// Mail transaction parameters accepted so far.
 #[derive(Debug)]
@@ -18,7 +23,8 @@ pub(super) struct Transaction {
     pub declared_size: usize,
 }
 
-/// Where the session stands. Transitions happen only in [`Session::command`].
+/// Where the session stands. Transitions happen only in [`Session::command`] and the
+/// verb handlers it calls.
 #[derive(Debug)]
 pub(super) enum State {
     /// Connected, no EHLO/HELO yet.
@@ -29,65 +35,169 @@ pub(super) enum State {
     Transaction(Transaction),
 }
 
+/// Whether the stream is encrypted, and how it came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Plain,
+    /// TLS from the first byte; the greeting is sent inside TLS.
+    ImplicitTls,
+    /// After STARTTLS: no new greeting, the client starts with EHLO (RFC 3207 §4.2).
+    AfterStartTls,
+}
+
+impl Phase {
+    pub fn tls(self) -> bool {
+        !matches!(self, Phase::Plain)
+    }
+}
+
 pub(super) enum Flow {
     Continue,
     Close,
+    /// 220 to STARTTLS has been queued; hand the socket over for the handshake.
+    StartTls,
+}
+
+/// How a session ended.
+pub enum End<S> {
+    Closed,
+    /// The client asked for TLS: the bare stream, every buffered byte dropped.
+    StartTls(S),
+}
+
+/// What waiting for the next command line produced.
+enum Input {
+    Line(Vec<u8>),
+    TooLong,
+    Timeout,
+    SessionTooOld,
+    ShuttingDown,
+    Closed,
+}
+
+/// An authenticated user.
+#[derive(Debug, Clone)]
+pub(super) struct AuthUser {
+    pub name: String,
+    pub domains: DomainGrant,
 }
 
 pub struct Session<S> {
     pub(super) conn: Conn<S>,
     pub(super) ctx: Arc<SmtpContext>,
-    pub(super) peer: IpAddr,
-    /// The client is in an allowed network.
-    pub(super) relay_allowed: bool,
+    pub(super) client: ClientInfo,
+    pub(super) phase: Phase,
+    pub(super) user: Option<AuthUser>,
     pub(super) helo: String,
     pub(super) state: State,
+    /// Turns true at shutdown: idle sessions answer 421, DATA gets a grace period.
+    pub(super) shutdown: watch::Receiver<bool>,
     errors: usize,
+    /// Messages accepted in this session, for `max_messages_per_session`.
+    pub(super) messages: usize,
 }
 
 const ALLOWED_MAIL_FLAGS: u64 = smtp_proto::MAIL_BODY_7BIT | smtp_proto::MAIL_BODY_8BITMIME;
 
+/// Resolves once shutdown is signalled; never if the signal's sender is gone.
+pub(super) async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    pub fn new(stream: S, peer: IpAddr, relay_allowed: bool, ctx: Arc<SmtpContext>) -> Self {
+    pub fn new(
+        stream: S,
+        client: ClientInfo,
+        ctx: Arc<SmtpContext>,
+        shutdown: watch::Receiver<bool>,
+        phase: Phase,
+    ) -> Self {
         Session {
             conn: Conn::new(stream),
             ctx,
-            peer,
-            relay_allowed,
+            client,
+            phase,
+            user: None,
             helo: String::new(),
             state: State::Fresh,
+            shutdown,
             errors: 0,
+            messages: 0,
         }
     }
 
-    pub async fn run(mut self) {
-        let greeting = format!("220 {} ESMTP dkim-relay\r\n", self.ctx.config.hostname);
-        self.conn.queue_raw(greeting.as_bytes());
-        let timeout = self.ctx.config.smtp.command_timeout.0;
-        let max_line = self.ctx.config.smtp.max_command_length;
+    pub async fn run(mut self) -> End<S> {
+        if self.phase != Phase::AfterStartTls {
+            let greeting = format!("220 {} ESMTP dkim-relay\r\n", self.ctx.config.hostname);
+            self.conn.queue_raw(greeting.as_bytes());
+        }
         loop {
-            let read = tokio::time::timeout(timeout, self.conn.read_line(max_line)).await;
-            let flow = match read {
-                Err(_) => {
+            let flow = match self.next_input().await {
+                Input::Line(mut line) => {
+                    let flow = self.command(&line).await;
+                    // An AUTH line may hold a password (PLAIN initial response).
+                    line.zeroize();
+                    flow
+                }
+                Input::TooLong => self.respond(Refusal::CommandTooLong.reply()),
+                Input::Timeout => {
                     tracing::info!("command timeout; closing");
                     self.respond(Refusal::Timeout.reply())
                 }
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "connection error");
-                    break;
+                Input::SessionTooOld => {
+                    tracing::info!("session age limit reached; closing");
+                    self.respond(Refusal::SessionTooOld.reply())
                 }
-                Ok(Ok(LineRead::Eof)) => break,
-                Ok(Ok(LineRead::TooLong)) => self.respond(Refusal::CommandTooLong.reply()),
-                Ok(Ok(LineRead::Line(line))) => self.command(&line).await,
+                Input::ShuttingDown => self.respond(Refusal::ShuttingDown.reply()),
+                Input::Closed => break,
             };
-            if let Flow::Close = flow {
-                break;
+            match flow {
+                Flow::Continue => {}
+                Flow::Close => break,
+                Flow::StartTls => {
+                    if let Err(e) = self.conn.flush().await {
+                        tracing::debug!(error = %e, "could not send the STARTTLS reply");
+                        return End::Closed;
+                    }
+                    return End::StartTls(self.conn.into_inner());
+                }
             }
         }
         if let Err(e) = self.conn.flush().await {
             tracing::debug!(error = %e, "could not send the last reply");
         }
         tracing::debug!("connection closed");
+        End::Closed
+    }
+
+    /// Waits for the next command line, bounded by the command timeout, the session age
+    /// and shutdown. Lines up to the AUTH limit are read; only AUTH may use that length.
+    async fn next_input(&mut self) -> Input {
+        let smtp = &self.ctx.config.smtp;
+        let session_end = self.client.started + smtp.max_session_age.0;
+        let deadline = (Instant::now() + smtp.command_timeout.0).min(session_end);
+        let (max_auth, max_command) = (smtp.max_auth_line_length, smtp.max_command_length);
+        let read = tokio::select! {
+            biased;
+            _ = stopping(&mut self.shutdown) => return Input::ShuttingDown,
+            read = tokio::time::timeout_at(deadline, self.conn.read_line(max_auth)) => read,
+        };
+        match read {
+            Err(_) if Instant::now() >= session_end => Input::SessionTooOld,
+            Err(_) => Input::Timeout,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "connection error");
+                Input::Closed
+            }
+            Ok(Ok(LineRead::Eof)) => Input::Closed,
+            Ok(Ok(LineRead::TooLong)) => Input::TooLong,
+            Ok(Ok(LineRead::Line(line))) if line.len() > max_command && !is_auth(&line) => {
+                Input::TooLong
+            }
+            Ok(Ok(LineRead::Line(line))) => Input::Line(line),
+        }
     }
 
     /// Queues a reply, counting errors; closes after too many or after a 421.
@@ -107,7 +217,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Flow::Continue
     }
 
-    fn answer(&mut self, result: Result<Reply, Refusal>) -> Flow {
+    pub(super) fn answer(&mut self, result: Result<Reply, Refusal>) -> Flow {
         let reply = result.unwrap_or_else(|refusal| refusal.reply());
         self.respond(reply)
     }
@@ -156,21 +266,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Request::Help { .. } => self.answer(Ok(Reply::new(
                 214,
                 "2.0.0",
-                "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY",
+                "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY STARTTLS AUTH",
             ))),
             Request::Vrfy { .. } => self.answer(Ok(Reply::new(
                 252,
                 "2.1.5",
                 "Cannot verify the user, but will relay the message",
             ))),
+            Request::StartTls => self.starttls(),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, &initial_response).await,
             Request::Lhlo { .. }
             | Request::Expn { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
             | Request::Burl { .. }
-            | Request::Bdat { .. }
-            | Request::Auth { .. }
-            | Request::StartTls => self.answer(Err(Refusal::NotImplemented)),
+            | Request::Bdat { .. } => self.answer(Err(Refusal::NotImplemented)),
         }
     }
 
@@ -180,6 +293,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    /// The domains this session may use: the AUTH user's, else the client network's.
+    pub(super) fn grant(&self) -> Option<&DomainGrant> {
+        match &self.user {
+            Some(user) => Some(&user.domains),
+            None => self.client.grant.as_ref(),
+        }
+    }
+
+    /// The AUTH user's name for log lines, "-" without AUTH.
+    pub(super) fn user_name(&self) -> &str {
+        self.user.as_ref().map_or("-", |u| u.name.as_str())
+    }
+
     fn ehlo(&mut self, host: &str, extended: bool) -> Reply {
         self.helo = sanitize_helo(host);
         self.state = State::Ready;
@@ -187,13 +313,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if !extended {
             return Reply::owned(250, "2.0.0", name.clone());
         }
-        let size = self.ctx.config.smtp.max_message_size.0;
+        let smtp = &self.ctx.config.smtp;
+        let mut lines = format!(
+            "250-{name}\r\n250-PIPELINING\r\n250-SIZE {}\r\n",
+            smtp.max_message_size.0
+        );
+        if smtp.upstream_8bitmime {
+            lines.push_str("250-8BITMIME\r\n");
+        }
+        if self.ctx.tls.is_some() && !self.phase.tls() {
+            lines.push_str("250-STARTTLS\r\n");
+        }
+        // AUTH only inside TLS (DESIGN §3), so a password never crosses in clear text.
+        if self.ctx.users.is_some() && self.phase.tls() {
+            lines.push_str("250-AUTH PLAIN LOGIN\r\n");
+        }
         // Multi-line reply: written raw, with the final line as the Reply. ENHANCEDSTATUSCODES
         // lines carry no status code themselves (RFC 2034 §3).
-        self.conn.queue_raw(
-            format!("250-{name}\r\n250-PIPELINING\r\n250-SIZE {size}\r\n250-8BITMIME\r\n")
-                .as_bytes(),
-        );
+        self.conn.queue_raw(lines.as_bytes());
         Reply {
             code: 250,
             status: "",
@@ -207,11 +344,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             State::Transaction(_) => return Err(Refusal::BadSequence("nested MAIL command")),
             State::Ready => {}
         }
-        if !self.relay_allowed {
-            tracing::warn!(client = %self.peer, sender = %from.address, "relay refused: client not in smtp.allowed_networks");
-            return Err(Refusal::RelayDenied);
+        let smtp = &self.ctx.config.smtp;
+        if self.messages >= smtp.max_messages_per_session {
+            tracing::info!(
+                messages = self.messages,
+                "smtp.max_messages_per_session reached; closing"
+            );
+            return Err(Refusal::TooManyMessages);
         }
+        if smtp.tls.as_ref().is_some_and(|t| t.require_tls) && !self.phase.tls() {
+            return Err(Refusal::TlsRequired);
+        }
+        let Some(grant) = self.grant() else {
+            tracing::warn!(client = %self.client.ip, sender = %from.address, "relay refused: client not in an allowed network and not authenticated");
+            return Err(Refusal::RelayDenied);
+        };
+        let eight_bit_refused =
+            !smtp.upstream_8bitmime && from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0;
         if from.flags & !ALLOWED_MAIL_FLAGS != 0
+            || eight_bit_refused
             || from.env_id.is_some()
             || from.trans_id.is_some()
             || from.auth.is_some()
@@ -222,12 +373,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         {
             return Err(Refusal::UnsupportedParameter);
         }
-        if from.size as u64 > self.ctx.config.smtp.max_message_size.0 {
+        if from.size as u64 > smtp.max_message_size.0 {
             return Err(Refusal::MessageTooBig);
         }
         let address = from.address.trim().to_string();
-        if !address.is_empty() && !address.contains('@') {
-            return Err(Refusal::Syntax("MAIL FROM:<user@domain> or MAIL FROM:<>"));
+        if !address.is_ascii() {
+            return Err(Refusal::NonAsciiAddress);
+        }
+        if !address.is_empty() {
+            let Some((_, domain)) = address.rsplit_once('@') else {
+                return Err(Refusal::Syntax("MAIL FROM:<user@domain> or MAIL FROM:<>"));
+            };
+            let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            if !grant.permits(&domain) {
+                tracing::warn!(client = %self.client.ip, user = %self.user_name(), domain = %domain, allowed = %grant.describe(), "envelope sender domain not allowed for this client");
+                return Err(Refusal::SenderDomainDenied);
+            }
         }
         self.state = State::Transaction(Transaction {
             mail_from: address,
@@ -246,6 +407,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(Refusal::UnsupportedParameter);
         }
         let address = to.address.trim();
+        if !address.is_ascii() {
+            return Err(Refusal::NonAsciiAddress);
+        }
         match address.rsplit_once('@') {
             Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {}
             _ => return Err(Refusal::BadRecipient),
@@ -258,8 +422,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 }
 
+/// Whether a command line is AUTH (which may be up to 12288 octets, RFC 4954 §4).
+fn is_auth(line: &[u8]) -> bool {
+    line.get(..5)
+        .is_some_and(|verb| verb.eq_ignore_ascii_case(b"AUTH "))
+}
+
 /// A command line must end in CRLF and hold no other CR, LF or NUL.
-fn line_taint(line: &[u8]) -> Option<Taint> {
+pub(super) fn line_taint(line: &[u8]) -> Option<Taint> {
     let Some(body) = line.strip_suffix(b"\r\n") else {
         return Some(Taint::BareLf);
     };
