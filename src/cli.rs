@@ -35,6 +35,16 @@ pub enum Command {
     /// Key store commands.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Inbound AUTH commands.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Read a password from the first line of stdin; print its argon2id hash for the
+    /// `password_hash` of a user in `smtp.auth.users_file`.
+    HashPassword,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +111,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             logging::init(cli.log_format);
             keys(&config, command)
         }
+        Command::Auth(AuthCommand::HashPassword) => hash_password(),
     }
 }
 
@@ -144,6 +155,22 @@ async fn wait_for_signal() {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
+}
+
+/// Reads one line from stdin (not echoed back, never logged) and prints its hash.
+fn hash_password() -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let mut line = zeroize::Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        bail!("empty password on stdin");
+    }
+    println!("{}", crate::auth::hash_password(password.as_bytes())?);
+    Ok(())
 }
 
 /// A domain's settings: the configured ones, or the defaults for a domain only in the store.
