@@ -24,7 +24,10 @@ where
         let r = smtp
             .send(sender, "u@example.net", &message(from, &format!("row{i}")))
             .await;
-        assert!(r.starts_with(expected), "row {i} ({sender}, {from}): got {r}");
+        assert!(
+            r.starts_with(expected),
+            "row {i} ({sender}, {from}): got {r}"
+        );
         if r.starts_with("250") {
             accepted += 1;
         } else {

@@ -14,7 +14,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 async fn relay_with(
     tune: impl FnOnce(&mut dkim_relay::config::Config),
-) -> (dkim_relay::relay::RelayHandle, FakeUpstream, tempfile::TempDir) {
+) -> (
+    dkim_relay::relay::RelayHandle,
+    FakeUpstream,
+    tempfile::TempDir,
+) {
     let upstream = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path(), Some(upstream.addr));
@@ -35,7 +39,9 @@ async fn a_client_trickling_data_is_cut_off_by_the_minimum_rate() {
         c.smtp.min_data_rate = 500;
     })
     .await;
-    let stream = tokio::net::TcpStream::connect(relay.smtp_addr()).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(relay.smtp_addr())
+        .await
+        .unwrap();
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut line = String::new();
@@ -144,12 +150,17 @@ async fn messages_per_session_header_size_and_line_lengths_are_bounded() {
         .await
         .starts_with("538 5.7.11"));
     assert_eq!(
-        smtp.cmd(&format!("AUTH PLAIN {}", "A".repeat(13_000))).await,
+        smtp.cmd(&format!("AUTH PLAIN {}", "A".repeat(13_000)))
+            .await,
         "500 5.5.2 Line too long"
     );
     // One message per session: the second MAIL gets 421 and the connection closes.
     let r = smtp
-        .send("a@example.com", "u@example.net", &message("a@example.com", "one"))
+        .send(
+            "a@example.com",
+            "u@example.net",
+            &message("a@example.com", "one"),
+        )
         .await;
     assert!(r.starts_with("250"), "{r}");
     assert_eq!(
@@ -185,7 +196,10 @@ async fn five_hundred_idle_connections_stay_within_the_limit_and_the_relay_keeps
         if line.starts_with("220 ") {
             greeted += 1;
         } else {
-            assert_eq!(line.trim_end(), "421 4.7.0 Too many connections; try again later");
+            assert_eq!(
+                line.trim_end(),
+                "421 4.7.0 Too many connections; try again later"
+            );
             refused += 1;
         }
         idle.push(reader);
@@ -208,7 +222,11 @@ async fn five_hundred_idle_connections_stay_within_the_limit_and_the_relay_keeps
     let mut smtp = served.expect("never served after the idle connections closed");
     smtp.ehlo().await;
     let r = smtp
-        .send("a@example.com", "u@example.net", &message("a@example.com", "after-flood"))
+        .send(
+            "a@example.com",
+            "u@example.net",
+            &message("a@example.com", "after-flood"),
+        )
         .await;
     assert!(r.starts_with("250"), "{r}");
     wait_done(&mut events, 1).await;

@@ -26,7 +26,11 @@ fn fields(text: &str, start: &str) -> usize {
 
 async fn relay_with(
     tune: impl FnOnce(&mut dkim_relay::config::Config),
-) -> (dkim_relay::relay::RelayHandle, FakeUpstream, tempfile::TempDir) {
+) -> (
+    dkim_relay::relay::RelayHandle,
+    FakeUpstream,
+    tempfile::TempDir,
+) {
     let upstream = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path(), Some(upstream.addr));
@@ -61,12 +65,24 @@ async fn utf8_headers_and_addresses_are_refused_without_smtputf8() {
     let (relay, upstream, dir) = relay_with(|_| {}).await;
     let mut smtp = Smtp::connect(relay.smtp_addr()).await;
     let ehlo = smtp.ehlo().await.join("\n");
-    assert!(ehlo.contains("8BITMIME") && !ehlo.contains("SMTPUTF8"), "{ehlo}");
+    assert!(
+        ehlo.contains("8BITMIME") && !ehlo.contains("SMTPUTF8"),
+        "{ehlo}"
+    );
     let r = smtp.cmd("MAIL FROM:<j\u{f6}rg@example.com>").await;
-    assert_eq!(r, "553 5.6.7 Non-ASCII addresses not permitted (no SMTPUTF8)");
-    assert!(smtp.cmd("MAIL FROM:<a@example.com>").await.starts_with("250"));
+    assert_eq!(
+        r,
+        "553 5.6.7 Non-ASCII addresses not permitted (no SMTPUTF8)"
+    );
+    assert!(smtp
+        .cmd("MAIL FROM:<a@example.com>")
+        .await
+        .starts_with("250"));
     let r = smtp.cmd("RCPT TO:<j\u{f6}rg@example.net>").await;
-    assert_eq!(r, "553 5.6.7 Non-ASCII addresses not permitted (no SMTPUTF8)");
+    assert_eq!(
+        r,
+        "553 5.6.7 Non-ASCII addresses not permitted (no SMTPUTF8)"
+    );
     smtp.cmd("RSET").await;
     let msg = "From: J\u{f6}rg <a@example.com>\r\nSubject: hi\r\n\r\nbody\r\n";
     assert_eq!(
@@ -110,7 +126,11 @@ async fn a_missing_message_id_and_date_are_added_before_signing() {
 
     // A message that has them keeps its own.
     let r = smtp
-        .send("a@example.com", "u@example.net", &message("a@example.com", "own"))
+        .send(
+            "a@example.com",
+            "u@example.net",
+            &message("a@example.com", "own"),
+        )
         .await;
     assert!(r.starts_with("250"), "{r}");
     wait_done(&mut events, 1).await;
@@ -127,7 +147,10 @@ async fn smuggling_payloads_in_the_header_block_are_refused() {
     smtp.ehlo().await;
     let tail = "MAIL FROM:<ceo@example.com>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\nFrom: ceo@example.com\r\n\r\nSMUGGLED\r\n";
     for end in ENDS {
-        assert!(smtp.cmd("MAIL FROM:<a@example.com>").await.starts_with("250"));
+        assert!(smtp
+            .cmd("MAIL FROM:<a@example.com>")
+            .await
+            .starts_with("250"));
         assert!(smtp.cmd("RCPT TO:<u@example.net>").await.starts_with("250"));
         assert!(smtp.cmd("DATA").await.starts_with("354"));
         let mut payload = b"From: a@example.com\r\nSubject: inno".to_vec();
@@ -159,7 +182,10 @@ async fn smuggling_payloads_in_command_arguments_never_start_a_transaction() {
             let mut smtp = Smtp::connect(relay.smtp_addr()).await;
             smtp.ehlo().await;
             if before.starts_with("RCPT") {
-                assert!(smtp.cmd("MAIL FROM:<a@example.com>").await.starts_with("250"));
+                assert!(smtp
+                    .cmd("MAIL FROM:<a@example.com>")
+                    .await
+                    .starts_with("250"));
             }
             let mut payload = before.as_bytes().to_vec();
             payload.extend_from_slice(end);
@@ -186,7 +212,9 @@ async fn smuggling_payloads_in_command_arguments_never_start_a_transaction() {
                 "{before}{what:?}: {replies:?}"
             );
             assert!(
-                replies.iter().any(|r| r.starts_with("500 5.5.2 Command line contains")),
+                replies
+                    .iter()
+                    .any(|r| r.starts_with("500 5.5.2 Command line contains")),
                 "{before}{what:?}: {replies:?}"
             );
         }

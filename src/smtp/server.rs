@@ -206,6 +206,10 @@ pub async fn serve(
             .instrument(span),
         );
     }
+    // Close the sockets now: new clients are refused by the kernel, not left waiting in
+    // the backlog while the open sessions drain.
+    drop(listener);
+    drop(implicit);
     // Sessions see the same signal: idle ones answer 421 at once, a transaction in
     // progress gets `shutdown_grace` to finish. The margin covers the final spool write.
     let open = sessions.len();

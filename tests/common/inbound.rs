@@ -214,9 +214,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Smtp<S> {
     }
 }
 
-/// Files in the spool queue directory.
+/// Messages in the spool queue (`<id>.msg` files; `.state` files are progress notes).
 pub fn queued(root: &Path) -> usize {
     std::fs::read_dir(root.join("spool/queue"))
-        .map(|d| d.count())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".msg"))
+                .count()
+        })
         .unwrap_or(0)
 }
