@@ -64,6 +64,21 @@ pub(super) async fn run(
     }
 }
 
+/// A plain-text session on any stream: the seam the fuzz target drives in memory. A
+/// STARTTLS request ends it (there is no socket to hand over).
+pub async fn serve_stream<S>(
+    stream: S,
+    client: ClientInfo,
+    ctx: Arc<SmtpContext>,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _ = Session::new(stream, client, ctx, shutdown, Phase::Plain)
+        .run()
+        .await;
+}
+
 async fn handshake(stream: TcpStream, ctx: &SmtpContext) -> Option<TlsStream<TcpStream>> {
     let (Some(store), Some(config)) = (&ctx.tls, &ctx.config.smtp.tls) else {
         tracing::error!("TLS requested but [smtp.tls] is not configured");
