@@ -3,7 +3,7 @@
 
 use crate::config::{Config, DomainConfig};
 use crate::delivery::{
-    self, DeliveryContext, DeliveryEvent, Outbox, QueueHandle, RetryPolicy, Transport, Upstream,
+    self, DeliveryContext, DeliveryEvent, Outbox, QueueHandle, RetryPolicy, Router, Transport,
 };
 use crate::dkim::{KeyRing, SharedKeyRing};
 use crate::keys::{Algorithm, KeyError, KeyStore, SlotState};
@@ -105,12 +105,10 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         );
     }
 
-    let transport = match &config.upstream {
-        Some(upstream) => {
-            let upstream =
-                Upstream::new(upstream, &config.hostname).map_err(StartError::Upstream)?;
-            tracing::info!(upstream = %upstream.describe(), "delivering to the upstream");
-            Transport::Upstream(upstream)
+    let transport = match Router::from_config(&config).map_err(StartError::Upstream)? {
+        Some(router) => {
+            tracing::info!(upstreams = %router.describe(), "delivering to the upstreams");
+            Transport::Upstreams(Arc::new(router))
         }
         None => {
             let dir = &config.delivery.outbox_dir;

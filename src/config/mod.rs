@@ -6,8 +6,10 @@
 //! spool in `./spool`, signed mail written to `./outbox` because no upstream is set.
 
 mod units;
+mod upstreams;
 
 pub use units::{parse_duration, parse_size, ByteSize, HumanDuration};
+pub use upstreams::{RouteConfig, SigningProfileName};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
@@ -48,6 +50,13 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Where signed mail goes. Absent: signed messages are written to `delivery.outbox_dir`.
     pub upstream: Option<UpstreamConfig>,
+    /// Several upstreams in priority order (`[[upstreams]]`); the next is tried when one
+    /// is down. Use either this or `[upstream]`, which is a one-element list.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// From domains or client networks sent to named upstreams; first match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +158,9 @@ pub enum TlsMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
+    /// Name used by `[[routes]]` and in logs.
+    #[serde(default = "upstreams::default_name")]
+    pub name: String,
     /// Host name (also checked against the certificate) or IP address.
     pub host: String,
     #[serde(default = "default_upstream_port")]
@@ -172,6 +184,16 @@ pub struct UpstreamConfig {
     /// Close a connection that has been idle this long instead of reusing it.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: HumanDuration,
+    /// Most connections open to this upstream at once, busy and idle together.
+    #[serde(default = "upstreams::default_pool_size")]
+    pub pool_size: usize,
+    /// How mail for this upstream is signed: "standard", or "ses" (Amazon SES: one RSA
+    /// signature, Date and Message-ID left out of h=).
+    #[serde(default)]
+    pub profile: SigningProfileName,
+    /// More header fields to leave out of h= (ones this upstream rewrites).
+    #[serde(default)]
+    pub unsigned_headers: Vec<String>,
 }
 
 fn default_upstream_port() -> u16 {
@@ -208,6 +230,8 @@ impl Default for Config {
             }],
             delivery: DeliveryConfig::default(),
             upstream: None,
+            upstreams: Vec::new(),
+            routes: Vec::new(),
         }
     }
 }
@@ -312,6 +336,7 @@ impl Config {
         if let Some(upstream) = &self.upstream {
             upstream.validate()?;
         }
+        self.validate_upstreams()?;
         Ok(())
     }
 

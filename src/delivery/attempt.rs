@@ -3,6 +3,7 @@
 
 use super::outcome::RcptOutcome;
 use super::schedule::NextStep;
+use super::upstream::{FailedAt, SigningProfile};
 use super::{DeliveryContext, DeliveryEvent, Transport};
 use crate::dkim::{sign, KeyLookup};
 use crate::spool::{QueuedMessage, RcptStatus};
@@ -106,7 +107,10 @@ async fn prepare_and_send(
 ) -> Result<Vec<(usize, RcptOutcome)>, String> {
     let env = &item.envelope;
     let keys = match ctx.keys.current().lookup(&env.from_domain) {
-        KeyLookup::Ready(keys) => keys,
+        KeyLookup::Ready(keys) => Some(keys),
+        // Only the relay's own bounces may go unsigned, and only when their domain has
+        // no keys at all (DESIGN: never unsigned for a domain that has keys).
+        KeyLookup::Unknown if env.is_bounce() => None,
         KeyLookup::Unusable(reason) => {
             return Err(format!("no usable key for {}: {reason}", env.from_domain))
         }
@@ -119,31 +123,65 @@ async fn prepare_and_send(
         .map_err(|e| format!("spool read task failed: {e}"))?
         .map_err(|e| format!("cannot read the spooled message: {e}"))?;
     let message = spooled.message();
-    let (leave_out, rsa_only) = ctx.profile();
-    let signatures = sign(&keys, message, leave_out, rsa_only).map_err(|e| e.to_string())?;
-    let mut headers = String::new();
-    for s in &signatures {
-        tracing::info!(queue_id = %env.id, d = %keys.domain, s = %s.selector, a = s.algorithm.dkim_a(), "signed");
-        headers.push_str(&s.header);
-    }
-    let parts: [&[u8]; 2] = [headers.as_bytes(), message];
+    let sign_for = |profile: &SigningProfile| -> Result<String, String> {
+        let Some(keys) = &keys else {
+            tracing::info!(queue_id = %env.id, from_domain = %env.from_domain, "bounce sent unsigned: no keys exist for its domain");
+            return Ok(String::new());
+        };
+        let leave_out: Vec<&str> = profile.leave_out.iter().map(String::as_str).collect();
+        let signatures =
+            sign(keys, message, &leave_out, profile.rsa_only).map_err(|e| e.to_string())?;
+        let mut headers = String::new();
+        for s in &signatures {
+            tracing::info!(queue_id = %env.id, d = %keys.domain, s = %s.selector, a = s.algorithm.dkim_a(), "signed");
+            headers.push_str(&s.header);
+        }
+        Ok(headers)
+    };
     match &ctx.transport {
         Transport::Outbox(outbox) => {
+            let headers = sign_for(&SigningProfile::standard())?;
             let outbox = outbox.clone();
             let id = env.id.to_string();
-            let bytes = parts.concat();
+            let bytes = [headers.as_bytes(), message].concat();
             let path = tokio::task::spawn_blocking(move || outbox.write(&id, &bytes))
                 .await
                 .map_err(|e| format!("outbox task failed: {e}"))?
                 .map_err(|e| format!("cannot write to the outbox: {e}"))?;
             let said = format!("written to {}", path.display());
-            Ok(pending.iter().map(|&i| (i, RcptOutcome::Delivered(said.clone()))).collect())
+            Ok(pending
+                .iter()
+                .map(|&i| (i, RcptOutcome::Delivered(said.clone())))
+                .collect())
         }
-        Transport::Upstream(upstream) => upstream.send(env, pending, &parts).await.map_err(|e| {
-            if e.config_fault {
-                tracing::error!(queue_id = %env.id, upstream = %upstream.describe(), reason = %e.reason, "upstream refused our configuration; mail waits until it is fixed");
+        Transport::Upstreams(router) => {
+            let candidates = router.candidates(env);
+            let mut last = String::from("no upstream for this message");
+            for (n, upstream) in candidates.iter().enumerate() {
+                let headers = sign_for(upstream.profile())?;
+                let parts: [&[u8]; 2] = [headers.as_bytes(), message];
+                let e = match upstream.send(env, pending, &parts).await {
+                    Ok(outcomes) => {
+                        tracing::info!(queue_id = %env.id, upstream = %upstream.name(), "handed to upstream");
+                        return Ok(outcomes);
+                    }
+                    Err(e) => e,
+                };
+                if e.error.config_fault {
+                    tracing::error!(queue_id = %env.id, upstream = %upstream.describe(), reason = %e.error.reason, "upstream refused our configuration; mail waits until it is fixed");
+                }
+                let more = n + 1 < candidates.len();
+                match e.at {
+                    FailedAt::Connect if more => {
+                        tracing::warn!(queue_id = %env.id, upstream = %upstream.describe(), reason = %e.error.reason, "upstream unavailable; failing over to the next");
+                        last = e.error.reason;
+                    }
+                    FailedAt::Connect | FailedAt::Transaction => {
+                        return Err(format!("{}: {}", upstream.name(), e.error.reason))
+                    }
+                }
             }
-            e.reason
-        }),
+            Err(last)
+        }
     }
 }

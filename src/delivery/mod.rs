@@ -8,13 +8,16 @@
 mod attempt;
 mod outbox;
 mod outcome;
+mod router;
 mod schedule;
+mod transaction;
 mod upstream;
 
 pub use outbox::Outbox;
 pub use outcome::{AttemptError, RcptOutcome};
+pub use router::Router;
 pub use schedule::{NextStep, RetryPolicy};
-pub use upstream::Upstream;
+pub use upstream::{FailedAt, SendError, SigningProfile, Upstream};
 
 use crate::dkim::SharedKeyRing;
 use crate::spool::{QueueId, QueuedMessage, Spool};
@@ -27,7 +30,8 @@ use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 #[derive(Debug, Clone)]
 pub enum Transport {
     Outbox(Outbox),
-    Upstream(Arc<Upstream>),
+    /// One or more upstreams with failover and routes.
+    Upstreams(Arc<Router>),
 }
 
 /// What happened, for tests and (later) metrics. Logs carry the same facts.
@@ -65,12 +69,6 @@ impl DeliveryContext {
     fn emit(&self, event: DeliveryEvent) {
         // No subscribers is normal outside tests.
         let _ = self.events.send(event);
-    }
-
-    /// Header fields left out of `h=`, and whether to sign with RSA only. Per-upstream
-    /// profiles (Amazon SES) come with several upstreams; one upstream signs fully.
-    fn profile(&self) -> (&'static [&'static str], bool) {
-        (&[], false)
     }
 }
 

@@ -13,6 +13,13 @@ pub enum RcptOutcome {
 }
 
 impl RcptOutcome {
+    /// The reply or reason, whatever the outcome.
+    pub fn text(&self) -> &str {
+        match self {
+            RcptOutcome::Delivered(t) | RcptOutcome::Deferred(t) | RcptOutcome::Failed(t) => t,
+        }
+    }
+
     /// From an SMTP reply to MAIL, RCPT or the end of DATA.
     pub fn from_reply(code: u16, text: &str) -> RcptOutcome {
         let said = format!("{code} {}", text.trim());

@@ -6,7 +6,7 @@ use super::reply::{Refusal, Reply};
 use super::session::{Flow, Session, State, Transaction};
 use crate::dkim::KeyLookup;
 use crate::message::{from_domain, HeaderBlock};
-use crate::spool::{DeliveryState, Envelope, QueueId, QueuedMessage};
+use crate::spool::{DeliveryState, Envelope, Origin, QueueId, QueuedMessage};
 use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -108,6 +108,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             from_domain: domain,
             size: message.len() as u64,
             eight_bit,
+            origin: Origin::Client,
         };
         let spool = self.ctx.spool.clone();
         let env = envelope.clone();

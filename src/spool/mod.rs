@@ -9,7 +9,7 @@
 mod envelope;
 mod file;
 
-pub use envelope::{DeliveryState, Envelope, QueueId, RcptStatus};
+pub use envelope::{DeliveryState, Envelope, Origin, QueueId, RcptStatus};
 
 use crate::fsutil::{ensure_dir, sync_dir, write_atomic};
 use std::io;
