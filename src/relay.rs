@@ -134,6 +134,8 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
             lifetime: config.delivery.max_lifetime.0,
         },
         events: events.clone(),
+        hostname: config.hostname.clone(),
+        delay_warning: config.delivery.delay_warning.map(|d| d.0),
     });
     let (queue, runner) = delivery::start(
         delivery_ctx,

@@ -142,6 +142,9 @@ pub struct DeliveryConfig {
     pub max_lifetime: HumanDuration,
     /// Where signed messages are written when no upstream is configured.
     pub outbox_dir: PathBuf,
+    /// Tell the sender once that a message is still queued after this long (a DSN with
+    /// `Action: delayed`). Absent: no warning.
+    pub delay_warning: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -283,6 +286,7 @@ impl Default for DeliveryConfig {
             retry_max: HumanDuration(Duration::from_secs(3600)),
             max_lifetime: HumanDuration(Duration::from_secs(5 * 86_400)),
             outbox_dir: PathBuf::from("outbox"),
+            delay_warning: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! at once (what `queue flush` and tests use instead of waiting).
 
 mod attempt;
+mod bounce;
 mod outbox;
 mod outcome;
 mod router;
@@ -54,6 +55,11 @@ pub enum DeliveryEvent {
     Done {
         id: QueueId,
     },
+    /// A DSN about message `id` was stored as message `dsn`.
+    BounceQueued {
+        id: QueueId,
+        dsn: QueueId,
+    },
 }
 
 /// Everything an attempt needs.
@@ -63,6 +69,10 @@ pub struct DeliveryContext {
     pub transport: Transport,
     pub retry: RetryPolicy,
     pub events: broadcast::Sender<DeliveryEvent>,
+    /// Our name: Reporting-MTA and MAILER-DAEMON@ of bounces.
+    pub hostname: String,
+    /// Warn the sender once when a message is still queued after this long; None: never.
+    pub delay_warning: Option<Duration>,
 }
 
 impl DeliveryContext {
@@ -73,10 +83,10 @@ impl DeliveryContext {
 }
 
 enum Command {
-    Enqueue(QueuedMessage),
+    Enqueue(Box<QueuedMessage>),
     Flush,
-    /// An attempt ended; the message comes back if it stays queued.
-    Finished(QueueId, Option<QueuedMessage>),
+    /// An attempt ended; the message comes back if it stays queued, with any bounce.
+    Finished(QueueId, Box<attempt::AttemptResult>),
 }
 
 /// The way other stages talk to the queue runner.
@@ -98,7 +108,7 @@ impl std::fmt::Debug for Command {
 impl QueueHandle {
     /// Hands a message that is already in the spool to the runner.
     pub fn enqueue(&self, message: QueuedMessage) {
-        if self.tx.send(Command::Enqueue(message)).is_err() {
+        if self.tx.send(Command::Enqueue(Box::new(message))).is_err() {
             // The runner has stopped (shutdown); the message is in the spool and will be
             // loaded at the next start.
             tracing::info!("queue runner stopped; message stays in the spool");
@@ -163,6 +173,12 @@ impl Runner {
         self.schedule.insert(key);
     }
 
+    fn insert_all(&mut self, items: impl IntoIterator<Item = QueuedMessage>) {
+        for item in items {
+            self.insert(item);
+        }
+    }
+
     async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Command>,
@@ -173,10 +189,12 @@ impl Runner {
             let sleep = self.time_to_next();
             tokio::select! {
                 command = rx.recv() => match command {
-                    Some(Command::Enqueue(item)) => self.insert(item),
+                    Some(Command::Enqueue(item)) => self.insert(*item),
                     Some(Command::Flush) => self.make_all_due(),
-                    Some(Command::Finished(_, Some(item))) => self.insert(item),
-                    Some(Command::Finished(_, None)) => {}
+                    Some(Command::Finished(_, result)) => {
+                        let result = *result;
+                        self.insert_all(result.requeue.into_iter().chain(result.bounce));
+                    }
                     None => break,
                 },
                 _ = tokio::time::sleep(sleep) => {}
@@ -239,7 +257,7 @@ impl Runner {
                 async move {
                     let back = attempt::attempt(&ctx, item, now_unix()).await;
                     drop(permit);
-                    let _ = tx.send(Command::Finished(id, back));
+                    let _ = tx.send(Command::Finished(id, Box::new(back)));
                 },
                 span,
             ));

@@ -20,6 +20,17 @@ impl RcptOutcome {
         }
     }
 
+    /// From a parsed reply, with its enhanced status code (RFC 3463) put back in front of
+    /// the text: mail-send splits it off, and the DSN wants it.
+    pub fn from_response(reply: &smtp_proto::Response<String>) -> RcptOutcome {
+        let [a, b, c] = reply.esc;
+        if a == 0 {
+            RcptOutcome::from_reply(reply.code, &reply.message)
+        } else {
+            RcptOutcome::from_reply(reply.code, &format!("{a}.{b}.{c} {}", reply.message.trim()))
+        }
+    }
+
     /// From an SMTP reply to MAIL, RCPT or the end of DATA.
     pub fn from_reply(code: u16, text: &str) -> RcptOutcome {
         let said = format!("{code} {}", text.trim());

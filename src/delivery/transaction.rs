@@ -58,7 +58,7 @@ async fn transact_on<T: AsyncRead + AsyncWrite + Unpin>(
         .map_err(before_data)?;
     if !(200..300).contains(&reply.code) {
         let _ = c.rset().await;
-        return Ok(all(RcptOutcome::from_reply(reply.code, &reply.message)));
+        return Ok(all(RcptOutcome::from_response(&reply)));
     }
     let mut outcomes = Vec::with_capacity(rcpts.len());
     let mut accepted = Vec::with_capacity(rcpts.len());
@@ -70,7 +70,7 @@ async fn transact_on<T: AsyncRead + AsyncWrite + Unpin>(
         if (200..300).contains(&reply.code) {
             accepted.push(i);
         } else {
-            outcomes.push((i, RcptOutcome::from_reply(reply.code, &reply.message)));
+            outcomes.push((i, RcptOutcome::from_response(&reply)));
         }
     }
     if accepted.is_empty() {
@@ -80,7 +80,7 @@ async fn transact_on<T: AsyncRead + AsyncWrite + Unpin>(
     let reply = c.cmd(b"DATA\r\n").await.map_err(before_data)?;
     if reply.code != 354 {
         let _ = c.rset().await;
-        let outcome = RcptOutcome::from_reply(reply.code, &reply.message);
+        let outcome = RcptOutcome::from_response(&reply);
         outcomes.extend(accepted.iter().map(|&i| (i, outcome.clone())));
         return Ok(outcomes);
     }
@@ -101,7 +101,7 @@ async fn transact_on<T: AsyncRead + AsyncWrite + Unpin>(
             error: AttemptError::from_send(&e),
             retry_now: false,
         })?;
-    let outcome = RcptOutcome::from_reply(reply.code, &reply.message);
+    let outcome = RcptOutcome::from_response(&reply);
     outcomes.extend(accepted.iter().map(|&i| (i, outcome.clone())));
     Ok(outcomes)
 }
