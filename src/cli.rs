@@ -35,6 +35,9 @@ pub enum Command {
     /// Key store commands.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Queue commands; safe while the relay runs (they go through its control socket).
+    #[command(subcommand)]
+    Queue(crate::control::cli::QueueCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             logging::init(cli.log_format);
             keys(&config, command)
         }
+        Command::Queue(command) => crate::control::cli::run(&config, command),
     }
 }
 

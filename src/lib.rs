@@ -13,10 +13,12 @@
 //!
 //! Around them: [`config`] (the TOML file), [`keys`] (the key store on disk),
 //! [`message`] (header and From parsing), [`relay`] (wires the stages together),
+//! [`control`] (queue commands and the control socket),
 //! [`cli`] (the command line), [`logging`].
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod delivery;
 pub mod dkim;
 mod fsutil;

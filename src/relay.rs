@@ -36,6 +36,8 @@ pub enum StartError {
     Upstream(String),
     #[error("key store: {0}")]
     Keys(#[from] KeyError),
+    #[error("spool {0} is locked: another dkim-relay is using it")]
+    SpoolLocked(String),
 }
 
 /// A running relay.
@@ -48,6 +50,8 @@ pub struct RelayHandle {
     store: KeyStore,
     config: Arc<Config>,
     tasks: Vec<JoinHandle<()>>,
+    /// Held open for the relay's life: the exclusive lock on the spool (see `control`).
+    _spool_lock: std::fs::File,
 }
 
 impl RelayHandle {
@@ -96,6 +100,9 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         path: config.spool.dir.display().to_string(),
         source,
     };
+    let spool_lock = crate::control::try_lock_spool(&config.spool.dir)
+        .map_err(spool_err)?
+        .ok_or_else(|| StartError::SpoolLocked(config.spool.dir.display().to_string()))?;
     let spool = Spool::open(&config.spool.dir, config.spool.fsync).map_err(spool_err)?;
     let initial = spool.load_all().map_err(spool_err)?;
     if !initial.is_empty() {
@@ -157,6 +164,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         spool,
         queue: queue.clone(),
     });
+    let control = start_control(&config, &queue, shutdown_rx.clone());
     let server = tokio::spawn(smtp::serve(listener, smtp_ctx, shutdown_rx));
     tracing::info!(listen = %smtp_addr, hostname = %config.hostname, "dkim-relay is accepting mail");
 
@@ -168,8 +176,30 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         keys,
         store,
         config,
-        tasks: vec![server, runner],
+        tasks: vec![server, runner].into_iter().chain(control).collect(),
+        _spool_lock: spool_lock,
     })
+}
+
+/// The queue commands' control socket. Without it mail still flows, so a failure to bind
+/// is logged, not fatal.
+fn start_control(
+    config: &Config,
+    queue: &QueueHandle,
+    shutdown: watch::Receiver<bool>,
+) -> Option<JoinHandle<()>> {
+    let path = crate::control::socket_path(&config.spool.dir);
+    match crate::control::server::bind(&path) {
+        Ok(listener) => Some(tokio::spawn(crate::control::server::serve(
+            listener,
+            queue.clone(),
+            shutdown,
+        ))),
+        Err(e) => {
+            tracing::error!(socket = %path.display(), error = %e, "cannot open the control socket; queue commands will not reach this relay");
+            None
+        }
+    }
 }
 
 fn load_keys(store: &KeyStore, config: &Config) -> KeyRing {

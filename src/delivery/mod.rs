@@ -7,6 +7,7 @@
 
 mod attempt;
 mod bounce;
+mod control;
 mod outbox;
 mod outcome;
 mod router;
@@ -25,7 +26,7 @@ use crate::spool::{QueueId, QueuedMessage, Spool};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{broadcast, mpsc, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
 
 /// Where signed messages go.
 #[derive(Debug, Clone)]
@@ -85,6 +86,11 @@ impl DeliveryContext {
 enum Command {
     Enqueue(Box<QueuedMessage>),
     Flush,
+    /// A queue command (`dkim-relay queue …`) and where to send its answer.
+    Control(
+        crate::control::Request,
+        oneshot::Sender<crate::control::Response>,
+    ),
     /// An attempt ended; the message comes back if it stays queued, with any bounce.
     Finished(QueueId, Box<attempt::AttemptResult>),
 }
@@ -100,6 +106,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Enqueue(m) => write!(f, "Enqueue({})", m.envelope.id),
             Command::Flush => f.write_str("Flush"),
+            Command::Control(r, _) => write!(f, "Control({r:?})"),
             Command::Finished(id, _) => write!(f, "Finished({id})"),
         }
     }
@@ -118,6 +125,17 @@ impl QueueHandle {
     /// Makes every queued message due now.
     pub fn flush(&self) {
         let _ = self.tx.send(Command::Flush);
+    }
+
+    /// Runs a queue command in the runner, which owns the queue.
+    pub async fn control(&self, request: crate::control::Request) -> crate::control::Response {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Control(request, tx)).is_err() {
+            return crate::control::Response::Error("the relay is shutting down".into());
+        }
+        rx.await.unwrap_or_else(|_| {
+            crate::control::Response::Error("the relay is shutting down".into())
+        })
     }
 }
 
@@ -142,6 +160,9 @@ pub fn start(
         ctx,
         items: HashMap::new(),
         schedule: BTreeSet::new(),
+        held: HashMap::new(),
+        in_flight: HashMap::new(),
+        after_attempt: HashMap::new(),
         permits: Arc::new(Semaphore::new(workers)),
         workers,
         tx,
@@ -159,6 +180,12 @@ struct Runner {
     items: HashMap<QueueId, QueuedMessage>,
     /// (next attempt, id), so the earliest due message is first.
     schedule: BTreeSet<(u64, QueueId)>,
+    /// `queue hold`: kept, not attempted.
+    held: HashMap<QueueId, QueuedMessage>,
+    /// A copy of each message an attempt is running for, so `queue list` shows it.
+    in_flight: HashMap<QueueId, QueuedMessage>,
+    /// Queue commands that must wait for the running attempt to end.
+    after_attempt: HashMap<QueueId, control::Deferred>,
     /// One permit per concurrent attempt (= upstream connections in use).
     permits: Arc<Semaphore>,
     workers: usize,
@@ -168,6 +195,10 @@ struct Runner {
 
 impl Runner {
     fn insert(&mut self, item: QueuedMessage) {
+        if item.state.held {
+            self.held.insert(item.envelope.id.clone(), item);
+            return;
+        }
         let key = (item.state.next_attempt, item.envelope.id.clone());
         self.items.insert(item.envelope.id.clone(), item);
         self.schedule.insert(key);
@@ -191,9 +222,14 @@ impl Runner {
                 command = rx.recv() => match command {
                     Some(Command::Enqueue(item)) => self.insert(*item),
                     Some(Command::Flush) => self.make_all_due(),
-                    Some(Command::Finished(_, result)) => {
+                    Some(Command::Control(request, reply)) => {
+                        let _ = reply.send(self.control(request));
+                    }
+                    Some(Command::Finished(id, result)) => {
                         let result = *result;
-                        self.insert_all(result.requeue.into_iter().chain(result.bounce));
+                        self.in_flight.remove(&id);
+                        let requeue = result.requeue.and_then(|item| self.apply_deferred(item));
+                        self.insert_all(requeue.into_iter().chain(result.bounce));
                     }
                     None => break,
                 },
@@ -250,6 +286,7 @@ impl Runner {
             let Some(item) = self.items.remove(&id) else {
                 continue;
             };
+            self.in_flight.insert(id.clone(), item.clone());
             let ctx = self.ctx.clone();
             let tx = self.tx.clone();
             let span = tracing::info_span!("delivery", queue_id = %id);

@@ -63,6 +63,16 @@ impl Spool {
         Ok(spool)
     }
 
+    /// The spool at `dir` without creating or cleaning anything: for reading while a
+    /// relay may be writing (its temp files must stay).
+    pub fn attach(dir: &Path, fsync: bool) -> Spool {
+        Spool {
+            queue: dir.join("queue"),
+            corrupt: dir.join("corrupt"),
+            fsync,
+        }
+    }
+
     pub fn queue_dir(&self) -> &Path {
         &self.queue
     }
