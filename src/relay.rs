@@ -52,6 +52,7 @@ pub struct RelayHandle {
     tasks: Vec<JoinHandle<()>>,
     /// Held open for the relay's life: the exclusive lock on the spool (see `control`).
     _spool_lock: std::fs::File,
+    spool: Spool,
 }
 
 impl RelayHandle {
@@ -67,6 +68,11 @@ impl RelayHandle {
     /// Makes every queued message due now.
     pub fn flush(&self) {
         self.queue.flush();
+    }
+
+    /// The spool's fault-injection switch, for tests of a full disk.
+    pub fn spool_disk_full(&self) -> crate::spool::DiskFull {
+        self.spool.disk_full_switch()
     }
 
     /// Reloads the keys from the key store; messages in flight keep the keys they had.
@@ -158,6 +164,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
     let smtp_addr = listener
         .local_addr()
         .map_err(|source| StartError::Listen { addr, source })?;
+    let spool_handle = spool.clone();
     let smtp_ctx = Arc::new(SmtpContext {
         config: config.clone(),
         keys: keys.clone(),
@@ -178,6 +185,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         config,
         tasks: vec![server, runner].into_iter().chain(control).collect(),
         _spool_lock: spool_lock,
+        spool: spool_handle,
     })
 }
 

@@ -115,6 +115,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let stored = tokio::task::spawn_blocking(move || spool.store(&env, &message)).await;
         match stored {
             Ok(Ok(())) => {}
+            Ok(Err(e)) if is_full(&e) => {
+                tracing::error!(queue_id = %id, error = %e, "spool is full; message refused with 452");
+                return Err(Refusal::SpoolFull);
+            }
             Ok(Err(e)) => {
                 tracing::error!(queue_id = %id, error = %e, "spool write failed; message refused with 451");
                 return Err(Refusal::SpoolFailed);
@@ -137,6 +141,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.ctx.queue.enqueue(QueuedMessage { envelope, state });
         Ok(id)
     }
+}
+
+/// Out of space or quota: the client should wait (452 4.3.1), not assume a fault.
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 fn unix(t: SystemTime) -> u64 {
