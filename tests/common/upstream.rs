@@ -43,6 +43,8 @@ struct Script {
     max_open: usize,
     /// While set, connections are closed at once, before the greeting: the upstream is down.
     down: bool,
+    /// Pause between taking a message and answering the end of DATA (a slow upstream).
+    data_delay: std::time::Duration,
     /// Answer AUTH with 535, as for a wrong password.
     refuse_auth: bool,
     /// Every MAIL FROM seen (a transaction started), delivered or not.
@@ -120,6 +122,11 @@ impl FakeUpstream {
         self.script.lock().unwrap().connections
     }
 
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.script.lock().unwrap().open
+    }
+
     /// The most connections that were open at the same time.
     pub fn max_open(&self) -> usize {
         self.script.lock().unwrap().max_open
@@ -128,6 +135,10 @@ impl FakeUpstream {
     /// Down: every connection is closed before the greeting. Up again: normal service.
     pub fn set_down(&self, down: bool) {
         self.script.lock().unwrap().down = down;
+    }
+
+    pub fn set_data_delay(&self, delay: std::time::Duration) {
+        self.script.lock().unwrap().data_delay = delay;
     }
 
     pub fn refuse_auth(&self, refuse: bool) {
@@ -254,17 +265,23 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 };
                 data.extend_from_slice(unstuffed);
             }
-            let mut s = script.lock().unwrap();
-            let reply = s
-                .data_replies
-                .pop_front()
-                .unwrap_or_else(|| "250 2.0.0 queued".to_string());
-            if reply.starts_with('2') {
-                s.received.push(Received {
-                    mail_from: mail_from.clone(),
-                    rcpts: rcpts.clone(),
-                    data,
-                });
+            let (reply, delay) = {
+                let mut s = script.lock().unwrap();
+                let reply = s
+                    .data_replies
+                    .pop_front()
+                    .unwrap_or_else(|| "250 2.0.0 queued".to_string());
+                if reply.starts_with('2') {
+                    s.received.push(Received {
+                        mail_from: mail_from.clone(),
+                        rcpts: rcpts.clone(),
+                        data,
+                    });
+                }
+                (reply, s.data_delay)
+            };
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
             }
             reply
         } else if upper.starts_with("RSET") {

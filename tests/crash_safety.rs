@@ -1,0 +1,298 @@
+//! Crash safety (RFC 5321 §6.1): the relay runs as a child process, several clients send
+//! 500 messages at once, and the relay is killed with SIGKILL part-way, at several points.
+//! After a restart every message that got a 250 must reach the upstream at least once,
+//! and the duplicates may not exceed the messages that were being handed to the upstream
+//! at the kill (accepted by the upstream, still in the spool).
+//!
+//! Figures per kill point are printed; see them with
+//! `cargo test --test crash_safety -- --nocapture`.
+
+mod common;
+
+use common::upstream::FakeUpstream;
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const MESSAGES: usize = 500;
+const CLIENTS: usize = 5;
+const WORKERS: usize = 4;
+
+fn write_config(root: &Path, upstream: SocketAddr) -> std::path::PathBuf {
+    // Copies the test keys into root/keys.
+    let _ = common::config(root, None);
+    let text = format!(
+        r#"hostname = "relay.test"
+[smtp]
+listen = "127.0.0.1:0"
+max_connections_per_client = 100
+[spool]
+dir = "{spool}"
+fsync = true
+[keys]
+dir = "{keys}"
+generate_missing = false
+[[domains]]
+name = "example.com"
+ed25519 = true
+[delivery]
+workers = {WORKERS}
+[upstream]
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+pool_size = {WORKERS}
+"#,
+        spool = root.join("spool").display(),
+        keys = root.join("keys").display(),
+        port = upstream.port(),
+    );
+    let path = root.join("relay.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts `dkim-relay serve`; returns it and the address it listens on (from its log).
+fn spawn_relay(config: &Path, log: Arc<Mutex<Vec<String>>>) -> (Child, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dkim-relay"))
+        .args(["--config", &config.display().to_string(), "serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("dkim-relay is accepting mail") {
+                let addr = line
+                    .split("listen=")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|s| s.parse::<SocketAddr>().ok());
+                let _ = tx.send(addr);
+            }
+            log.lock().unwrap().push(line);
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("relay did not start")
+        .expect("listen address in the log");
+    (child, addr)
+}
+
+/// A client that reports errors instead of panicking: the relay dies under it.
+struct Smtp {
+    r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Smtp {
+    async fn connect(addr: SocketAddr) -> std::io::Result<Smtp> {
+        let (r, w) = TcpStream::connect(addr).await?.into_split();
+        let mut s = Smtp {
+            r: BufReader::new(r),
+            w,
+        };
+        s.reply().await?;
+        s.cmd("EHLO crash.test").await?;
+        Ok(s)
+    }
+
+    async fn reply(&mut self) -> std::io::Result<String> {
+        loop {
+            let mut line = String::new();
+            if self.r.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(line);
+            }
+        }
+    }
+
+    async fn cmd(&mut self, line: &str) -> std::io::Result<String> {
+        self.w.write_all(format!("{line}\r\n").as_bytes()).await?;
+        self.reply().await
+    }
+
+    /// Sends one message; Ok(true) when the relay answered 250 at the end of DATA.
+    async fn send(&mut self, tag: &str) -> std::io::Result<bool> {
+        self.cmd("MAIL FROM:<app@example.com>").await?;
+        self.cmd("RCPT TO:<u@example.net>").await?;
+        self.cmd("DATA").await?;
+        let body = format!(
+            "From: <app@example.com>\r\nTo: <u@example.net>\r\nSubject: {tag}\r\nMessage-ID: <{tag}@crash.test>\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\n\r\nmessage {tag}\r\n.\r\n"
+        );
+        self.w.write_all(body.as_bytes()).await?;
+        Ok(self.reply().await?.starts_with("250"))
+    }
+}
+
+fn tag_of(data: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(data);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Subject: "))
+        .map(str::to_string)
+}
+
+fn queue_id_of(data: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(data);
+    let after = text.split("with ESMTP id ").nth(1)?;
+    Some(after.split(';').next()?.trim().to_string())
+}
+
+fn spooled_ids(spool: &Path) -> HashSet<String> {
+    std::fs::read_dir(spool.join("queue"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".msg").map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[derive(Debug)]
+struct Figures {
+    kill_after_acks: usize,
+    sent: usize,
+    acknowledged: usize,
+    delivered_at_kill: usize,
+    in_flight_at_kill: usize,
+    delivered: usize,
+    duplicates: usize,
+}
+
+async fn run_kill_point(kill_after_acks: usize) -> Figures {
+    let upstream = FakeUpstream::start().await;
+    // A slow reply to DATA widens the window in which the upstream has a message the
+    // relay has not yet removed from its spool: the kill then lands in it, as it would
+    // with a real provider's latency.
+    upstream.set_data_delay(Duration::from_millis(15));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), upstream.addr);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (mut child, addr) = spawn_relay(&config, log.clone());
+
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let ack_count = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let (acked, sent, ack_count) = (acked.clone(), sent.clone(), ack_count.clone());
+        clients.push(tokio::spawn(async move {
+            let Ok(mut smtp) = Smtp::connect(addr).await else {
+                return;
+            };
+            for i in 0..MESSAGES / CLIENTS {
+                let tag = format!("m{c}x{i}");
+                sent.fetch_add(1, Ordering::SeqCst);
+                match smtp.send(&tag).await {
+                    Ok(true) => {
+                        acked.lock().unwrap().insert(tag);
+                        ack_count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(false) => {}
+                    Err(_) => return, // the relay was killed
+                }
+            }
+        }));
+    }
+    wait_until("the kill point", Duration::from_secs(120), || {
+        ack_count.load(Ordering::SeqCst) >= kill_after_acks
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+    // Let the upstream read what the relay wrote before it died.
+    wait_until(
+        "upstream connections close",
+        Duration::from_secs(30),
+        || upstream.open() == 0,
+    )
+    .await;
+
+    let spool = dir.path().join("spool");
+    let still_spooled = spooled_ids(&spool);
+    let at_kill = upstream.received();
+    let in_flight_at_kill = at_kill
+        .iter()
+        .filter_map(|m| queue_id_of(&m.data))
+        .filter(|id| still_spooled.contains(id))
+        .count();
+    let acked = acked.lock().unwrap().clone();
+
+    let (mut child, _) = spawn_relay(&config, log.clone());
+    wait_until(
+        "every acknowledged message is delivered",
+        Duration::from_secs(120),
+        || {
+            let got: HashSet<String> = upstream
+                .received()
+                .iter()
+                .filter_map(|m| tag_of(&m.data))
+                .collect();
+            acked.iter().all(|t| got.contains(t)) && spooled_ids(&spool).is_empty()
+        },
+    )
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().unwrap();
+
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for m in upstream.received() {
+        *counts.entry(tag_of(&m.data).unwrap()).or_default() += 1;
+    }
+    let duplicates = counts.values().map(|n| n - 1).sum();
+    Figures {
+        kill_after_acks,
+        sent: sent.load(Ordering::SeqCst),
+        acknowledged: acked.len(),
+        delivered_at_kill: at_kill.len(),
+        in_flight_at_kill,
+        delivered: counts.len(),
+        duplicates,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_several_points_loses_no_acknowledged_message() {
+    let mut all = Vec::new();
+    for kill_after_acks in [25, 250, 475] {
+        let f = run_kill_point(kill_after_acks).await;
+        println!(
+            "kill after {:>3} acks: sent {:>3}, acknowledged {:>3}, delivered before kill {:>3}, in flight at kill {}, delivered {:>3}, duplicates {}",
+            f.kill_after_acks, f.sent, f.acknowledged, f.delivered_at_kill, f.in_flight_at_kill, f.delivered, f.duplicates
+        );
+        assert!(f.acknowledged >= kill_after_acks, "{f:?}");
+        assert!(f.delivered >= f.acknowledged, "{f:?}");
+        assert!(f.duplicates <= f.in_flight_at_kill, "{f:?}");
+        assert!(f.in_flight_at_kill <= WORKERS, "{f:?}");
+        all.push(f);
+    }
+}
