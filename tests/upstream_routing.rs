@@ -285,3 +285,61 @@ async fn auth_535_is_deferred_as_our_fault_never_failed() {
     assert_eq!(upstream.transactions(), 0);
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_530_authentication_required_at_mail_is_deferred_never_bounced() {
+    let upstream = FakeUpstream::start().await;
+    upstream.reply_to_mail(Some("530 5.7.0 Authentication required"));
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(config(dir.path(), Some(upstream.addr))).await;
+    let mut events = relay.subscribe();
+    send_one(&relay, "someone@example.com", &["u@example.net"], "530").await;
+    let e = wait_for(&mut events, |_| true).await;
+    let DeliveryEvent::Deferred { reason, .. } = e else {
+        panic!("530 must defer, got {e:?}")
+    };
+    assert!(reason.contains("530"), "{reason}");
+    // Fixed (the upstream takes mail again): delivered, and no bounce was ever made.
+    upstream.reply_to_mail(None);
+    relay.flush();
+    loop {
+        let e = wait_for(&mut events, |_| true).await;
+        assert!(
+            !matches!(
+                e,
+                DeliveryEvent::Failed { .. } | DeliveryEvent::BounceQueued { .. }
+            ),
+            "{e:?}"
+        );
+        if matches!(e, DeliveryEvent::Done { .. }) {
+            break;
+        }
+    }
+    assert_eq!(upstream.received().len(), 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_route_by_client_network_takes_precedence_in_order() {
+    let general = FakeUpstream::start().await;
+    let special = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), None);
+    config.upstreams = vec![
+        named(general.addr, "general"),
+        named(special.addr, "special"),
+    ];
+    config.routes = vec![RouteConfig {
+        from_domains: vec![],
+        client_networks: vec!["127.0.0.0/8".parse().unwrap()],
+        upstreams: vec!["special".into(), "general".into()],
+    }];
+    config.validate().unwrap();
+    let relay = start(config).await;
+    let mut events = relay.subscribe();
+    send_one(&relay, "a@example.com", &["u@example.net"], "by-network").await;
+    wait_done(&mut events, 1).await;
+    assert_eq!(special.received().len(), 1);
+    assert!(general.received().is_empty());
+    relay.shutdown().await;
+}

@@ -1,6 +1,6 @@
 //! Queue commands inside the runner. The runner owns the queue, so a command changes the
 //! in-memory queue and the spool together; a command for a message whose attempt is
-//! running waits for that attempt to end ([`Deferred`]).
+//! running waits for that attempt to end ([`AfterAttempt`]).
 
 use super::{now_unix, Runner};
 use crate::control::{Entry, Request, Response};
@@ -8,7 +8,7 @@ use crate::spool::{QueueId, QueuedMessage};
 
 /// What to do to a message once its running attempt ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Deferred {
+pub(super) enum AfterAttempt {
     Remove,
     Hold,
 }
@@ -73,7 +73,7 @@ impl Runner {
                     Response::Done(format!("{id} removed"))
                 }
                 Place::InFlight => {
-                    self.after_attempt.insert(id.clone(), Deferred::Remove);
+                    self.after_attempt.insert(id.clone(), AfterAttempt::Remove);
                     Response::Done(format!(
                         "{id} is being delivered now; removed when the attempt ends unless it is delivered first"
                     ))
@@ -89,7 +89,7 @@ impl Runner {
                 }
                 Place::Held => Response::Done(format!("{id} was already held")),
                 Place::InFlight => {
-                    self.after_attempt.insert(id.clone(), Deferred::Hold);
+                    self.after_attempt.insert(id.clone(), AfterAttempt::Hold);
                     Response::Done(format!(
                         "{id} is being delivered now; held after the attempt if it stays queued"
                     ))
@@ -118,11 +118,11 @@ impl Runner {
     pub(super) fn apply_deferred(&mut self, item: QueuedMessage) -> Option<QueuedMessage> {
         match self.after_attempt.remove(&item.envelope.id) {
             None => Some(item),
-            Some(Deferred::Remove) => {
+            Some(AfterAttempt::Remove) => {
                 self.remove_now(item);
                 None
             }
-            Some(Deferred::Hold) => {
+            Some(AfterAttempt::Hold) => {
                 self.hold_now(item);
                 None
             }

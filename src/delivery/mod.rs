@@ -185,7 +185,7 @@ struct Runner {
     /// A copy of each message an attempt is running for, so `queue list` shows it.
     in_flight: HashMap<QueueId, QueuedMessage>,
     /// Queue commands that must wait for the running attempt to end.
-    after_attempt: HashMap<QueueId, control::Deferred>,
+    after_attempt: HashMap<QueueId, control::AfterAttempt>,
     /// One permit per concurrent attempt (= upstream connections in use).
     permits: Arc<Semaphore>,
     workers: usize,

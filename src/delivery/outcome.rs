@@ -37,8 +37,9 @@ impl RcptOutcome {
         match code {
             200..=299 => RcptOutcome::Delivered(said),
             500..=599 => RcptOutcome::Failed(said),
-            // 4xx, and anything out of range (a confused server) is worth another try.
-            _ => RcptOutcome::Deferred(said),
+            // 4xx (421 included), and anything out of range (a confused server) is worth
+            // another try. Listed in full so no code is classified by a catch-all.
+            0..=199 | 300..=499 | 600..=u16::MAX => RcptOutcome::Deferred(said),
         }
     }
 }

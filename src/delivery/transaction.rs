@@ -56,6 +56,21 @@ async fn transact_on<T: AsyncRead + AsyncWrite + Unpin>(
         ))
         .await
         .map_err(before_data)?;
+    if reply.code == 530 {
+        // "Authentication required" (RFC 4954 §6): we sent mail without the AUTH this
+        // upstream wants. Our configuration's fault: defer and alert, never bounce.
+        let _ = c.rset().await;
+        return Err(TransactError {
+            error: AttemptError {
+                reason: format!(
+                    "upstream requires AUTH ({} {}): set username and password_file",
+                    reply.code, reply.message
+                ),
+                config_fault: true,
+            },
+            retry_now: false,
+        });
+    }
     if !(200..300).contains(&reply.code) {
         let _ = c.rset().await;
         return Ok(all(RcptOutcome::from_response(&reply)));

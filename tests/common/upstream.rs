@@ -45,6 +45,8 @@ struct Script {
     down: bool,
     /// Pause between taking a message and answering the end of DATA (a slow upstream).
     data_delay: std::time::Duration,
+    /// Reply to MAIL FROM instead of 250, when set.
+    mail_reply: Option<String>,
     /// Answer AUTH with 535, as for a wrong password.
     refuse_auth: bool,
     /// Every MAIL FROM seen (a transaction started), delivered or not.
@@ -141,6 +143,10 @@ impl FakeUpstream {
         self.script.lock().unwrap().data_delay = delay;
     }
 
+    pub fn reply_to_mail(&self, line: Option<&str>) {
+        self.script.lock().unwrap().mail_reply = line.map(str::to_string);
+    }
+
     pub fn refuse_auth(&self, refuse: bool) {
         self.script.lock().unwrap().refuse_auth = refuse;
     }
@@ -235,8 +241,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         } else if upper.starts_with("MAIL FROM:") {
             mail_from = address(&line);
             rcpts.clear();
-            script.lock().unwrap().transactions += 1;
-            "250 2.1.0 ok".to_string()
+            let mut s = script.lock().unwrap();
+            s.transactions += 1;
+            s.mail_reply
+                .clone()
+                .unwrap_or_else(|| "250 2.1.0 ok".to_string())
         } else if upper.starts_with("RCPT TO:") {
             let rcpt = address(&line);
             let refusal = script.lock().unwrap().rcpt_replies.get(&rcpt).cloned();
