@@ -216,13 +216,26 @@ async fn a_421_in_the_middle_of_a_session_defers_and_a_new_connection_delivers()
     let dir = tempfile::tempdir().unwrap();
     let relay = start(config(dir.path(), Some(upstream.addr))).await;
     let mut events = relay.subscribe();
-    send_one(&relay, "a@example.com", &["u@example.net"], "421").await;
-    let e = wait_for(&mut events, |e| matches!(e, DeliveryEvent::Deferred { .. })).await;
-    assert!(format!("{e:?}").contains("421"), "{e:?}");
+    send_one(
+        &relay,
+        "a@example.com",
+        &["u@example.net", "v@example.net"],
+        "421",
+    )
+    .await;
+    let e = wait_for(&mut events, |_| true).await;
+    let DeliveryEvent::Deferred { reason, .. } = &e else {
+        panic!("421 must defer every recipient, got {e:?}")
+    };
+    assert!(reason.contains("421"), "{reason}");
     upstream.clear_rcpt_replies();
     relay.flush();
     wait_done(&mut events, 1).await;
     assert_eq!(upstream.received().len(), 1);
+    assert_eq!(
+        upstream.received()[0].rcpts,
+        ["u@example.net", "v@example.net"]
+    );
     assert_eq!(
         upstream.connections(),
         2,

@@ -4,6 +4,11 @@
 //!
 //! Time is an input: attempts take `now`, and [`QueueHandle::flush`] makes everything due
 //! at once (what `queue flush` and tests use instead of waiting).
+//!
+//! Files: `attempt` (one attempt of one message), `router` (which upstreams, in which
+//! order), `upstream` (one server: pool, connect, AUTH), `transaction` (MAIL/RCPT/DATA),
+//! `outcome` (reply classification), `bounce` (RFC 3464 DSNs), `control` (queue commands
+//! inside the runner), `schedule` (retry times), `outbox`.
 
 mod attempt;
 mod bounce;

@@ -82,6 +82,19 @@ async fn transact_on<T: AsyncRead + AsyncWrite + Unpin>(
             .cmd(format!("RCPT TO:<{}>\r\n", envelope.rcpts[i]))
             .await
             .map_err(before_data)?;
+        if reply.code == 421 {
+            // The server is closing the connection (RFC 5321 §3.8): nothing more can be
+            // sent on it, so every recipient not yet refused waits for the next attempt.
+            let outcome = RcptOutcome::from_response(&reply);
+            let settled: Vec<usize> = outcomes.iter().map(|(i, _)| *i).collect();
+            outcomes.extend(
+                rcpts
+                    .iter()
+                    .filter(|i| !settled.contains(i))
+                    .map(|&i| (i, outcome.clone())),
+            );
+            return Ok(outcomes);
+        }
         if (200..300).contains(&reply.code) {
             accepted.push(i);
         } else {
