@@ -24,5 +24,6 @@ pub mod keys;
 pub mod logging;
 pub mod message;
 pub mod relay;
+pub mod rotation;
 pub mod smtp;
 pub mod spool;

@@ -18,5 +18,5 @@ mod store;
 
 pub use material::{generate, public_key_of, Algorithm, KeyMaterial};
 pub use record::DnsRecord;
-pub use state::{DomainState, Slot, SlotState};
+pub use state::{DnsCheck, DnsOutcome, DomainState, Slot, SlotState};
 pub use store::{KeyError, KeyStore};

@@ -185,6 +185,9 @@ impl KeyStore {
             published: None,
             active_since: (state == SlotState::Active).then_some(now),
             retiring_until: None,
+            hook_published: None,
+            last_dns_check: None,
+            hook_revoked: None,
         };
         domain_state.slots.retain(|s| s.selector != selector);
         domain_state.slots.push(slot.clone());
