@@ -7,6 +7,7 @@ use crate::delivery::{
 };
 use crate::dkim::{KeyRing, SharedKeyRing};
 use crate::keys::{Algorithm, KeyError, KeyStore, SlotState};
+use crate::rotation::Rotator;
 use crate::smtp::{self, SmtpContext};
 use crate::spool::Spool;
 use std::net::SocketAddr;
@@ -36,6 +37,8 @@ pub enum StartError {
     Upstream(String),
     #[error("key store: {0}")]
     Keys(#[from] KeyError),
+    #[error("rotation: {0}")]
+    Rotation(String),
 }
 
 /// A running relay.
@@ -47,6 +50,8 @@ pub struct RelayHandle {
     keys: Arc<SharedKeyRing>,
     store: KeyStore,
     config: Arc<Config>,
+    /// Wakes the rotation scheduler (`keys rotate` on a running relay, tests).
+    rotate_now: Arc<tokio::sync::Notify>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -70,6 +75,11 @@ impl RelayHandle {
         self.keys.replace(load_keys(&self.store, &self.config));
     }
 
+    /// Runs the rotation planner now instead of at its next tick.
+    pub fn rotate_now(&self) {
+        self.rotate_now.notify_one();
+    }
+
     /// Stops accepting, ends sessions, lets delivery attempts in progress finish.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
@@ -87,8 +97,11 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
     let config = Arc::new(config);
 
     let store = KeyStore::new(&config.keys.dir);
-    if config.keys.generate_missing {
-        bootstrap_keys(&store, &config.domains)?;
+    // One rotation pass before accepting mail: first keys for new domains, and whatever
+    // became due while the relay was down.
+    let rotator = Rotator::new(&config).map_err(StartError::Rotation)?;
+    if config.rotation.enabled {
+        rotator.run_all(delivery::now_unix(), false).await;
     }
     let keys = Arc::new(SharedKeyRing::new(load_keys(&store, &config)));
 
@@ -157,7 +170,20 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         spool,
         queue: queue.clone(),
     });
-    let server = tokio::spawn(smtp::serve(listener, smtp_ctx, shutdown_rx));
+    let server = tokio::spawn(smtp::serve(listener, smtp_ctx, shutdown_rx.clone()));
+    let rotate_now = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = vec![server, runner];
+    if config.rotation.enabled {
+        tasks.push(tokio::spawn(rotation_scheduler(
+            rotator,
+            keys.clone(),
+            store.clone(),
+            config.clone(),
+            queue.clone(),
+            rotate_now.clone(),
+            shutdown_rx,
+        )));
+    }
     tracing::info!(listen = %smtp_addr, hostname = %config.hostname, "dkim-relay is accepting mail");
 
     Ok(RelayHandle {
@@ -168,8 +194,35 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         keys,
         store,
         config,
-        tasks: vec![server, runner],
+        rotate_now,
+        tasks,
     })
+}
+
+/// Runs the rotation planner every `rotation.check_every` and when asked; reloads the
+/// key ring and retries deferred mail when keys changed.
+async fn rotation_scheduler(
+    rotator: Rotator,
+    keys: Arc<SharedKeyRing>,
+    store: KeyStore,
+    config: Arc<Config>,
+    queue: QueueHandle,
+    wake: Arc<tokio::sync::Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let every = config.rotation.check_every.0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = wake.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        if rotator.run_all(delivery::now_unix(), false).await {
+            keys.replace(load_keys(&store, &config));
+            // Mail that waited for a key may go now.
+            queue.flush();
+        }
+    }
 }
 
 fn load_keys(store: &KeyStore, config: &Config) -> KeyRing {
@@ -187,8 +240,9 @@ fn load_keys(store: &KeyStore, config: &Config) -> KeyRing {
     ring
 }
 
-/// First start: a configured domain without keys gets them, active at once, and the
-/// records to publish are logged. (Later keys go through rotation, which waits for DNS.)
+/// Gives each domain without keys an active RSA (and Ed25519) key at once, skipping the
+/// DNS wait. This is `keys activate --force` for new domains; tests use it to start from a
+/// signing state. Normal first keys go through rotation and wait for DNS.
 pub fn bootstrap_keys(store: &KeyStore, domains: &[DomainConfig]) -> Result<(), KeyError> {
     let now = delivery::now_unix();
     for domain in domains {

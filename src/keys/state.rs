@@ -92,6 +92,17 @@ impl DomainState {
         active
     }
 
+    /// Keys whose record is (still) published: active, published and retiring, RSA first.
+    pub fn published(&self) -> Vec<&Slot> {
+        let mut keys: Vec<&Slot> = self
+            .slots
+            .iter()
+            .filter(|s| matches!(s.state, SlotState::Active | SlotState::Published | SlotState::Retiring))
+            .collect();
+        keys.sort_by_key(|s| (s.algorithm, s.state != SlotState::Active));
+        keys
+    }
+
     pub fn slot(&self, selector: &str) -> Option<&Slot> {
         self.slots.iter().find(|s| s.selector == selector)
     }

@@ -3,7 +3,11 @@
 //! effects (key files, hooks, DNS lookups) under the key store lock.
 
 pub mod apply;
+pub mod dns;
+pub mod executor;
+pub mod hook;
 pub mod planner;
 
 pub use apply::{apply, record_dns_check, Transition};
 pub use planner::{plan, rotation_due, Policy, PublishedBecause, Step};
+pub use executor::{DomainReport, Rotator};
