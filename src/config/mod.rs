@@ -129,11 +129,15 @@ impl RotationConfig {
             ));
         }
         if self.check_every.0 < Duration::from_secs(1) {
-            return Err(ConfigError::new("rotation.check_every", "must be at least 1s"));
+            return Err(ConfigError::new(
+                "rotation.check_every",
+                "must be at least 1s",
+            ));
         }
         if let Some(hook) = &self.publish_hook {
-            let meta = std::fs::metadata(hook)
-                .map_err(|e| ConfigError::new("rotation.publish_hook", format!("{}: {e}", hook.display())))?;
+            let meta = std::fs::metadata(hook).map_err(|e| {
+                ConfigError::new("rotation.publish_hook", format!("{}: {e}", hook.display()))
+            })?;
             use std::os::unix::fs::PermissionsExt;
             if meta.permissions().mode() & 0o111 == 0 {
                 return Err(ConfigError::new(

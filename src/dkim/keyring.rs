@@ -171,7 +171,10 @@ fn load_domain(store: &KeyStore, config: &Config, domain: &str) -> Result<Arc<Do
         SigningMode::AllPublished => state.published(),
     };
     if !signing.iter().any(|s| s.algorithm == Algorithm::Rsa) {
-        let waiting = state.slots.iter().any(|s| matches!(s.state, SlotState::Pending | SlotState::Published));
+        let waiting = state
+            .slots
+            .iter()
+            .any(|s| matches!(s.state, SlotState::Pending | SlotState::Published));
         return Err(if waiting {
             "no active key yet: waiting for DNS to serve the new key (or `dkim-relay keys activate --force`)".into()
         } else {

@@ -97,7 +97,12 @@ impl DomainState {
         let mut keys: Vec<&Slot> = self
             .slots
             .iter()
-            .filter(|s| matches!(s.state, SlotState::Active | SlotState::Published | SlotState::Retiring))
+            .filter(|s| {
+                matches!(
+                    s.state,
+                    SlotState::Active | SlotState::Published | SlotState::Retiring
+                )
+            })
             .collect();
         keys.sort_by_key(|s| (s.algorithm, s.state != SlotState::Active));
         keys

@@ -181,7 +181,12 @@ impl KeyStore {
 
     /// Writes a slot's private key file (mode 0600, fsynced), replacing a retired key's
     /// file of the same name. The caller records the slot in the state.
-    pub fn write_key_file(&self, domain: &str, selector: &str, material: &KeyMaterial) -> Result<String, KeyError> {
+    pub fn write_key_file(
+        &self,
+        domain: &str,
+        selector: &str,
+        material: &KeyMaterial,
+    ) -> Result<String, KeyError> {
         let dir = self.domain_dir(domain)?;
         ensure_dir(&dir, 0o700).map_err(io_err(&dir))?;
         let key_file = format!("{selector}.pem");

@@ -75,6 +75,9 @@ pub fn apply(state: &mut DomainState, step: &Step, now: u64, policy: &Policy) ->
                             PublishedBecause::WaitElapsed => {
                                 "DNS checks are off and the propagation wait has passed".into()
                             }
+                            PublishedBecause::Forced => {
+                                "forced by the operator without a DNS check".into()
+                            }
                         },
                     });
                 }

@@ -37,29 +37,51 @@ impl DnsChecker {
     }
 
     /// Looks up `name` and compares its key with `expected` (the bytes of our `p=`).
-    pub async fn check(&self, name: &str, algorithm: Algorithm, expected: &[u8], now: u64) -> DnsCheck {
+    pub async fn check(
+        &self,
+        name: &str,
+        algorithm: Algorithm,
+        expected: &[u8],
+        now: u64,
+    ) -> DnsCheck {
         let (outcome, detail) = match self.lookup(name).await {
             Err(LookupError::Missing) => (DnsOutcome::Missing, format!("no TXT record at {name}")),
-            Err(LookupError::Failed(e)) => (DnsOutcome::Error, format!("lookup of {name} failed: {e}")),
+            Err(LookupError::Failed(e)) => {
+                (DnsOutcome::Error, format!("lookup of {name} failed: {e}"))
+            }
             Ok(records) => compare(&records, algorithm, expected),
         };
-        DnsCheck { at: now, outcome, detail }
+        DnsCheck {
+            at: now,
+            outcome,
+            detail,
+        }
     }
 
     async fn lookup(&self, name: &str) -> Result<Vec<String>, LookupError> {
         let fqdn = format!("{}.", name.trim_end_matches('.'));
-        let lookup = self.resolver.resolver().txt_lookup(fqdn.as_str()).await.map_err(|e| {
-            if e.is_no_records_found() || e.is_nx_domain() {
-                LookupError::Missing
-            } else {
-                LookupError::Failed(e.to_string())
-            }
-        })?;
+        let lookup = self
+            .resolver
+            .resolver()
+            .txt_lookup(fqdn.as_str())
+            .await
+            .map_err(|e| {
+                if e.is_no_records_found() || e.is_nx_domain() {
+                    LookupError::Missing
+                } else {
+                    LookupError::Failed(e.to_string())
+                }
+            })?;
         let records: Vec<String> = lookup
             .answers()
             .iter()
             .filter_map(|record| match &record.data {
-                RData::TXT(txt) => Some(txt.txt_data.iter().map(|s| String::from_utf8_lossy(s)).collect::<String>()),
+                RData::TXT(txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .map(|s| String::from_utf8_lossy(s))
+                        .collect::<String>(),
+                ),
                 _ => None,
             })
             .collect();
@@ -77,16 +99,31 @@ enum LookupError {
 
 /// Compares DNS records (each already joined from its strings) with our public key.
 pub fn compare(records: &[String], algorithm: Algorithm, expected: &[u8]) -> (DnsOutcome, String) {
-    let dkim: Vec<&String> = records.iter().filter(|r| tag(r, "v").is_none_or(|v| v == "DKIM1")).collect();
+    let dkim: Vec<&String> = records
+        .iter()
+        .filter(|r| tag(r, "v").is_none_or(|v| v == "DKIM1"))
+        .collect();
     if dkim.len() > 1 {
-        return (DnsOutcome::Mismatch, format!("{} DKIM records at one name; verifiers may pick any", dkim.len()));
+        return (
+            DnsOutcome::Mismatch,
+            format!(
+                "{} DKIM records at one name; verifiers may pick any",
+                dkim.len()
+            ),
+        );
     }
     let Some(record) = dkim.first() else {
-        return (DnsOutcome::Missing, "no DKIM record among the TXT records".into());
+        return (
+            DnsOutcome::Missing,
+            "no DKIM record among the TXT records".into(),
+        );
     };
     let k = tag(record, "k").unwrap_or_else(|| "rsa".into());
     if k != algorithm.dns_k() {
-        return (DnsOutcome::Mismatch, format!("record has k={k}, key is {algorithm}"));
+        return (
+            DnsOutcome::Mismatch,
+            format!("record has k={k}, key is {algorithm}"),
+        );
     }
     let Some(p) = tag(record, "p") else {
         return (DnsOutcome::Mismatch, "record has no p= tag".into());
@@ -124,12 +161,37 @@ mod tests {
         let key = [0x30u8, 0x82, 1, 2, 3, 4];
         let b64 = base64::engine::general_purpose::STANDARD.encode(key);
         let rec = |s: &str| vec![s.to_string()];
-        assert_eq!(compare(&rec(&format!("v=DKIM1; k=ed25519; p={b64}")), Algorithm::Ed25519, &key).0, DnsOutcome::Match);
+        assert_eq!(
+            compare(
+                &rec(&format!("v=DKIM1; k=ed25519; p={b64}")),
+                Algorithm::Ed25519,
+                &key
+            )
+            .0,
+            DnsOutcome::Match
+        );
         // Whitespace inside p= (from split strings or folding) does not matter.
         let split = format!("v=DKIM1; k=ed25519; p={} {}", &b64[..4], &b64[4..]);
-        assert_eq!(compare(&rec(&split), Algorithm::Ed25519, &key).0, DnsOutcome::Match);
-        assert_eq!(compare(&rec("v=DKIM1; k=ed25519; p="), Algorithm::Ed25519, &key).0, DnsOutcome::Mismatch);
-        assert_eq!(compare(&rec(&format!("v=DKIM1; k=rsa; p={b64}")), Algorithm::Ed25519, &key).0, DnsOutcome::Mismatch);
-        assert_eq!(compare(&rec("v=spf1 -all"), Algorithm::Ed25519, &key).0, DnsOutcome::Missing);
+        assert_eq!(
+            compare(&rec(&split), Algorithm::Ed25519, &key).0,
+            DnsOutcome::Match
+        );
+        assert_eq!(
+            compare(&rec("v=DKIM1; k=ed25519; p="), Algorithm::Ed25519, &key).0,
+            DnsOutcome::Mismatch
+        );
+        assert_eq!(
+            compare(
+                &rec(&format!("v=DKIM1; k=rsa; p={b64}")),
+                Algorithm::Ed25519,
+                &key
+            )
+            .0,
+            DnsOutcome::Mismatch
+        );
+        assert_eq!(
+            compare(&rec("v=spf1 -all"), Algorithm::Ed25519, &key).0,
+            DnsOutcome::Missing
+        );
     }
 }

@@ -41,12 +41,19 @@ impl Rotator {
     /// Settings for a domain: its config entry, or defaults for a domain that is only in
     /// the key store (RSA, plus Ed25519 if the store has an Ed25519 key).
     pub fn domain_settings(&self, name: &str, state: Option<&DomainState>) -> DomainConfig {
-        self.config.domain(name).cloned().unwrap_or_else(|| DomainConfig {
-            name: name.to_string(),
-            ed25519: state.is_some_and(|s| s.slots.iter().any(|slot| slot.algorithm == Algorithm::Ed25519)),
-            rsa_selectors: ["s1".into(), "s2".into()],
-            ed25519_selectors: ["e1".into(), "e2".into()],
-        })
+        self.config
+            .domain(name)
+            .cloned()
+            .unwrap_or_else(|| DomainConfig {
+                name: name.to_string(),
+                ed25519: state.is_some_and(|s| {
+                    s.slots
+                        .iter()
+                        .any(|slot| slot.algorithm == Algorithm::Ed25519)
+                }),
+                rsa_selectors: ["s1".into(), "s2".into()],
+                ed25519_selectors: ["e1".into(), "e2".into()],
+            })
     }
 
     pub fn policy(&self, domain: &DomainConfig) -> Policy {
@@ -84,14 +91,21 @@ impl Rotator {
         for domain in self.domains() {
             match self.run_domain(&domain, now, force).await {
                 Ok(report) => changed |= !report.transitions.is_empty(),
-                Err(e) => tracing::error!(domain = %domain, error = %e, "rotation failed; will retry"),
+                Err(e) => {
+                    tracing::error!(domain = %domain, error = %e, "rotation failed; will retry")
+                }
             }
         }
         changed
     }
 
     /// Plans and performs steps for one domain until nothing more can happen at `now`.
-    pub async fn run_domain(&self, domain: &str, now: u64, force: bool) -> Result<DomainReport, String> {
+    pub async fn run_domain(
+        &self,
+        domain: &str,
+        now: u64,
+        force: bool,
+    ) -> Result<DomainReport, String> {
         let dir = self.store.dir().to_path_buf();
         let _lock = tokio::task::spawn_blocking(move || StoreLock::acquire(&dir))
             .await
@@ -114,7 +128,8 @@ impl Rotator {
             }
             let before = state.clone();
             for step in &steps {
-                self.perform(domain, &mut state, step, now, &policy, &mut report).await?;
+                self.perform(domain, &mut state, step, now, &policy, &mut report)
+                    .await?;
             }
             if state == before {
                 break;
@@ -124,7 +139,7 @@ impl Rotator {
             tracing::info!(domain, selector = %t.selector, from = ?t.from, to = ?t.to, reason = %t.reason, "key transition");
         }
         for record in &report.to_publish {
-            tracing::warn!(domain, record = %record.zone_line(), "publish this DNS record; the key becomes active once DNS serves it");
+            tracing::warn!(domain, record = %record.zone_line(), "publish this DNS record");
         }
         for why in &report.waiting {
             tracing::info!(domain, reason = %why, "rotation waiting");
@@ -143,7 +158,10 @@ impl Rotator {
     ) -> Result<(), String> {
         let save = |state: &DomainState| self.store.save(state).map_err(|e| e.to_string());
         match step {
-            Step::Generate { algorithm, selector } => {
+            Step::Generate {
+                algorithm,
+                selector,
+            } => {
                 let alg = *algorithm;
                 let material = tokio::task::spawn_blocking(move || generate(alg, 2048))
                     .await
@@ -151,7 +169,9 @@ impl Rotator {
                 self.store
                     .write_key_file(domain, selector, &material)
                     .map_err(|e| e.to_string())?;
-                report.to_publish.push(DnsRecord::new(domain, selector, alg, &material.public_key));
+                report
+                    .to_publish
+                    .push(DnsRecord::new(domain, selector, alg, &material.public_key));
             }
             Step::PublishHook { selector } | Step::RevokeHook { selector } => {
                 let Some(hook) = &self.config.rotation.publish_hook else {
@@ -161,12 +181,24 @@ impl Rotator {
                     return Ok(());
                 };
                 let (action, record) = if matches!(step, Step::PublishHook { .. }) {
-                    (HookAction::Publish, self.store.record(domain, &slot).map_err(|e| e.to_string())?)
+                    (
+                        HookAction::Publish,
+                        self.store
+                            .record(domain, &slot)
+                            .map_err(|e| e.to_string())?,
+                    )
                 } else {
-                    (HookAction::Revoke, DnsRecord::revoked(domain, selector, slot.algorithm))
+                    (
+                        HookAction::Revoke,
+                        DnsRecord::revoked(domain, selector, slot.algorithm),
+                    )
                 };
-                if let Err(e) = run_hook(hook, action, domain, selector, slot.algorithm, &record).await {
-                    report.waiting.push(format!("{action:?} hook for {selector} failed: {e}"));
+                if let Err(e) =
+                    run_hook(hook, action, domain, selector, slot.algorithm, &record).await
+                {
+                    report
+                        .waiting
+                        .push(format!("{action:?} hook for {selector} failed: {e}"));
                     return Ok(());
                 }
             }
@@ -177,9 +209,14 @@ impl Rotator {
                 let Some(slot) = state.slot(selector).cloned() else {
                     return Ok(());
                 };
-                let record = self.store.record(domain, &slot).map_err(|e| e.to_string())?;
+                let record = self
+                    .store
+                    .record(domain, &slot)
+                    .map_err(|e| e.to_string())?;
                 let expected = crate::keys::public_key_bytes(&record).unwrap_or_default();
-                let check = dns.check(&record.name, slot.algorithm, &expected, now).await;
+                let check = dns
+                    .check(&record.name, slot.algorithm, &expected, now)
+                    .await;
                 if check.outcome != crate::keys::DnsOutcome::Match {
                     report.waiting.push(format!("{selector}: {}", check.detail));
                 }
@@ -193,7 +230,9 @@ impl Rotator {
                 if let Some(slot) = state.slot(selector) {
                     // The state says retired before the file goes: a crash in between
                     // leaves an unused file, never a state pointing at nothing.
-                    self.store.remove_key_file(domain, slot).map_err(|e| e.to_string())?;
+                    self.store
+                        .remove_key_file(domain, slot)
+                        .map_err(|e| e.to_string())?;
                 }
                 report.transitions.extend(transitions);
                 return Ok(());

@@ -44,7 +44,13 @@ pub async fn run_hook(
         .kill_on_drop(true);
     let output = tokio::time::timeout(HOOK_TIMEOUT, command.output())
         .await
-        .map_err(|_| format!("{} did not finish within {}s", hook.display(), HOOK_TIMEOUT.as_secs()))?
+        .map_err(|_| {
+            format!(
+                "{} did not finish within {}s",
+                hook.display(),
+                HOOK_TIMEOUT.as_secs()
+            )
+        })?
         .map_err(|e| format!("cannot run {}: {e}", hook.display()))?;
     if output.status.success() {
         return Ok(());
@@ -54,6 +60,12 @@ pub async fn run_hook(
         "{} exited with {}: {}",
         hook.display(),
         output.status,
-        stderr.lines().next().unwrap_or("").chars().take(200).collect::<String>()
+        stderr
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect::<String>()
     ))
 }

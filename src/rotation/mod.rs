@@ -9,5 +9,5 @@ pub mod hook;
 pub mod planner;
 
 pub use apply::{apply, record_dns_check, Transition};
-pub use planner::{plan, rotation_due, Policy, PublishedBecause, Step};
 pub use executor::{DomainReport, Rotator};
+pub use planner::{plan, rotation_due, Policy, PublishedBecause, Step};

@@ -40,6 +40,8 @@ impl Policy {
 pub enum PublishedBecause {
     DnsServesIt,
     WaitElapsed,
+    /// `keys activate --force`: the operator vouches for DNS.
+    Forced,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,249 @@
+//! Key rotation against a real DNS server on 127.0.0.1: the DNS check itself, then a full
+//! rotation of a running relay on an advanced clock, with mail signed before, during and
+//! after the switch verified.
+
+mod common;
+
+use common::dns::TestDns;
+use common::verify::{verify, TxtCache};
+use common::*;
+use dkim_relay::keys::{public_key_bytes, Algorithm, DnsOutcome, KeyStore, SlotState};
+use dkim_relay::rotation::dns::DnsChecker;
+use dkim_relay::rotation::Rotator;
+use mail_auth::DkimResult;
+
+const DAY: u64 = 86_400;
+
+#[tokio::test]
+async fn dns_check_sees_match_old_key_missing_split_strings_and_cname() {
+    let dns = TestDns::start().await;
+    let checker = DnsChecker::new(Some(dns.addr)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyStore::new(dir.path());
+    let (rsa, rsa_record) = store
+        .generate_key(
+            "example.com",
+            "s1",
+            Algorithm::Rsa,
+            2048,
+            SlotState::Active,
+            1,
+        )
+        .unwrap();
+    let (_, old_record) = store
+        .generate_key(
+            "example.com",
+            "s2",
+            Algorithm::Rsa,
+            2048,
+            SlotState::Pending,
+            1,
+        )
+        .unwrap();
+    let expected = public_key_bytes(&rsa_record).unwrap();
+    let name = &rsa_record.name;
+    assert!(
+        rsa_record.value.len() > 255,
+        "the RSA record must need several strings"
+    );
+
+    let outcome = |c: dkim_relay::keys::DnsCheck| (c.outcome, c.detail);
+    assert_eq!(
+        outcome(checker.check(name, rsa.algorithm, &expected, 0).await).0,
+        DnsOutcome::Missing
+    );
+    dns.set_txt(name, &rsa_record.value); // split into 255-octet strings by the server
+    assert_eq!(
+        checker
+            .check(name, rsa.algorithm, &expected, 0)
+            .await
+            .outcome,
+        DnsOutcome::Match
+    );
+    dns.set_txt(name, &old_record.value);
+    let (o, detail) = outcome(checker.check(name, rsa.algorithm, &expected, 0).await);
+    assert_eq!(o, DnsOutcome::Mismatch, "{detail}");
+    dns.set_txt(name, "v=DKIM1; k=rsa; p=");
+    assert_eq!(
+        checker
+            .check(name, rsa.algorithm, &expected, 0)
+            .await
+            .outcome,
+        DnsOutcome::Mismatch
+    );
+    // CNAME delegation (as with hosted DNS providers) is followed.
+    dns.set_cname(name, "s1.example.com.dkim.provider.test");
+    dns.set_txt("s1.example.com.dkim.provider.test", &rsa_record.value);
+    assert_eq!(
+        checker
+            .check(name, rsa.algorithm, &expected, 0)
+            .await
+            .outcome,
+        DnsOutcome::Match
+    );
+}
+
+/// The records the key store says to publish, put into the test DNS server.
+fn publish(dns: &TestDns, store: &KeyStore, domain: &str, selectors: &[&str]) {
+    let state = store.load(domain).unwrap().unwrap();
+    for sel in selectors {
+        let record = store.record(domain, state.slot(sel).unwrap()).unwrap();
+        dns.set_txt(&record.name, &record.value);
+    }
+}
+
+fn selectors_of(message: &[u8]) -> Vec<String> {
+    common::verify::tag_values(message, "s")
+}
+
+#[tokio::test]
+async fn a_running_relay_rotates_only_to_keys_dns_serves_and_old_mail_still_verifies() {
+    let dns = TestDns::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), None);
+    config.rotation.dns_check = true;
+    config.rotation.resolver = Some(dns.addr);
+    config.domains.truncate(1); // example.com
+    let store = KeyStore::new(dir.path().join("keys"));
+    publish(&dns, &store, DOMAIN, &["s1", "e1"]);
+    let relay = start(config.clone()).await;
+    let mut events = relay.subscribe();
+    let mut client = Client::connect(relay.smtp_addr()).await;
+    client.ehlo().await;
+    let outbox = dir.path().join("outbox");
+    let send = |n: usize| message("app@example.com", &format!("m{n}"));
+    let read_outbox = |id: &str| std::fs::read(outbox.join(format!("{id}.eml"))).unwrap();
+    let queued_id = |reply: &str| reply.rsplit(' ').next().unwrap().to_string();
+
+    // Before rotation: signed with s1/e1.
+    let a = queued_id(&client.send("app@host", &["u@example.net"], &send(1)).await);
+    wait_done(&mut events, 1).await;
+    let msg_a = read_outbox(&a);
+    assert_eq!(selectors_of(&msg_a), ["s1", "e1"]);
+
+    // 91 days later rotation starts, but DNS does not serve s2/e2 yet: nothing switches.
+    let rotator = Rotator::new(&config).unwrap();
+    let t0 = dkim_relay::delivery::now_unix();
+    let report = rotator
+        .run_domain(DOMAIN, t0 + 91 * DAY, false)
+        .await
+        .unwrap();
+    assert_eq!(report.to_publish.len(), 2, "{report:?}");
+    assert!(
+        report.waiting.iter().any(|w| w.contains("no TXT record")),
+        "{:?}",
+        report.waiting
+    );
+    relay.reload_keys();
+    let b = queued_id(&client.send("app@host", &["u@example.net"], &send(2)).await);
+    wait_done(&mut events, 1).await;
+    assert_eq!(
+        selectors_of(&read_outbox(&b)),
+        ["s1", "e1"],
+        "switched before DNS served the new keys"
+    );
+
+    // DNS now serves them: the next run activates s2/e2 and s1/e1 start their grace period.
+    publish(&dns, &store, DOMAIN, &["s2", "e2"]);
+    let report = rotator
+        .run_domain(DOMAIN, t0 + 91 * DAY + 600, false)
+        .await
+        .unwrap();
+    assert!(
+        report
+            .transitions
+            .iter()
+            .any(|t| t.selector == "s2" && t.to == SlotState::Active),
+        "{report:?}"
+    );
+    relay.reload_keys();
+    let c = queued_id(&client.send("app@host", &["u@example.net"], &send(3)).await);
+    wait_done(&mut events, 1).await;
+    let msg_c = read_outbox(&c);
+    assert_eq!(selectors_of(&msg_c), ["s2", "e2"]);
+
+    // During the grace period both the new mail and the mail signed before the switch
+    // verify against what DNS publishes.
+    let cache = TxtCache::from_store(&dir.path().join("keys"));
+    for m in [&msg_a, &msg_c] {
+        let results = verify(m, &cache).await;
+        assert_eq!(results.len(), 2);
+        assert!(
+            results.iter().all(|r| r.3 == DkimResult::Pass),
+            "{results:?}"
+        );
+    }
+    let state = store.load(DOMAIN).unwrap().unwrap();
+    assert_eq!(state.slot("s1").unwrap().state, SlotState::Retiring);
+    assert!(
+        dir.path().join("keys/example.com/s1.pem").exists(),
+        "deleted inside the grace period"
+    );
+
+    // After the grace period s1/e1 are retired and their key files deleted.
+    let report = rotator
+        .run_domain(DOMAIN, t0 + 91 * DAY + 600 + 7 * DAY, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        report
+            .transitions
+            .iter()
+            .filter(|t| t.to == SlotState::Retired)
+            .count(),
+        2
+    );
+    assert!(!dir.path().join("keys/example.com/s1.pem").exists());
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn mail_for_a_domain_without_an_active_key_waits_and_goes_once_dns_serves_it() {
+    let dns = TestDns::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), None);
+    config.rotation.dns_check = true;
+    config.rotation.resolver = Some(dns.addr);
+    config.keys.generate_missing = true;
+    // Look again at every run instead of every 5 minutes: the test drives the runs.
+    config.rotation.dns_recheck = dkim_relay::config::HumanDuration(std::time::Duration::ZERO);
+    config.domains.push(domain("fresh.example"));
+    let relay = start(config.clone()).await;
+    let mut events = relay.subscribe();
+    let store = KeyStore::new(dir.path().join("keys"));
+    let state = store
+        .load("fresh.example")
+        .unwrap()
+        .expect("first keys generated at start");
+    assert!(
+        state.slots.iter().all(|s| s.state == SlotState::Pending),
+        "{state:?}"
+    );
+
+    let mut client = Client::connect(relay.smtp_addr()).await;
+    client.ehlo().await;
+    let r = client
+        .send(
+            "a@host",
+            &["u@example.net"],
+            &message("a@fresh.example", "early"),
+        )
+        .await;
+    assert!(
+        r.starts_with("250"),
+        "accepted even before the key is active: {r}"
+    );
+    let deferred = wait_for(&mut events, |e| {
+        matches!(e, dkim_relay::delivery::DeliveryEvent::Deferred { .. })
+    })
+    .await;
+    assert!(
+        format!("{deferred:?}").contains("no active key yet"),
+        "{deferred:?}"
+    );
+
+    publish(&dns, &store, "fresh.example", &["s1", "e1"]);
+    relay.rotate_now();
+    wait_done(&mut events, 1).await;
+    relay.shutdown().await;
+}
