@@ -51,7 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
             logging::init(cli.log_format);
-            serve(config)
+            serve(config, cli.config)
         }
         Command::Config(ConfigCommand::Check) => {
             let source = cli
@@ -81,13 +81,17 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let relay = crate::relay::start(config).await?;
+        let mut relay = crate::relay::start(config).await?;
+        if let Err(e) = relay.watch(config_path) {
+            // Without events the relay still works; changes need a restart.
+            tracing::warn!(error = %e, "hot reload is off");
+        }
         wait_for_signal().await;
         tracing::info!("shutting down");
         relay.shutdown().await;

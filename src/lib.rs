@@ -27,3 +27,4 @@ pub mod relay;
 pub mod rotation;
 pub mod smtp;
 pub mod spool;
+pub mod watch;

@@ -41,6 +41,20 @@ pub enum StartError {
     Rotation(String),
 }
 
+/// The config that key loading and rotation use; replaced whole on hot reload.
+#[derive(Debug)]
+pub struct LiveConfig(std::sync::RwLock<Arc<Config>>);
+
+impl LiveConfig {
+    pub fn current(&self) -> Arc<Config> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn replace(&self, config: Config) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+}
+
 /// A running relay.
 pub struct RelayHandle {
     smtp_addr: SocketAddr,
@@ -49,7 +63,8 @@ pub struct RelayHandle {
     events: broadcast::Sender<DeliveryEvent>,
     keys: Arc<SharedKeyRing>,
     store: KeyStore,
-    config: Arc<Config>,
+    live: Arc<LiveConfig>,
+    shutdown_rx: watch::Receiver<bool>,
     /// Wakes the rotation scheduler (`keys rotate` on a running relay, tests).
     rotate_now: Arc<tokio::sync::Notify>,
     tasks: Vec<JoinHandle<()>>,
@@ -72,7 +87,33 @@ impl RelayHandle {
 
     /// Reloads the keys from the key store; messages in flight keep the keys they had.
     pub fn reload_keys(&self) {
-        self.keys.replace(load_keys(&self.store, &self.config));
+        self.keys
+            .replace(load_keys(&self.store, &self.live.current()));
+    }
+
+    /// Starts hot reload: watches the key store and (if given) the config file's folder.
+    pub fn watch(&mut self, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
+        let mut dirs = vec![self.store.dir().to_path_buf()];
+        if let Some(parent) = config_path.as_ref().and_then(|p| p.parent()) {
+            dirs.push(if parent.as_os_str().is_empty() {
+                ".".into()
+            } else {
+                parent.to_path_buf()
+            });
+        }
+        let (guard, events) = crate::watch::watch(&dirs)?;
+        let task = tokio::spawn(watch_task(
+            guard,
+            events,
+            config_path,
+            self.live.clone(),
+            self.keys.clone(),
+            self.store.clone(),
+            self.queue.clone(),
+            self.shutdown_rx.clone(),
+        ));
+        self.tasks.push(task);
+        Ok(())
     }
 
     /// Runs the rotation planner now instead of at its next tick.
@@ -104,6 +145,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         rotator.run_all(delivery::now_unix(), false).await;
     }
     let keys = Arc::new(SharedKeyRing::new(load_keys(&store, &config)));
+    let live = Arc::new(LiveConfig(std::sync::RwLock::new(config.clone())));
 
     let spool_err = |source| StartError::Spool {
         path: config.spool.dir.display().to_string(),
@@ -174,14 +216,14 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
     let rotate_now = Arc::new(tokio::sync::Notify::new());
     let mut tasks = vec![server, runner];
     if config.rotation.enabled {
+        drop(rotator);
         tasks.push(tokio::spawn(rotation_scheduler(
-            rotator,
+            live.clone(),
             keys.clone(),
             store.clone(),
-            config.clone(),
             queue.clone(),
             rotate_now.clone(),
-            shutdown_rx,
+            shutdown_rx.clone(),
         )));
     }
     tracing::info!(listen = %smtp_addr, hostname = %config.hostname, "dkim-relay is accepting mail");
@@ -193,7 +235,8 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         events,
         keys,
         store,
-        config,
+        live,
+        shutdown_rx,
         rotate_now,
         tasks,
     })
@@ -202,24 +245,90 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
 /// Runs the rotation planner every `rotation.check_every` and when asked; reloads the
 /// key ring and retries deferred mail when keys changed.
 async fn rotation_scheduler(
-    rotator: Rotator,
+    live: Arc<LiveConfig>,
     keys: Arc<SharedKeyRing>,
     store: KeyStore,
-    config: Arc<Config>,
     queue: QueueHandle,
     wake: Arc<tokio::sync::Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let every = config.rotation.check_every.0;
     loop {
+        let config = live.current();
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(config.rotation.check_every.0) => {}
             _ = wake.notified() => {}
             _ = shutdown.changed() => return,
         }
+        // Built per run so a reloaded config (resolver, hook, policy) applies.
+        let config = live.current();
+        if !config.rotation.enabled {
+            continue;
+        }
+        let rotator = match Rotator::new(&config) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "rotation cannot run");
+                continue;
+            }
+        };
         if rotator.run_all(delivery::now_unix(), false).await {
             keys.replace(load_keys(&store, &config));
             // Mail that waited for a key may go now.
+            queue.flush();
+        }
+    }
+}
+
+/// Applies changes to the key store and the config file while the relay runs.
+#[allow(clippy::too_many_arguments)]
+async fn watch_task(
+    guard: impl Send,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<()>,
+    config_path: Option<std::path::PathBuf>,
+    live: Arc<LiveConfig>,
+    keys: Arc<SharedKeyRing>,
+    store: KeyStore,
+    queue: QueueHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _guard = guard; // watching stops when this task ends
+    let mut config_text = config_path
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let mut fingerprint = crate::watch::store_fingerprint(store.dir());
+    loop {
+        tokio::select! {
+            _ = events.recv() => {}
+            _ = tokio::time::sleep(crate::watch::RECHECK_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+        let mut reload = false;
+        if let Some(path) = &config_path {
+            match crate::watch::reread_config(path, &mut config_text) {
+                Ok(None) => {}
+                Ok(Some(new)) => {
+                    let restart = crate::watch::needs_restart(&live.current(), &new);
+                    live.replace(new);
+                    reload = true;
+                    tracing::info!(config = %path.display(), "config reloaded: domains, keys and rotation settings apply now");
+                    if !restart.is_empty() {
+                        tracing::warn!(sections = ?restart, "these config changes take effect after a restart");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "new config refused; the previous one stays in force")
+                }
+            }
+        }
+        let now = crate::watch::store_fingerprint(store.dir());
+        if now != fingerprint {
+            fingerprint = now;
+            reload = true;
+            tracing::info!("key store changed; reloading keys");
+        }
+        if reload {
+            keys.replace(load_keys(&store, &live.current()));
             queue.flush();
         }
     }
