@@ -247,3 +247,136 @@ async fn mail_for_a_domain_without_an_active_key_waits_and_goes_once_dns_serves_
     wait_done(&mut events, 1).await;
     relay.shutdown().await;
 }
+
+/// A hook that appends its environment to a file; it fails while `fail` exists.
+fn write_hook(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let log = dir.join("hook.log");
+    let hook = dir.join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nif [ -e {fail} ]; then echo 'provider API down' >&2; exit 1; fi\necho \"$DKIM_RELAY_ACTION|$DKIM_RELAY_DOMAIN|$DKIM_RELAY_SELECTOR|$DKIM_RELAY_ALGORITHM|$DKIM_RELAY_RECORD_NAME|$DKIM_RELAY_RECORD_VALUE\" >> {log}\n",
+            fail = dir.join("fail").display(),
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (hook, log)
+}
+
+/// Applies what the hook logged to the test DNS server, like a DNS provider's API would.
+fn sync_hook_to_dns(log: &std::path::Path, dns: &TestDns) {
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let f: Vec<&str> = line.splitn(6, '|').collect();
+        dns.set_txt(f[4], f[5]);
+    }
+}
+
+/// DESIGN §6 "done when": a year of simulated time with rotation every 90 days, records
+/// published through the hook, DNS checked by the real resolver code against a DNS server
+/// on 127.0.0.1. Every day, the keys that sign are served by DNS, and a key that signed
+/// stays served for the whole grace period after it stopped.
+#[tokio::test]
+async fn a_year_of_rotation_through_the_hook_always_signs_with_served_keys() {
+    let dns = TestDns::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hook, log) = write_hook(dir.path());
+    let mut config = config(dir.path(), None);
+    config.keys.dir = dir.path().join("fresh-keys");
+    config.keys.generate_missing = true;
+    config.domains = vec![domain("year.example")];
+    config.rotation.dns_check = true;
+    config.rotation.resolver = Some(dns.addr);
+    config.rotation.publish_hook = Some(hook);
+    config.validate().unwrap();
+    let rotator = Rotator::new(&config).unwrap();
+    let store = KeyStore::new(&config.keys.dir);
+
+    // The provider API is down at first: the rotation waits, nothing is active.
+    std::fs::write(dir.path().join("fail"), "").unwrap();
+    let t0 = 1_800_000_000;
+    let report = rotator.run_domain("year.example", t0, false).await.unwrap();
+    assert!(
+        report
+            .waiting
+            .iter()
+            .any(|w| w.contains("provider API down")),
+        "{report:?}"
+    );
+    assert!(store
+        .load("year.example")
+        .unwrap()
+        .unwrap()
+        .active()
+        .is_empty());
+    std::fs::remove_file(dir.path().join("fail")).unwrap();
+
+    let mut last_signed: std::collections::HashMap<String, u64> = Default::default();
+    let mut activations = 0;
+    for day in 0..=365u64 {
+        for minute in [0u64, 10] {
+            let now = t0 + day * DAY + minute * 60;
+            let report = rotator
+                .run_domain("year.example", now, false)
+                .await
+                .unwrap();
+            activations += report
+                .transitions
+                .iter()
+                .filter(|t| t.to == SlotState::Active)
+                .count();
+            sync_hook_to_dns(&log, &dns);
+            let state = store.load("year.example").unwrap().unwrap();
+            for slot in state.active() {
+                let record = store.record("year.example", slot).unwrap();
+                let check = DnsChecker::new(Some(dns.addr))
+                    .unwrap()
+                    .check(
+                        &record.name,
+                        slot.algorithm,
+                        &public_key_bytes(&record).unwrap(),
+                        now,
+                    )
+                    .await;
+                assert_eq!(
+                    check.outcome,
+                    DnsOutcome::Match,
+                    "day {day}: {} signs but DNS says {}",
+                    slot.selector,
+                    check.detail
+                );
+                last_signed.insert(format!("{}:{}", slot.selector, slot.created), now);
+            }
+            // A key that signed within the grace period is still in the store and in DNS.
+            for slot in &state.slots {
+                if let Some(&t) = last_signed.get(&format!("{}:{}", slot.selector, slot.created)) {
+                    if now < t + 7 * DAY {
+                        assert_ne!(
+                            slot.state,
+                            SlotState::Retired,
+                            "day {day}: {} retired inside its grace period",
+                            slot.selector
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        activations,
+        2 * 5,
+        "bootstrap and four rotations, RSA and Ed25519 together"
+    );
+    let hook_log = std::fs::read_to_string(&log).unwrap();
+    assert!(hook_log.lines().any(|l| l.starts_with(
+        "publish|year.example|s2|rsa|s2._domainkey.year.example|v=DKIM1; k=rsa; p=MIIB"
+    )));
+    assert!(
+        hook_log
+            .lines()
+            .any(|l| l.starts_with("revoke|year.example|") && l.ends_with("p=")),
+        "{hook_log}"
+    );
+}
