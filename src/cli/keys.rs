@@ -142,6 +142,24 @@ fn domains(store: &KeyStore, only: Option<&str>) -> anyhow::Result<Vec<String>> 
     }
 }
 
+/// A rotator for commands that only plan and change state (no DNS lookups).
+fn planning_rotator(config: &Config) -> anyhow::Result<Rotator> {
+    let offline = Config {
+        rotation: crate::config::RotationConfig {
+            dns_check: false,
+            ..config.rotation.clone()
+        },
+        ..config.clone()
+    };
+    Rotator::new(&offline).map_err(anyhow::Error::msg)
+}
+
+fn existing(store: &KeyStore, domain: &str) -> anyhow::Result<DomainState> {
+    store
+        .load(domain)?
+        .with_context(|| format!("{domain}: no keys in {}", store.dir().display()))
+}
+
 fn lock(store: &KeyStore) -> anyhow::Result<StoreLock> {
     StoreLock::acquire(store.dir())
         .with_context(|| format!("key store lock in {}", store.dir().display()))
@@ -150,14 +168,7 @@ fn lock(store: &KeyStore) -> anyhow::Result<StoreLock> {
 fn generate_cmd(config: &Config, store: &KeyStore, args: GenerateArgs) -> anyhow::Result<()> {
     let domain = normalise(&args.domain)?;
     let _lock = lock(store)?;
-    let rotator = Rotator::new(&Config {
-        rotation: crate::config::RotationConfig {
-            dns_check: false,
-            ..config.rotation.clone()
-        },
-        ..config.clone()
-    })
-    .map_err(anyhow::Error::msg)?;
+    let rotator = planning_rotator(config)?;
     let mut state = store
         .load(&domain)?
         .unwrap_or_else(|| DomainState::new(&domain));
@@ -262,9 +273,7 @@ fn rsa_bits(store: &KeyStore, domain: &str, slot: &Slot) -> Option<usize> {
 fn status(config: &Config, store: &KeyStore, args: DomainArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for domain in domains(store, args.domain.as_deref())? {
-        let Some(state) = store.load(&domain)? else {
-            bail!("{domain}: no keys in {}", store.dir().display());
-        };
+        let state = existing(store, &domain)?;
         for slot in &state.slots {
             let (next, next_at) = next_transition(config, slot);
             rows.push(SlotStatus {
@@ -322,9 +331,7 @@ fn status(config: &Config, store: &KeyStore, args: DomainArgs) -> anyhow::Result
 fn dns(store: &KeyStore, args: DnsArgs) -> anyhow::Result<()> {
     let mut records = Vec::new();
     for domain in domains(store, args.domain.as_deref())? {
-        let Some(state) = store.load(&domain)? else {
-            bail!("{domain}: no keys in {}", store.dir().display());
-        };
+        let state = existing(store, &domain)?;
         for slot in &state.slots {
             records.push(match slot.state {
                 SlotState::Retired => DnsRecord::revoked(&domain, &slot.selector, slot.algorithm),
@@ -356,9 +363,7 @@ async fn check(config: &Config, store: &KeyStore, args: DomainArgs) -> anyhow::R
     let mut rows = Vec::new();
     let mut bad = 0;
     for domain in domains(store, args.domain.as_deref())? {
-        let Some(state) = store.load(&domain)? else {
-            bail!("{domain}: no keys in {}", store.dir().display());
-        };
+        let state = existing(store, &domain)?;
         for slot in state.slots.iter().filter(|s| s.state != SlotState::Retired) {
             let record = store.record(&domain, slot)?;
             let expected = crate::keys::public_key_bytes(&record).unwrap_or_default();
@@ -479,17 +484,8 @@ async fn rotate(config: &Config, store: &KeyStore, args: RotateArgs) -> anyhow::
 /// A compromised key: stop signing with it now, delete it, and make new pending keys.
 fn emergency(config: &Config, store: &KeyStore, domain: &str) -> anyhow::Result<()> {
     let _lock = lock(store)?;
-    let Some(mut state) = store.load(domain)? else {
-        bail!("{domain}: no keys in {}", store.dir().display());
-    };
-    let rotator = Rotator::new(&Config {
-        rotation: crate::config::RotationConfig {
-            dns_check: false,
-            ..config.rotation.clone()
-        },
-        ..config.clone()
-    })
-    .map_err(anyhow::Error::msg)?;
+    let mut state = existing(store, domain)?;
+    let rotator = planning_rotator(config)?;
     let settings = rotator.domain_settings(domain, Some(&state));
     let policy = rotator.policy(&settings);
     let mut revoke = Vec::new();
@@ -571,17 +567,8 @@ fn activate(config: &Config, store: &KeyStore, args: ActivateArgs) -> anyhow::Re
     }
     let domain = normalise(&args.domain)?;
     let _lock = lock(store)?;
-    let Some(mut state) = store.load(&domain)? else {
-        bail!("{domain}: no keys in {}", store.dir().display());
-    };
-    let rotator = Rotator::new(&Config {
-        rotation: crate::config::RotationConfig {
-            dns_check: false,
-            ..config.rotation.clone()
-        },
-        ..config.clone()
-    })
-    .map_err(anyhow::Error::msg)?;
+    let mut state = existing(store, &domain)?;
+    let rotator = planning_rotator(config)?;
     let policy = rotator.policy(&rotator.domain_settings(&domain, Some(&state)));
     let incoming: Vec<String> = state
         .slots
