@@ -380,3 +380,88 @@ async fn a_year_of_rotation_through_the_hook_always_signs_with_served_keys() {
         "{hook_log}"
     );
 }
+
+/// `keys check` as a process against the test DNS server: match, missing and wrong keys,
+/// and a non-zero exit only when a key in use is not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_check_reports_each_selector_and_fails_for_keys_in_use() {
+    let dns = TestDns::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("relay.toml");
+    let keys = dir.path().join("keys");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[keys]\ndir = \"{}\"\n[rotation]\nresolver = \"{}\"\n",
+            keys.display(),
+            dns.addr
+        ),
+    )
+    .unwrap();
+    let store = KeyStore::new(&keys);
+    store
+        .generate_key(
+            "check.example",
+            "s1",
+            Algorithm::Rsa,
+            2048,
+            SlotState::Active,
+            1,
+        )
+        .unwrap();
+    store
+        .generate_key(
+            "check.example",
+            "s2",
+            Algorithm::Rsa,
+            2048,
+            SlotState::Pending,
+            1,
+        )
+        .unwrap();
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dkim-relay"))
+            .arg("--config")
+            .arg(&config_path)
+            .args(["keys", "check"])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        !out.status.success(),
+        "active key missing from DNS must fail: {text}"
+    );
+    assert!(
+        text.contains("s1") && text.contains("missing") && text.contains("not yet published"),
+        "{text}"
+    );
+
+    publish(&dns, &store, "check.example", &["s1"]);
+    let out = run();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("match"), "{text}");
+
+    // The pending s2's record holding s1's key is reported, and does not fail the check.
+    let s1 = store
+        .record(
+            "check.example",
+            store
+                .load("check.example")
+                .unwrap()
+                .unwrap()
+                .slot("s1")
+                .unwrap(),
+        )
+        .unwrap();
+    dns.set_txt("s2._domainkey.check.example", &s1.value);
+    let out = run();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && text.contains("mismatch"), "{text}");
+}
