@@ -26,5 +26,7 @@ pub mod keys;
 pub mod logging;
 pub mod message;
 pub mod relay;
+pub mod rotation;
 pub mod smtp;
 pub mod spool;
+pub mod watch;
