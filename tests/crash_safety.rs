@@ -9,12 +9,11 @@
 
 mod common;
 
+use common::child::{spawn_relay, write_config};
 use common::upstream::FakeUpstream;
 use std::collections::{HashMap, HashSet};
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,72 +22,7 @@ use tokio::net::TcpStream;
 
 const MESSAGES: usize = 500;
 const CLIENTS: usize = 5;
-const WORKERS: usize = 4;
-
-fn write_config(root: &Path, upstream: SocketAddr) -> std::path::PathBuf {
-    // Copies the test keys into root/keys.
-    let _ = common::config(root, None);
-    let text = format!(
-        r#"hostname = "relay.test"
-[smtp]
-listen = "127.0.0.1:0"
-max_connections_per_client = 100
-[spool]
-dir = "{spool}"
-fsync = true
-[keys]
-dir = "{keys}"
-generate_missing = false
-[[domains]]
-name = "example.com"
-ed25519 = true
-[delivery]
-workers = {WORKERS}
-[upstream]
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-pool_size = {WORKERS}
-"#,
-        spool = root.join("spool").display(),
-        keys = root.join("keys").display(),
-        port = upstream.port(),
-    );
-    let path = root.join("relay.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// Starts `dkim-relay serve`; returns it and the address it listens on (from its log).
-fn spawn_relay(config: &Path, log: Arc<Mutex<Vec<String>>>) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dkim-relay"))
-        .args(["--config", &config.display().to_string(), "serve"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("dkim-relay is accepting mail") {
-                let addr = line
-                    .split("listen=")
-                    .nth(1)
-                    .and_then(|s| s.split_whitespace().next())
-                    .and_then(|s| s.parse::<SocketAddr>().ok());
-                let _ = tx.send(addr);
-            }
-            log.lock().unwrap().push(line);
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("relay did not start")
-        .expect("listen address in the log");
-    (child, addr)
-}
+use common::child::WORKERS;
 
 /// A client that reports errors instead of panicking: the relay dies under it.
 struct Smtp {
@@ -222,8 +156,7 @@ async fn run_kill_point(kill_after_acks: usize) -> Figures {
         ack_count.load(Ordering::SeqCst) >= kill_after_acks
     })
     .await;
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.kill9();
     for c in clients {
         c.await.unwrap();
     }
@@ -245,7 +178,7 @@ async fn run_kill_point(kill_after_acks: usize) -> Figures {
         .count();
     let acked = acked.lock().unwrap().clone();
 
-    let (mut child, _) = spawn_relay(&config, log.clone());
+    let (child, _) = spawn_relay(&config, log.clone());
     wait_until(
         "every acknowledged message is delivered",
         Duration::from_secs(120),
@@ -259,10 +192,7 @@ async fn run_kill_point(kill_after_acks: usize) -> Figures {
         },
     )
     .await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    child.wait().unwrap();
+    child.stop();
 
     let mut counts: HashMap<String, usize> = HashMap::new();
     for m in upstream.received() {
