@@ -17,6 +17,19 @@ pub fn write_atomic(
     mode: u32,
     fsync: bool,
 ) -> io::Result<()> {
+    write_atomic_checked(dir, name, bytes, mode, fsync, || Ok(()))
+}
+
+/// [`write_atomic`] with `check` run after the bytes are written and before the rename:
+/// the spool's fault-injection seam, so tests reach the real clean-up path.
+pub fn write_atomic_checked(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+    fsync: bool,
+    check: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let result = (|| {
         let mut file = OpenOptions::new()
@@ -26,6 +39,7 @@ pub fn write_atomic(
             .mode(mode)
             .open(&tmp)?;
         file.write_all(bytes)?;
+        check()?;
         if fsync {
             file.sync_all()?;
         }

@@ -14,11 +14,13 @@
 //! Around them: [`auth`] (AUTH users, who may send as which domain), [`config`] (the TOML
 //! file), [`keys`] (the key store on disk),
 //! [`message`] (header and From parsing), [`relay`] (wires the stages together),
+//! [`control`] (queue commands and the control socket),
 //! [`cli`] (the command line), [`logging`].
 
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod delivery;
 pub mod dkim;
 mod fsutil;
@@ -26,5 +28,7 @@ pub mod keys;
 pub mod logging;
 pub mod message;
 pub mod relay;
+pub mod rotation;
 pub mod smtp;
 pub mod spool;
+pub mod watch;

@@ -3,10 +3,11 @@
 
 use crate::config::{Config, DomainConfig};
 use crate::delivery::{
-    self, DeliveryContext, DeliveryEvent, Outbox, QueueHandle, RetryPolicy, Transport, Upstream,
+    self, DeliveryContext, DeliveryEvent, Outbox, QueueHandle, RetryPolicy, Router, Transport,
 };
 use crate::dkim::{KeyRing, SharedKeyRing};
 use crate::keys::{Algorithm, KeyError, KeyStore, SlotState};
+use crate::rotation::Rotator;
 use crate::smtp::{self, SmtpContext};
 use crate::spool::Spool;
 use std::net::SocketAddr;
@@ -36,6 +37,10 @@ pub enum StartError {
     Upstream(String),
     #[error("key store: {0}")]
     Keys(#[from] KeyError),
+    #[error("spool {0} is locked: another dkim-relay is using it")]
+    SpoolLocked(String),
+    #[error("rotation: {0}")]
+    Rotation(String),
     #[error("inbound: {0}")]
     Inbound(String),
 }
@@ -53,6 +58,20 @@ async fn bind_implicit_tls(
     Ok((Some(listener), Some(bound)))
 }
 
+/// The config that key loading and rotation use; replaced whole on hot reload.
+#[derive(Debug)]
+pub struct LiveConfig(std::sync::RwLock<Arc<Config>>);
+
+impl LiveConfig {
+    pub fn current(&self) -> Arc<Config> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn replace(&self, config: Config) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+}
+
 /// A running relay.
 pub struct RelayHandle {
     smtp_addr: SocketAddr,
@@ -63,8 +82,14 @@ pub struct RelayHandle {
     events: broadcast::Sender<DeliveryEvent>,
     keys: Arc<SharedKeyRing>,
     store: KeyStore,
-    config: Arc<Config>,
+    live: Arc<LiveConfig>,
+    shutdown_rx: watch::Receiver<bool>,
+    /// Wakes the rotation scheduler (`keys rotate` on a running relay, tests).
+    rotate_now: Arc<tokio::sync::Notify>,
     tasks: Vec<JoinHandle<()>>,
+    /// Held open for the relay's life: the exclusive lock on the spool (see `control`).
+    _spool_lock: std::fs::File,
+    spool: Spool,
 }
 
 impl RelayHandle {
@@ -87,9 +112,45 @@ impl RelayHandle {
         self.queue.flush();
     }
 
+    /// The spool's fault-injection switch, for tests of a full disk.
+    pub fn spool_disk_full(&self) -> crate::spool::DiskFull {
+        self.spool.disk_full_switch()
+    }
+
     /// Reloads the keys from the key store; messages in flight keep the keys they had.
     pub fn reload_keys(&self) {
-        self.keys.replace(load_keys(&self.store, &self.config));
+        self.keys
+            .replace(load_keys(&self.store, &self.live.current()));
+    }
+
+    /// Starts hot reload: watches the key store and (if given) the config file's folder.
+    pub fn watch(&mut self, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
+        let mut dirs = vec![self.store.dir().to_path_buf()];
+        if let Some(parent) = config_path.as_ref().and_then(|p| p.parent()) {
+            dirs.push(if parent.as_os_str().is_empty() {
+                ".".into()
+            } else {
+                parent.to_path_buf()
+            });
+        }
+        let (guard, events) = crate::watch::watch(&dirs)?;
+        let task = tokio::spawn(watch_task(
+            guard,
+            events,
+            config_path,
+            self.live.clone(),
+            self.keys.clone(),
+            self.store.clone(),
+            self.queue.clone(),
+            self.shutdown_rx.clone(),
+        ));
+        self.tasks.push(task);
+        Ok(())
+    }
+
+    /// Runs the rotation planner now instead of at its next tick.
+    pub fn rotate_now(&self) {
+        self.rotate_now.notify_one();
     }
 
     /// Stops accepting, ends sessions, lets delivery attempts in progress finish.
@@ -108,11 +169,22 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(config);
 
+    // First, so a second relay on the same spool stops before it touches anything.
+    let spool_lock = crate::control::try_lock_spool(&config.spool.dir)
+        .map_err(|source| StartError::Spool {
+            path: config.spool.dir.display().to_string(),
+            source,
+        })?
+        .ok_or_else(|| StartError::SpoolLocked(config.spool.dir.display().to_string()))?;
     let store = KeyStore::new(&config.keys.dir);
-    if config.keys.generate_missing {
-        bootstrap_keys(&store, &config.domains)?;
+    // One rotation pass before accepting mail: first keys for new domains, and whatever
+    // became due while the relay was down.
+    let rotator = Rotator::new(&config).map_err(StartError::Rotation)?;
+    if config.rotation.enabled {
+        rotator.run_all(delivery::now_unix(), false).await;
     }
     let keys = Arc::new(SharedKeyRing::new(load_keys(&store, &config)));
+    let live = Arc::new(LiveConfig(std::sync::RwLock::new(config.clone())));
 
     let spool_err = |source| StartError::Spool {
         path: config.spool.dir.display().to_string(),
@@ -127,12 +199,10 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         );
     }
 
-    let transport = match &config.upstream {
-        Some(upstream) => {
-            let upstream =
-                Upstream::new(upstream, &config.hostname).map_err(StartError::Upstream)?;
-            tracing::info!(upstream = %upstream.describe(), "delivering to the upstream");
-            Transport::Upstream(upstream)
+    let transport = match Router::from_config(&config).map_err(StartError::Upstream)? {
+        Some(router) => {
+            tracing::info!(upstreams = %router.describe(), "delivering to the upstreams");
+            Transport::Upstreams(Arc::new(router))
         }
         None => {
             let dir = &config.delivery.outbox_dir;
@@ -158,6 +228,8 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
             lifetime: config.delivery.max_lifetime.0,
         },
         events: events.clone(),
+        hostname: config.hostname.clone(),
+        delay_warning: config.delivery.delay_warning.map(|d| d.0),
     });
     let (queue, runner) = delivery::start(
         delivery_ctx,
@@ -173,6 +245,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
     let smtp_addr = listener
         .local_addr()
         .map_err(|source| StartError::Listen { addr, source })?;
+    let spool_handle = spool.clone();
     let (implicit, smtp_tls_addr) = bind_implicit_tls(&config).await?;
     let smtp_ctx = SmtpContext::new(config.clone(), keys.clone(), spool, queue.clone())
         .map_err(|e| StartError::Inbound(e.to_string()))?;
@@ -180,8 +253,22 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         listener,
         implicit,
         Arc::new(smtp_ctx),
-        shutdown_rx,
+        shutdown_rx.clone(),
     ));
+    let rotate_now = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = vec![server, runner];
+    tasks.extend(start_control(&config, &queue, shutdown_rx.clone()));
+    if config.rotation.enabled {
+        drop(rotator);
+        tasks.push(tokio::spawn(rotation_scheduler(
+            live.clone(),
+            keys.clone(),
+            store.clone(),
+            queue.clone(),
+            rotate_now.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     tracing::info!(listen = %smtp_addr, hostname = %config.hostname, "dkim-relay is accepting mail");
 
     Ok(RelayHandle {
@@ -192,9 +279,126 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         events,
         keys,
         store,
-        config,
-        tasks: vec![server, runner],
+        live,
+        shutdown_rx,
+        rotate_now,
+        tasks,
+        _spool_lock: spool_lock,
+        spool: spool_handle,
     })
+}
+
+/// The queue commands' control socket. Without it mail still flows, so a failure to bind
+/// is logged, not fatal.
+fn start_control(
+    config: &Config,
+    queue: &QueueHandle,
+    shutdown: watch::Receiver<bool>,
+) -> Option<JoinHandle<()>> {
+    let path = crate::control::socket_path(&config.spool.dir);
+    match crate::control::server::bind(&path) {
+        Ok(listener) => Some(tokio::spawn(crate::control::server::serve(
+            listener,
+            queue.clone(),
+            shutdown,
+        ))),
+        Err(e) => {
+            tracing::error!(socket = %path.display(), error = %e, "cannot open the control socket; queue commands will not reach this relay");
+            None
+        }
+    }
+}
+
+/// Runs the rotation planner every `rotation.check_every` and when asked; reloads the
+/// key ring and retries deferred mail when keys changed.
+async fn rotation_scheduler(
+    live: Arc<LiveConfig>,
+    keys: Arc<SharedKeyRing>,
+    store: KeyStore,
+    queue: QueueHandle,
+    wake: Arc<tokio::sync::Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let config = live.current();
+        tokio::select! {
+            _ = tokio::time::sleep(config.rotation.check_every.0) => {}
+            _ = wake.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        // Built per run so a reloaded config (resolver, hook, policy) applies.
+        let config = live.current();
+        if !config.rotation.enabled {
+            continue;
+        }
+        let rotator = match Rotator::new(&config) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "rotation cannot run");
+                continue;
+            }
+        };
+        if rotator.run_all(delivery::now_unix(), false).await {
+            keys.replace(load_keys(&store, &config));
+            // Mail that waited for a key may go now.
+            queue.flush();
+        }
+    }
+}
+
+/// Applies changes to the key store and the config file while the relay runs.
+#[allow(clippy::too_many_arguments)]
+async fn watch_task(
+    guard: impl Send,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<()>,
+    config_path: Option<std::path::PathBuf>,
+    live: Arc<LiveConfig>,
+    keys: Arc<SharedKeyRing>,
+    store: KeyStore,
+    queue: QueueHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _guard = guard; // watching stops when this task ends
+    let mut config_text = config_path
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let mut fingerprint = crate::watch::store_fingerprint(store.dir());
+    loop {
+        tokio::select! {
+            _ = events.recv() => {}
+            _ = tokio::time::sleep(crate::watch::RECHECK_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+        let mut reload = false;
+        if let Some(path) = &config_path {
+            match crate::watch::reread_config(path, &mut config_text) {
+                Ok(None) => {}
+                Ok(Some(new)) => {
+                    let restart = crate::watch::needs_restart(&live.current(), &new);
+                    live.replace(new);
+                    reload = true;
+                    tracing::info!(config = %path.display(), "config reloaded: domains, keys and rotation settings apply now");
+                    if !restart.is_empty() {
+                        tracing::warn!(sections = ?restart, "these config changes take effect after a restart");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "new config refused; the previous one stays in force")
+                }
+            }
+        }
+        let now = crate::watch::store_fingerprint(store.dir());
+        if now != fingerprint {
+            fingerprint = now;
+            reload = true;
+            tracing::info!("key store changed; reloading keys");
+        }
+        if reload {
+            keys.replace(load_keys(&store, &live.current()));
+            queue.flush();
+        }
+    }
 }
 
 fn load_keys(store: &KeyStore, config: &Config) -> KeyRing {
@@ -212,8 +416,9 @@ fn load_keys(store: &KeyStore, config: &Config) -> KeyRing {
     ring
 }
 
-/// First start: a configured domain without keys gets them, active at once, and the
-/// records to publish are logged. (Later keys go through rotation, which waits for DNS.)
+/// Gives each domain without keys an active RSA (and Ed25519) key at once, skipping the
+/// DNS wait. This is `keys activate --force` for new domains; tests use it to start from a
+/// signing state. Normal first keys go through rotation and wait for DNS.
 pub fn bootstrap_keys(store: &KeyStore, domains: &[DomainConfig]) -> Result<(), KeyError> {
     let now = delivery::now_unix();
     for domain in domains {

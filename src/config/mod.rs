@@ -7,10 +7,12 @@
 
 mod inbound;
 mod units;
+mod upstreams;
 
 pub use inbound::{normalise_domains, InboundAuthConfig, InboundTlsConfig, SenderPolicyConfig};
 
 pub use units::{parse_duration, parse_size, ByteSize, HumanDuration};
+pub use upstreams::{RouteConfig, SigningProfileName};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
@@ -51,6 +53,113 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Where signed mail goes. Absent: signed messages are written to `delivery.outbox_dir`.
     pub upstream: Option<UpstreamConfig>,
+    /// Several upstreams in priority order (`[[upstreams]]`); the next is tried when one
+    /// is down. Use either this or `[upstream]`, which is a one-element list.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// From domains or client networks sent to named upstreams; first match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Scheduled key rotation. A config file gets [`RotationConfig::default`] (DNS checks
+    /// on); only the embedded defaults turn DNS checks off, for trying the relay out.
+    #[serde(default)]
+    pub rotation: RotationConfig,
+}
+
+/// Which keys sign (DESIGN §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SigningMode {
+    /// Only the active key of each algorithm.
+    Active,
+    /// Every active and published key: "sign with both, replace one at a time".
+    AllPublished,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RotationConfig {
+    /// Run rotation inside `serve`. Off where one central job runs `keys rotate --due`.
+    pub enabled: bool,
+    /// Age of the active keys after which they are replaced.
+    pub interval: HumanDuration,
+    /// With DNS checks off: time after publishing before a key counts as published.
+    pub propagation_wait: HumanDuration,
+    /// How long a replaced key stays published and kept after the switch.
+    pub grace: HumanDuration,
+    /// The longest time the upstream may keep retrying a message we handed it; the grace
+    /// period must cover it, or its last retries would carry a signature DNS no longer
+    /// serves. Amazon SES and most providers retry well under a day; Postfix 5 days.
+    pub upstream_retry_window: HumanDuration,
+    /// Activate a key only once DNS is seen to serve exactly it.
+    pub dns_check: bool,
+    /// How often a pending key's record is looked up again.
+    pub dns_recheck: HumanDuration,
+    /// DNS server (ip:port) for those lookups; default: the system resolver.
+    pub resolver: Option<SocketAddr>,
+    /// Executable run with DKIM_RELAY_ACTION=publish|revoke and the record in its
+    /// environment (like certbot's manual hooks). Failures are retried; rotation waits.
+    pub publish_hook: Option<PathBuf>,
+    /// How often `serve` runs the planner.
+    pub check_every: HumanDuration,
+    pub signing: SigningMode,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        RotationConfig {
+            enabled: true,
+            interval: HumanDuration(Duration::from_secs(90 * 86_400)),
+            propagation_wait: HumanDuration(Duration::from_secs(3600)),
+            grace: HumanDuration(Duration::from_secs(7 * 86_400)),
+            upstream_retry_window: HumanDuration(Duration::from_secs(5 * 86_400)),
+            dns_check: true,
+            dns_recheck: HumanDuration(Duration::from_secs(300)),
+            resolver: None,
+            publish_hook: None,
+            check_every: HumanDuration(Duration::from_secs(300)),
+            signing: SigningMode::Active,
+        }
+    }
+}
+
+impl RotationConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.grace < self.upstream_retry_window {
+            return Err(ConfigError::new(
+                "rotation.grace",
+                format!(
+                    "is shorter than rotation.upstream_retry_window ({}): mail the upstream retries would carry a signature DNS no longer serves",
+                    self.upstream_retry_window
+                ),
+            ));
+        }
+        if self.interval <= self.grace {
+            return Err(ConfigError::new(
+                "rotation.interval",
+                "must be longer than rotation.grace, or a rotation finds the other slot still retiring",
+            ));
+        }
+        if self.check_every.0 < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "rotation.check_every",
+                "must be at least 1s",
+            ));
+        }
+        if let Some(hook) = &self.publish_hook {
+            let meta = std::fs::metadata(hook).map_err(|e| {
+                ConfigError::new("rotation.publish_hook", format!("{}: {e}", hook.display()))
+            })?;
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o111 == 0 {
+                return Err(ConfigError::new(
+                    "rotation.publish_hook",
+                    format!("{} is not executable", hook.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -161,6 +270,9 @@ pub struct DeliveryConfig {
     pub max_lifetime: HumanDuration,
     /// Where signed messages are written when no upstream is configured.
     pub outbox_dir: PathBuf,
+    /// Tell the sender once that a message is still queued after this long (a DSN with
+    /// `Action: delayed`). Absent: no warning.
+    pub delay_warning: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -177,6 +289,9 @@ pub enum TlsMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
+    /// Name used by `[[routes]]` and in logs.
+    #[serde(default = "upstreams::default_name")]
+    pub name: String,
     /// Host name (also checked against the certificate) or IP address.
     pub host: String,
     #[serde(default = "default_upstream_port")]
@@ -200,6 +315,16 @@ pub struct UpstreamConfig {
     /// Close a connection that has been idle this long instead of reusing it.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: HumanDuration,
+    /// Most connections open to this upstream at once, busy and idle together.
+    #[serde(default = "upstreams::default_pool_size")]
+    pub pool_size: usize,
+    /// How mail for this upstream is signed: "standard", or "ses" (Amazon SES: one RSA
+    /// signature, Date and Message-ID left out of h=).
+    #[serde(default)]
+    pub profile: SigningProfileName,
+    /// More header fields to leave out of h= (ones this upstream rewrites).
+    #[serde(default)]
+    pub unsigned_headers: Vec<String>,
 }
 
 fn default_upstream_port() -> u16 {
@@ -236,6 +361,15 @@ impl Default for Config {
             }],
             delivery: DeliveryConfig::default(),
             upstream: None,
+            upstreams: Vec::new(),
+            routes: Vec::new(),
+            // Trying it out on a laptop: example.com is not ours to publish in, so keys
+            // activate without a DNS check. A config file gets the safe default.
+            rotation: RotationConfig {
+                dns_check: false,
+                propagation_wait: HumanDuration(Duration::ZERO),
+                ..RotationConfig::default()
+            },
         }
     }
 }
@@ -297,6 +431,7 @@ impl Default for DeliveryConfig {
             retry_max: HumanDuration(Duration::from_secs(3600)),
             max_lifetime: HumanDuration(Duration::from_secs(5 * 86_400)),
             outbox_dir: PathBuf::from("outbox"),
+            delay_warning: None,
         }
     }
 }
@@ -351,6 +486,8 @@ impl Config {
         if let Some(upstream) = &self.upstream {
             upstream.validate()?;
         }
+        self.validate_upstreams()?;
+        self.rotation.validate()?;
         Ok(())
     }
 

@@ -1,21 +1,32 @@
 //! One delivery attempt of one message: read it from the spool, sign it with the keys in
 //! force now, hand it to the transport, and record what happened to each recipient.
 
+use super::bounce::{self, DsnKind};
 use super::outcome::RcptOutcome;
 use super::schedule::NextStep;
+use super::upstream::{FailedAt, SigningProfile};
 use super::{DeliveryContext, DeliveryEvent, Transport};
 use crate::dkim::{sign, KeyLookup};
-use crate::spool::{QueuedMessage, RcptStatus};
+use crate::spool::{DeliveryState, QueuedMessage, RcptStatus};
 
-/// Runs one attempt at time `now` (Unix seconds). Returns the message if it stays queued.
-pub async fn attempt(
-    ctx: &DeliveryContext,
-    mut item: QueuedMessage,
-    now: u64,
-) -> Option<QueuedMessage> {
+/// What an attempt leaves behind for the runner.
+pub struct AttemptResult {
+    /// The message, if it stays queued.
+    pub requeue: Option<QueuedMessage>,
+    /// A DSN this attempt put in the spool, to be queued too.
+    pub bounce: Option<QueuedMessage>,
+}
+
+/// Runs one attempt at time `now` (Unix seconds).
+pub async fn attempt(ctx: &DeliveryContext, mut item: QueuedMessage, now: u64) -> AttemptResult {
     let id = item.envelope.id.clone();
-    item.state.attempts += 1;
     let pending: Vec<usize> = item.state.pending().collect();
+    if pending.is_empty() {
+        // Every recipient was settled earlier but the message could not be finished
+        // (its bounce was not stored): only finishing is left.
+        return finish(ctx, item, now).await;
+    }
+    item.state.attempts += 1;
     let outcomes = match prepare_and_send(ctx, &item, &pending).await {
         Ok(outcomes) => outcomes,
         Err(reason) => pending
@@ -36,21 +47,13 @@ pub async fn attempt(
                     rcpt: rcpt.clone(),
                 });
             }
-            RcptOutcome::Failed(reason) => {
-                item.state.rcpts[i] = RcptStatus::Failed;
-                tracing::warn!(queue_id = %id, rcpt = %rcpt, reason = %reason, "failed permanently");
-                ctx.emit(DeliveryEvent::Failed {
-                    id: id.clone(),
-                    rcpt: rcpt.clone(),
-                    reason,
-                });
-            }
+            RcptOutcome::Failed(reason) => fail(ctx, &mut item, i, reason),
             RcptOutcome::Deferred(reason) => deferred_reason = Some(reason),
         }
     }
 
     if item.state.is_finished() {
-        return finish(ctx, item);
+        return finish(ctx, item, now).await;
     }
     let reason = deferred_reason.unwrap_or_else(|| "no result".into());
     match ctx
@@ -59,43 +62,147 @@ pub async fn attempt(
     {
         NextStep::Expired => {
             for i in item.state.pending().collect::<Vec<_>>() {
-                item.state.rcpts[i] = RcptStatus::Failed;
-                let rcpt = item.envelope.rcpts[i].clone();
                 let why = format!(
                     "expired after {} attempts; last error: {reason}",
                     item.state.attempts
                 );
-                tracing::warn!(queue_id = %id, rcpt = %rcpt, reason = %why, "failed permanently");
-                ctx.emit(DeliveryEvent::Failed {
-                    id: id.clone(),
-                    rcpt,
-                    reason: why,
-                });
+                fail(ctx, &mut item, i, why);
             }
-            finish(ctx, item)
+            finish(ctx, item, now).await
         }
         NextStep::RetryAt(at) => {
             item.state.next_attempt = at;
             item.state.last_error = Some(reason.clone());
+            let bounce = delay_warning(ctx, &mut item, now).await;
             if let Err(e) = ctx.spool.save_state(&id, &item.state) {
                 // The message itself is safe in the spool; only progress may be repeated.
                 tracing::error!(queue_id = %id, error = %e, "cannot save delivery state");
             }
             tracing::info!(queue_id = %id, attempts = item.state.attempts, reason = %reason, retry_in_s = at.saturating_sub(now), "deferred");
             ctx.emit(DeliveryEvent::Deferred { id, reason });
-            Some(item)
+            AttemptResult {
+                requeue: Some(item),
+                bounce,
+            }
         }
     }
 }
 
-fn finish(ctx: &DeliveryContext, item: QueuedMessage) -> Option<QueuedMessage> {
+fn fail(ctx: &DeliveryContext, item: &mut QueuedMessage, i: usize, reason: String) {
     let id = &item.envelope.id;
-    if let Err(e) = ctx.spool.remove(id) {
+    let rcpt = item.envelope.rcpts[i].clone();
+    item.state.rcpts[i] = RcptStatus::Failed;
+    item.state.failures.insert(i, reason.clone());
+    tracing::warn!(queue_id = %id, rcpt = %rcpt, reason = %reason, "failed permanently");
+    ctx.emit(DeliveryEvent::Failed {
+        id: id.clone(),
+        rcpt,
+        reason,
+    });
+}
+
+/// Every recipient is settled: bounce the failed ones to the sender, then leave the
+/// spool. The bounce is stored first, so a crash in between repeats it, never loses it.
+async fn finish(ctx: &DeliveryContext, mut item: QueuedMessage, now: u64) -> AttemptResult {
+    let id = item.envelope.id.clone();
+    let any_failed = item.state.rcpts.contains(&RcptStatus::Failed);
+    let bounce = if any_failed {
+        match queue_dsn(ctx, &item, DsnKind::Failed, now).await {
+            Ok(bounce) => bounce,
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot store the bounce; the message stays queued until it can be");
+                item.state.next_attempt = now.saturating_add(ctx.retry.delay(1).as_secs());
+                let _ = ctx.spool.save_state(&id, &item.state);
+                return AttemptResult {
+                    requeue: Some(item),
+                    bounce: None,
+                };
+            }
+        }
+    } else {
+        None
+    };
+    if let Err(e) = ctx.spool.remove(&id) {
         tracing::error!(queue_id = %id, error = %e, "cannot remove a finished message from the spool");
     }
     tracing::info!(queue_id = %id, attempts = item.state.attempts, "done");
-    ctx.emit(DeliveryEvent::Done { id: id.clone() });
-    None
+    ctx.emit(DeliveryEvent::Done { id });
+    AttemptResult {
+        requeue: None,
+        bounce,
+    }
+}
+
+/// After a deferral: a one-time warning to the sender once the message is older than
+/// `delivery.delay_warning` (off unless configured).
+async fn delay_warning(
+    ctx: &DeliveryContext,
+    item: &mut QueuedMessage,
+    now: u64,
+) -> Option<QueuedMessage> {
+    let after = ctx.delay_warning?;
+    let age = now.saturating_sub(item.envelope.received);
+    if item.state.warned || age < after.as_secs() {
+        return None;
+    }
+    match queue_dsn(ctx, item, DsnKind::Delayed, now).await {
+        Ok(bounce) => {
+            item.state.warned = true;
+            bounce
+        }
+        Err(e) => {
+            tracing::warn!(queue_id = %item.envelope.id, error = %e, "cannot store the delay warning; will try after the next attempt");
+            None
+        }
+    }
+}
+
+/// Writes a DSN for `item` to the spool. Ok(None): none is due (the sender was `<>`, or
+/// the message is itself a bounce).
+async fn queue_dsn(
+    ctx: &DeliveryContext,
+    item: &QueuedMessage,
+    kind: DsnKind,
+    now: u64,
+) -> Result<Option<QueuedMessage>, String> {
+    let env = &item.envelope;
+    if env.mail_from.is_empty() || env.is_bounce() {
+        tracing::info!(queue_id = %env.id, "no bounce: the sender was <>");
+        return Ok(None);
+    }
+    let spool = ctx.spool.clone();
+    let id = env.id.clone();
+    let original = tokio::task::spawn_blocking(move || spool.read(&id))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot read the original: {e}"))?;
+    let domain = bounce::signing_domain(&ctx.hostname, &ctx.keys.current());
+    let dsn = bounce::build(
+        kind,
+        &ctx.hostname,
+        &domain,
+        env,
+        &item.state,
+        original.message(),
+        now,
+    );
+    let spool = ctx.spool.clone();
+    let (envelope, message) = (dsn.envelope.clone(), dsn.message);
+    tokio::task::spawn_blocking(move || spool.store(&envelope, &message))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("spool: {e}"))?;
+    let dsn_id = dsn.envelope.id.clone();
+    tracing::info!(queue_id = %env.id, dsn_id = %dsn_id, kind = ?kind, to = %env.mail_from, "bounce queued");
+    ctx.emit(DeliveryEvent::BounceQueued {
+        id: env.id.clone(),
+        dsn: dsn_id,
+    });
+    let state = DeliveryState::new(&dsn.envelope);
+    Ok(Some(QueuedMessage {
+        envelope: dsn.envelope,
+        state,
+    }))
 }
 
 /// Reads, signs and sends; an Err is a reason to defer every pending recipient.
@@ -106,7 +213,10 @@ async fn prepare_and_send(
 ) -> Result<Vec<(usize, RcptOutcome)>, String> {
     let env = &item.envelope;
     let keys = match ctx.keys.current().lookup(&env.from_domain) {
-        KeyLookup::Ready(keys) => keys,
+        KeyLookup::Ready(keys) => Some(keys),
+        // Only the relay's own bounces may go unsigned, and only when their domain has
+        // no keys at all (DESIGN: never unsigned for a domain that has keys).
+        KeyLookup::Unknown if env.is_bounce() => None,
         KeyLookup::Unusable(reason) => {
             return Err(format!("no usable key for {}: {reason}", env.from_domain))
         }
@@ -119,31 +229,65 @@ async fn prepare_and_send(
         .map_err(|e| format!("spool read task failed: {e}"))?
         .map_err(|e| format!("cannot read the spooled message: {e}"))?;
     let message = spooled.message();
-    let (leave_out, rsa_only) = ctx.profile();
-    let signatures = sign(&keys, message, leave_out, rsa_only).map_err(|e| e.to_string())?;
-    let mut headers = String::new();
-    for s in &signatures {
-        tracing::info!(queue_id = %env.id, d = %keys.domain, s = %s.selector, a = s.algorithm.dkim_a(), "signed");
-        headers.push_str(&s.header);
-    }
-    let parts: [&[u8]; 2] = [headers.as_bytes(), message];
+    let sign_for = |profile: &SigningProfile| -> Result<String, String> {
+        let Some(keys) = &keys else {
+            tracing::info!(queue_id = %env.id, from_domain = %env.from_domain, "bounce sent unsigned: no keys exist for its domain");
+            return Ok(String::new());
+        };
+        let leave_out: Vec<&str> = profile.leave_out.iter().map(String::as_str).collect();
+        let signatures =
+            sign(keys, message, &leave_out, profile.rsa_only).map_err(|e| e.to_string())?;
+        let mut headers = String::new();
+        for s in &signatures {
+            tracing::info!(queue_id = %env.id, d = %keys.domain, s = %s.selector, a = s.algorithm.dkim_a(), "signed");
+            headers.push_str(&s.header);
+        }
+        Ok(headers)
+    };
     match &ctx.transport {
         Transport::Outbox(outbox) => {
+            let headers = sign_for(&SigningProfile::standard())?;
             let outbox = outbox.clone();
             let id = env.id.to_string();
-            let bytes = parts.concat();
+            let bytes = [headers.as_bytes(), message].concat();
             let path = tokio::task::spawn_blocking(move || outbox.write(&id, &bytes))
                 .await
                 .map_err(|e| format!("outbox task failed: {e}"))?
                 .map_err(|e| format!("cannot write to the outbox: {e}"))?;
             let said = format!("written to {}", path.display());
-            Ok(pending.iter().map(|&i| (i, RcptOutcome::Delivered(said.clone()))).collect())
+            Ok(pending
+                .iter()
+                .map(|&i| (i, RcptOutcome::Delivered(said.clone())))
+                .collect())
         }
-        Transport::Upstream(upstream) => upstream.send(env, pending, &parts).await.map_err(|e| {
-            if e.config_fault {
-                tracing::error!(queue_id = %env.id, upstream = %upstream.describe(), reason = %e.reason, "upstream refused our configuration; mail waits until it is fixed");
+        Transport::Upstreams(router) => {
+            let candidates = router.candidates(env);
+            let mut last = String::from("no upstream for this message");
+            for (n, upstream) in candidates.iter().enumerate() {
+                let headers = sign_for(upstream.profile())?;
+                let parts: [&[u8]; 2] = [headers.as_bytes(), message];
+                let e = match upstream.send(env, pending, &parts).await {
+                    Ok(outcomes) => {
+                        tracing::info!(queue_id = %env.id, upstream = %upstream.name(), "handed to upstream");
+                        return Ok(outcomes);
+                    }
+                    Err(e) => e,
+                };
+                if e.error.config_fault {
+                    tracing::error!(queue_id = %env.id, upstream = %upstream.describe(), reason = %e.error.reason, "upstream refused our configuration; mail waits until it is fixed");
+                }
+                let more = n + 1 < candidates.len();
+                match e.at {
+                    FailedAt::Connect if more => {
+                        tracing::warn!(queue_id = %env.id, upstream = %upstream.describe(), reason = %e.error.reason, "upstream unavailable; failing over to the next");
+                        last = e.error.reason;
+                    }
+                    FailedAt::Connect | FailedAt::Transaction => {
+                        return Err(format!("{}: {}", upstream.name(), e.error.reason))
+                    }
+                }
             }
-            e.reason
-        }),
+            Err(last)
+        }
     }
 }

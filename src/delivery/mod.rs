@@ -4,30 +4,41 @@
 //!
 //! Time is an input: attempts take `now`, and [`QueueHandle::flush`] makes everything due
 //! at once (what `queue flush` and tests use instead of waiting).
+//!
+//! Files: `attempt` (one attempt of one message), `router` (which upstreams, in which
+//! order), `upstream` (one server: pool, connect, AUTH), `transaction` (MAIL/RCPT/DATA),
+//! `outcome` (reply classification), `bounce` (RFC 3464 DSNs), `control` (queue commands
+//! inside the runner), `schedule` (retry times), `outbox`.
 
 mod attempt;
+mod bounce;
+mod control;
 mod outbox;
 mod outcome;
+mod router;
 mod schedule;
+mod transaction;
 mod upstream;
 
 pub use outbox::Outbox;
 pub use outcome::{AttemptError, RcptOutcome};
+pub use router::Router;
 pub use schedule::{NextStep, RetryPolicy};
-pub use upstream::Upstream;
+pub use upstream::{FailedAt, SendError, SigningProfile, Upstream};
 
 use crate::dkim::SharedKeyRing;
 use crate::spool::{QueueId, QueuedMessage, Spool};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{broadcast, mpsc, watch, Semaphore};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
 
 /// Where signed messages go.
 #[derive(Debug, Clone)]
 pub enum Transport {
     Outbox(Outbox),
-    Upstream(Arc<Upstream>),
+    /// One or more upstreams with failover and routes.
+    Upstreams(Arc<Router>),
 }
 
 /// What happened, for tests and (later) metrics. Logs carry the same facts.
@@ -50,6 +61,11 @@ pub enum DeliveryEvent {
     Done {
         id: QueueId,
     },
+    /// A DSN about message `id` was stored as message `dsn`.
+    BounceQueued {
+        id: QueueId,
+        dsn: QueueId,
+    },
 }
 
 /// Everything an attempt needs.
@@ -59,6 +75,10 @@ pub struct DeliveryContext {
     pub transport: Transport,
     pub retry: RetryPolicy,
     pub events: broadcast::Sender<DeliveryEvent>,
+    /// Our name: Reporting-MTA and MAILER-DAEMON@ of bounces.
+    pub hostname: String,
+    /// Warn the sender once when a message is still queued after this long; None: never.
+    pub delay_warning: Option<Duration>,
 }
 
 impl DeliveryContext {
@@ -66,19 +86,18 @@ impl DeliveryContext {
         // No subscribers is normal outside tests.
         let _ = self.events.send(event);
     }
-
-    /// Header fields left out of `h=`, and whether to sign with RSA only. Per-upstream
-    /// profiles (Amazon SES) come with several upstreams; one upstream signs fully.
-    fn profile(&self) -> (&'static [&'static str], bool) {
-        (&[], false)
-    }
 }
 
 enum Command {
-    Enqueue(QueuedMessage),
+    Enqueue(Box<QueuedMessage>),
     Flush,
-    /// An attempt ended; the message comes back if it stays queued.
-    Finished(QueueId, Option<QueuedMessage>),
+    /// A queue command (`dkim-relay queue …`) and where to send its answer.
+    Control(
+        crate::control::Request,
+        oneshot::Sender<crate::control::Response>,
+    ),
+    /// An attempt ended; the message comes back if it stays queued, with any bounce.
+    Finished(QueueId, Box<attempt::AttemptResult>),
 }
 
 /// The way other stages talk to the queue runner.
@@ -92,6 +111,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Enqueue(m) => write!(f, "Enqueue({})", m.envelope.id),
             Command::Flush => f.write_str("Flush"),
+            Command::Control(r, _) => write!(f, "Control({r:?})"),
             Command::Finished(id, _) => write!(f, "Finished({id})"),
         }
     }
@@ -100,7 +120,7 @@ impl std::fmt::Debug for Command {
 impl QueueHandle {
     /// Hands a message that is already in the spool to the runner.
     pub fn enqueue(&self, message: QueuedMessage) {
-        if self.tx.send(Command::Enqueue(message)).is_err() {
+        if self.tx.send(Command::Enqueue(Box::new(message))).is_err() {
             // The runner has stopped (shutdown); the message is in the spool and will be
             // loaded at the next start.
             tracing::info!("queue runner stopped; message stays in the spool");
@@ -110,6 +130,17 @@ impl QueueHandle {
     /// Makes every queued message due now.
     pub fn flush(&self) {
         let _ = self.tx.send(Command::Flush);
+    }
+
+    /// Runs a queue command in the runner, which owns the queue.
+    pub async fn control(&self, request: crate::control::Request) -> crate::control::Response {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Control(request, tx)).is_err() {
+            return crate::control::Response::Error("the relay is shutting down".into());
+        }
+        rx.await.unwrap_or_else(|_| {
+            crate::control::Response::Error("the relay is shutting down".into())
+        })
     }
 }
 
@@ -134,6 +165,9 @@ pub fn start(
         ctx,
         items: HashMap::new(),
         schedule: BTreeSet::new(),
+        held: HashMap::new(),
+        in_flight: HashMap::new(),
+        after_attempt: HashMap::new(),
         permits: Arc::new(Semaphore::new(workers)),
         workers,
         tx,
@@ -151,6 +185,12 @@ struct Runner {
     items: HashMap<QueueId, QueuedMessage>,
     /// (next attempt, id), so the earliest due message is first.
     schedule: BTreeSet<(u64, QueueId)>,
+    /// `queue hold`: kept, not attempted.
+    held: HashMap<QueueId, QueuedMessage>,
+    /// A copy of each message an attempt is running for, so `queue list` shows it.
+    in_flight: HashMap<QueueId, QueuedMessage>,
+    /// Queue commands that must wait for the running attempt to end.
+    after_attempt: HashMap<QueueId, control::AfterAttempt>,
     /// One permit per concurrent attempt (= upstream connections in use).
     permits: Arc<Semaphore>,
     workers: usize,
@@ -160,9 +200,19 @@ struct Runner {
 
 impl Runner {
     fn insert(&mut self, item: QueuedMessage) {
+        if item.state.held {
+            self.held.insert(item.envelope.id.clone(), item);
+            return;
+        }
         let key = (item.state.next_attempt, item.envelope.id.clone());
         self.items.insert(item.envelope.id.clone(), item);
         self.schedule.insert(key);
+    }
+
+    fn insert_all(&mut self, items: impl IntoIterator<Item = QueuedMessage>) {
+        for item in items {
+            self.insert(item);
+        }
     }
 
     async fn run(
@@ -175,10 +225,17 @@ impl Runner {
             let sleep = self.time_to_next();
             tokio::select! {
                 command = rx.recv() => match command {
-                    Some(Command::Enqueue(item)) => self.insert(item),
+                    Some(Command::Enqueue(item)) => self.insert(*item),
                     Some(Command::Flush) => self.make_all_due(),
-                    Some(Command::Finished(_, Some(item))) => self.insert(item),
-                    Some(Command::Finished(_, None)) => {}
+                    Some(Command::Control(request, reply)) => {
+                        let _ = reply.send(self.control(request));
+                    }
+                    Some(Command::Finished(id, result)) => {
+                        let result = *result;
+                        self.in_flight.remove(&id);
+                        let requeue = result.requeue.and_then(|item| self.apply_deferred(item));
+                        self.insert_all(requeue.into_iter().chain(result.bounce));
+                    }
                     None => break,
                 },
                 _ = tokio::time::sleep(sleep) => {}
@@ -234,6 +291,7 @@ impl Runner {
             let Some(item) = self.items.remove(&id) else {
                 continue;
             };
+            self.in_flight.insert(id.clone(), item.clone());
             let ctx = self.ctx.clone();
             let tx = self.tx.clone();
             let span = tracing::info_span!("delivery", queue_id = %id);
@@ -241,7 +299,7 @@ impl Runner {
                 async move {
                     let back = attempt::attempt(&ctx, item, now_unix()).await;
                     drop(permit);
-                    let _ = tx.send(Command::Finished(id, back));
+                    let _ = tx.send(Command::Finished(id, Box::new(back)));
                 },
                 span,
             ));

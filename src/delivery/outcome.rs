@@ -13,14 +13,33 @@ pub enum RcptOutcome {
 }
 
 impl RcptOutcome {
+    /// The reply or reason, whatever the outcome.
+    pub fn text(&self) -> &str {
+        match self {
+            RcptOutcome::Delivered(t) | RcptOutcome::Deferred(t) | RcptOutcome::Failed(t) => t,
+        }
+    }
+
+    /// From a parsed reply, with its enhanced status code (RFC 3463) put back in front of
+    /// the text: mail-send splits it off, and the DSN wants it.
+    pub fn from_response(reply: &smtp_proto::Response<String>) -> RcptOutcome {
+        let [a, b, c] = reply.esc;
+        if a == 0 {
+            RcptOutcome::from_reply(reply.code, &reply.message)
+        } else {
+            RcptOutcome::from_reply(reply.code, &format!("{a}.{b}.{c} {}", reply.message.trim()))
+        }
+    }
+
     /// From an SMTP reply to MAIL, RCPT or the end of DATA.
     pub fn from_reply(code: u16, text: &str) -> RcptOutcome {
         let said = format!("{code} {}", text.trim());
         match code {
             200..=299 => RcptOutcome::Delivered(said),
             500..=599 => RcptOutcome::Failed(said),
-            // 4xx, and anything out of range (a confused server) is worth another try.
-            _ => RcptOutcome::Deferred(said),
+            // 4xx (421 included), and anything out of range (a confused server) is worth
+            // another try. Listed in full so no code is classified by a catch-all.
+            0..=199 | 300..=499 | 600..=u16::MAX => RcptOutcome::Deferred(said),
         }
     }
 }

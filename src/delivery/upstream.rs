@@ -1,32 +1,75 @@
-//! The upstream SMTP client: a small pool of open connections (one per busy worker),
-//! reused from message to message, and a transaction driven command by command so each
-//! recipient's result is known (DESIGN §7).
+//! One upstream SMTP server: a bounded pool of open connections (at most `pool_size`,
+//! busy and idle together), reused from message to message and reconnected when they
+//! fail, and the signing profile mail for this upstream gets (DESIGN §5, §7).
 
 use super::outcome::{AttemptError, RcptOutcome};
-use crate::config::{TlsMode, UpstreamConfig};
+use super::transaction::transact;
+use crate::config::{SigningProfileName, TlsMode, UpstreamConfig};
 use crate::spool::Envelope;
 use mail_send::{Credentials, SmtpClient, SmtpClientBuilder};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-/// A reused connection idle longer than this is probed with NOOP before use.
+/// How long an upstream that refused a connection is tried after the others.
+const DOWN_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A reused connection idle longer than this is reset with RSET (which also proves it is
+/// alive) before use.
 const PROBE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
-enum Client {
+pub(super) enum Client {
     // Boxed: the TLS state is over a kilobyte and connections move in and out of the pool.
     Tls(Box<SmtpClient<TlsStream<TcpStream>>>),
     Plain(SmtpClient<TcpStream>),
 }
 
-struct Connection {
-    client: Client,
+pub(super) struct Connection {
+    pub client: Client,
     /// The upstream advertised 8BITMIME.
-    eight_bit: bool,
+    pub eight_bit: bool,
     last_used: Instant,
+}
+
+/// Where a send failed: before a session existed (the upstream is down or refuses us,
+/// so another upstream may be tried) or inside a transaction (this upstream decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedAt {
+    Connect,
+    Transaction,
+}
+
+#[derive(Debug, Clone)]
+pub struct SendError {
+    pub error: AttemptError,
+    pub at: FailedAt,
+}
+
+/// How mail for an upstream is signed: header fields left out of h=, RSA only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningProfile {
+    pub leave_out: Vec<String>,
+    pub rsa_only: bool,
+}
+
+impl SigningProfile {
+    pub fn standard() -> SigningProfile {
+        SigningProfile::from_config(SigningProfileName::Standard, &[])
+    }
+
+    pub fn from_config(name: SigningProfileName, extra: &[String]) -> SigningProfile {
+        let (base, rsa_only) = name.rules();
+        let mut leave_out: Vec<String> = base.iter().map(|h| h.to_string()).collect();
+        leave_out.extend(extra.iter().cloned());
+        SigningProfile {
+            leave_out,
+            rsa_only,
+        }
+    }
 }
 
 /// The password, kept out of every `Debug` and log line.
@@ -44,12 +87,21 @@ pub struct Upstream {
     connector: TlsConnector,
     username: Option<String>,
     password: Option<Secret>,
+    profile: SigningProfile,
+    /// Connections not in use, most recently used last.
     idle: Mutex<Vec<Connection>>,
+    /// One permit per connection in use. A new connection is opened only when no idle
+    /// one is left, so busy + idle never exceeds `pool_size`.
+    in_use: Semaphore,
+    /// After a connection failure, until when this upstream counts as down (failover
+    /// then tries the others first).
+    down_until: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
+            .field("name", &self.config.name)
             .field("host", &self.config.host)
             .field("port", &self.config.port)
             .field("tls", &self.config.tls)
@@ -57,13 +109,6 @@ impl std::fmt::Debug for Upstream {
             .field("password", &self.password)
             .finish()
     }
-}
-
-/// A failed transaction, and whether the message can safely be tried again on a fresh
-/// connection right away (nothing was committed: the final dot was never sent).
-struct TransactError {
-    error: AttemptError,
-    retry_now: bool,
 }
 
 impl Upstream {
@@ -89,12 +134,37 @@ impl Upstream {
             hostname: hostname.to_string(),
             username: config.username.clone(),
             password,
+            profile: SigningProfile::from_config(config.profile, &config.unsigned_headers),
             idle: Mutex::new(Vec::new()),
+            in_use: Semaphore::new(config.pool_size.max(1)),
+            down_until: Mutex::new(None),
         }))
     }
 
     pub fn describe(&self) -> String {
-        format!("{}:{}", self.config.host, self.config.port)
+        format!(
+            "{} ({}:{})",
+            self.config.name, self.config.host, self.config.port
+        )
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn profile(&self) -> &SigningProfile {
+        &self.profile
+    }
+
+    /// The last connection attempt failed recently (see [`DOWN_FOR`]).
+    pub fn is_down(&self) -> bool {
+        let until = *self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        until.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn mark(&self, down: bool) {
+        let until = down.then(|| Instant::now() + DOWN_FOR);
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
     }
 
     /// Sends one message to the recipients `rcpts` (indexes into the envelope). `parts`
@@ -104,18 +174,44 @@ impl Upstream {
         envelope: &Envelope,
         rcpts: &[usize],
         parts: &[&[u8]],
-    ) -> Result<Vec<(usize, RcptOutcome)>, AttemptError> {
+    ) -> Result<Vec<(usize, RcptOutcome)>, SendError> {
+        // Closed only if the relay is shutting down, which never happens while we hold it.
+        let Ok(_permit) = self.in_use.acquire().await else {
+            return Err(SendError {
+                error: AttemptError {
+                    reason: "upstream pool closed".into(),
+                    config_fault: false,
+                },
+                at: FailedAt::Connect,
+            });
+        };
         let mut reused = self.take_idle().await;
         loop {
             let was_reused = reused.is_some();
             let mut conn = match reused.take() {
                 Some(conn) => conn,
-                None => self.connect().await?,
+                None => match self.connect().await {
+                    Ok(conn) => {
+                        self.mark(false);
+                        conn
+                    }
+                    Err(error) => {
+                        self.mark(true);
+                        return Err(SendError {
+                            error,
+                            at: FailedAt::Connect,
+                        });
+                    }
+                },
             };
             match transact(&mut conn, envelope, rcpts, parts).await {
                 Ok(outcomes) => {
-                    conn.last_used = Instant::now();
-                    self.put_idle(conn);
+                    // After a 421 the server closes the connection: do not keep it.
+                    let closing = outcomes.iter().any(|(_, o)| o.text().starts_with("421"));
+                    if !closing {
+                        conn.last_used = Instant::now();
+                        self.put_idle(conn);
+                    }
                     return Ok(outcomes);
                 }
                 // A kept-open connection the server had closed: try once on a fresh one.
@@ -123,7 +219,12 @@ impl Upstream {
                     tracing::debug!(reason = %e.error.reason, "reused upstream connection failed; reconnecting");
                     continue;
                 }
-                Err(e) => return Err(e.error),
+                Err(e) => {
+                    return Err(SendError {
+                        error: e.error,
+                        at: FailedAt::Transaction,
+                    })
+                }
             }
         }
     }
@@ -140,8 +241,8 @@ impl Upstream {
             }
             let mut conn = conn;
             let alive = match &mut conn.client {
-                Client::Tls(c) => c.noop().await.is_ok(),
-                Client::Plain(c) => c.noop().await.is_ok(),
+                Client::Tls(c) => c.rset().await.is_ok(),
+                Client::Plain(c) => c.rset().await.is_ok(),
             };
             if alive {
                 return Some(conn);
@@ -191,7 +292,7 @@ impl Upstream {
                 }
             }
         };
-        tracing::info!(upstream = %self.describe(), tls = ?cfg.tls, "connected to upstream");
+        tracing::info!(upstream = %self.describe(), tls = ?cfg.tls, pool_size = cfg.pool_size, "connected to upstream");
         Ok(conn)
     }
 
@@ -208,128 +309,6 @@ impl Upstream {
         }
         Ok(caps.has_capability(smtp_proto::EXT_8BIT_MIME))
     }
-}
-
-async fn transact(
-    conn: &mut Connection,
-    envelope: &Envelope,
-    rcpts: &[usize],
-    parts: &[&[u8]],
-) -> Result<Vec<(usize, RcptOutcome)>, TransactError> {
-    let body = if envelope.eight_bit && conn.eight_bit {
-        " BODY=8BITMIME"
-    } else {
-        ""
-    };
-    match &mut conn.client {
-        Client::Tls(c) => transact_on(c.as_mut(), envelope, rcpts, parts, body).await,
-        Client::Plain(c) => transact_on(c, envelope, rcpts, parts, body).await,
-    }
-}
-
-async fn transact_on<T: AsyncRead + AsyncWrite + Unpin>(
-    c: &mut SmtpClient<T>,
-    envelope: &Envelope,
-    rcpts: &[usize],
-    parts: &[&[u8]],
-    body_param: &str,
-) -> Result<Vec<(usize, RcptOutcome)>, TransactError> {
-    let before_data = |e: mail_send::Error| TransactError {
-        error: AttemptError::from_send(&e),
-        retry_now: true,
-    };
-    let all = |outcome: RcptOutcome| {
-        rcpts
-            .iter()
-            .map(|&i| (i, outcome.clone()))
-            .collect::<Vec<_>>()
-    };
-
-    let reply = c
-        .cmd(format!(
-            "MAIL FROM:<{}>{body_param}\r\n",
-            envelope.mail_from
-        ))
-        .await
-        .map_err(before_data)?;
-    if !(200..300).contains(&reply.code) {
-        let _ = c.rset().await;
-        return Ok(all(RcptOutcome::from_reply(reply.code, &reply.message)));
-    }
-    let mut outcomes = Vec::with_capacity(rcpts.len());
-    let mut accepted = Vec::with_capacity(rcpts.len());
-    for &i in rcpts {
-        let reply = c
-            .cmd(format!("RCPT TO:<{}>\r\n", envelope.rcpts[i]))
-            .await
-            .map_err(before_data)?;
-        if (200..300).contains(&reply.code) {
-            accepted.push(i);
-        } else {
-            outcomes.push((i, RcptOutcome::from_reply(reply.code, &reply.message)));
-        }
-    }
-    if accepted.is_empty() {
-        let _ = c.rset().await;
-        return Ok(outcomes);
-    }
-    let reply = c.cmd(b"DATA\r\n").await.map_err(before_data)?;
-    if reply.code != 354 {
-        let _ = c.rset().await;
-        let outcome = RcptOutcome::from_reply(reply.code, &reply.message);
-        outcomes.extend(accepted.iter().map(|&i| (i, outcome.clone())));
-        return Ok(outcomes);
-    }
-    let timeout = c.timeout;
-    let written = tokio::time::timeout(timeout, write_data(&mut c.stream, parts)).await;
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(before_data(mail_send::Error::Io(e))),
-        Err(_) => return Err(before_data(mail_send::Error::Timeout)),
-    }
-    // From here the upstream may have the message: a lost reply means a possible
-    // duplicate on retry, never a loss.
-    let reply = tokio::time::timeout(timeout, c.read())
-        .await
-        .map_err(|_| mail_send::Error::Timeout)
-        .and_then(|r| r)
-        .map_err(|e| TransactError {
-            error: AttemptError::from_send(&e),
-            retry_now: false,
-        })?;
-    let outcome = RcptOutcome::from_reply(reply.code, &reply.message);
-    outcomes.extend(accepted.iter().map(|&i| (i, outcome.clone())));
-    Ok(outcomes)
-}
-
-/// Writes the message parts dot-stuffed (RFC 5321 §4.5.2), then the terminating `.CRLF`.
-/// The spooled message has CRLF line endings only, so a line starts after every LF.
-async fn write_data<W: AsyncWrite + Unpin>(stream: &mut W, parts: &[&[u8]]) -> std::io::Result<()> {
-    let mut w = BufWriter::with_capacity(64 * 1024, stream);
-    let mut line_start = true;
-    let mut last = [b'\r', b'\n'];
-    for part in parts {
-        let mut from = 0;
-        for (i, &b) in part.iter().enumerate() {
-            if line_start && b == b'.' {
-                w.write_all(&part[from..i]).await?;
-                w.write_all(b".").await?;
-                from = i;
-            }
-            line_start = b == b'\n';
-        }
-        w.write_all(&part[from..]).await?;
-        match part.len() {
-            0 => {}
-            1 => last = [last[1], part[0]],
-            n => last = [part[n - 2], part[n - 1]],
-        }
-    }
-    if last != *b"\r\n" {
-        w.write_all(b"\r\n").await?;
-    }
-    w.write_all(b".\r\n").await?;
-    w.flush().await
 }
 
 fn tls_connector(config: &UpstreamConfig) -> Result<TlsConnector, String> {
@@ -354,28 +333,4 @@ fn tls_connector(config: &UpstreamConfig) -> Result<TlsConnector, String> {
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(tls)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn stuffed(parts: &[&[u8]]) -> Vec<u8> {
-        let mut out = Vec::new();
-        write_data(&mut out, parts).await.unwrap();
-        out
-    }
-
-    #[tokio::test]
-    async fn dot_stuffing_covers_lines_that_start_across_parts() {
-        assert_eq!(
-            stuffed(&[b"A: b\r\n", b".x\r\n..y\r\n"]).await,
-            b"A: b\r\n..x\r\n...y\r\n.\r\n"
-        );
-        assert_eq!(
-            stuffed(&[b"A: b\r\n", b"no newline"]).await,
-            b"A: b\r\nno newline\r\n.\r\n"
-        );
-        assert_eq!(stuffed(&[b".start\r\n"]).await, b"..start\r\n.\r\n");
-    }
 }

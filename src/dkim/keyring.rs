@@ -1,7 +1,7 @@
 //! The keys the relay may sign with right now, loaded from the key store.
 
-use crate::config::Config;
-use crate::keys::{Algorithm, KeyStore};
+use crate::config::{Config, SigningMode};
+use crate::keys::{Algorithm, KeyStore, SlotState};
 use mail_auth::common::crypto::{
     Algorithm as DkimAlgorithm, DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey,
 };
@@ -164,7 +164,24 @@ fn load_domain(store: &KeyStore, config: &Config, domain: &str) -> Result<Arc<Do
         })?;
     let want_ed25519 = config.domain(domain).map(|d| d.ed25519);
     let mut keys = Vec::new();
-    for slot in state.active() {
+    let signing = match config.rotation.signing {
+        SigningMode::Active => state.active(),
+        // Every key whose record is published: if one is withdrawn while mail is in
+        // flight, the other signature still verifies.
+        SigningMode::AllPublished => state.published(),
+    };
+    if !signing.iter().any(|s| s.algorithm == Algorithm::Rsa) {
+        let waiting = state
+            .slots
+            .iter()
+            .any(|s| matches!(s.state, SlotState::Pending | SlotState::Published));
+        return Err(if waiting {
+            "no active key yet: waiting for DNS to serve the new key (or `dkim-relay keys activate --force`)".into()
+        } else {
+            "no active RSA key".into()
+        });
+    }
+    for slot in signing {
         if slot.algorithm == Algorithm::Ed25519 && want_ed25519 == Some(false) {
             continue;
         }

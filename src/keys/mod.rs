@@ -11,12 +11,14 @@
 //! them. Private key bytes never leave this module except into a signer, and no type
 //! here that holds them implements `Debug`.
 
+mod lock;
 mod material;
 mod record;
 mod state;
 mod store;
 
+pub use lock::StoreLock;
 pub use material::{generate, public_key_of, Algorithm, KeyMaterial};
-pub use record::DnsRecord;
-pub use state::{DomainState, Slot, SlotState};
+pub use record::{public_key_bytes, DnsRecord};
+pub use state::{DnsCheck, DnsOutcome, DomainState, Slot, SlotState};
 pub use store::{KeyError, KeyStore};

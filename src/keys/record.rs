@@ -42,6 +42,17 @@ impl DnsRecord {
     }
 }
 
+/// The key bytes of a record's `p=` (what a DNS lookup is compared with).
+pub fn public_key_bytes(record: &DnsRecord) -> Option<Vec<u8>> {
+    let p = record
+        .value
+        .split(';')
+        .find_map(|t| t.trim().strip_prefix("p="))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(p.trim())
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

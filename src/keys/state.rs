@@ -34,6 +34,37 @@ pub struct Slot {
     pub active_since: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retiring_until: Option<u64>,
+    /// When the publish hook last succeeded for this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_published: Option<u64>,
+    /// The last DNS lookup of this selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_dns_check: Option<DnsCheck>,
+    /// When the revoke hook succeeded after retirement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_revoked: Option<u64>,
+}
+
+/// What a DNS lookup of a selector found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsOutcome {
+    /// The record holds exactly this key.
+    Match,
+    /// A record exists but holds another key (or is revoked).
+    Mismatch,
+    /// No record.
+    Missing,
+    /// The lookup itself failed (timeout, SERVFAIL).
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsCheck {
+    /// Unix seconds.
+    pub at: u64,
+    pub outcome: DnsOutcome,
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +90,22 @@ impl DomainState {
             .collect();
         active.sort_by_key(|s| s.algorithm);
         active
+    }
+
+    /// Keys whose record is (still) published: active, published and retiring, RSA first.
+    pub fn published(&self) -> Vec<&Slot> {
+        let mut keys: Vec<&Slot> = self
+            .slots
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.state,
+                    SlotState::Active | SlotState::Published | SlotState::Retiring
+                )
+            })
+            .collect();
+        keys.sort_by_key(|s| (s.algorithm, s.state != SlotState::Active));
+        keys
     }
 
     pub fn slot(&self, selector: &str) -> Option<&Slot> {

@@ -159,13 +159,41 @@ impl KeyStore {
                 )));
             }
         }
+        let key_file = self.write_key_file(domain, selector, material)?;
+        let slot = Slot {
+            selector: selector.to_string(),
+            algorithm,
+            key_file,
+            state,
+            created: now,
+            published: None,
+            active_since: (state == SlotState::Active).then_some(now),
+            retiring_until: None,
+            hook_published: None,
+            last_dns_check: None,
+            hook_revoked: None,
+        };
+        domain_state.slots.retain(|s| s.selector != selector);
+        domain_state.slots.push(slot.clone());
+        self.save(&domain_state)?;
+        Ok(slot)
+    }
+
+    /// Writes a slot's private key file (mode 0600, fsynced), replacing a retired key's
+    /// file of the same name. The caller records the slot in the state.
+    pub fn write_key_file(
+        &self,
+        domain: &str,
+        selector: &str,
+        material: &KeyMaterial,
+    ) -> Result<String, KeyError> {
         let dir = self.domain_dir(domain)?;
         ensure_dir(&dir, 0o700).map_err(io_err(&dir))?;
         let key_file = format!("{selector}.pem");
         let path = dir.join(&key_file);
-        // A retired slot's old file is replaced; anything else already there is kept.
-        if domain_state.slot(selector).is_some() {
-            let _ = std::fs::remove_file(&path);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(&path)(e)),
+            _ => {}
         }
         let mut file = OpenOptions::new()
             .write(true)
@@ -176,20 +204,16 @@ impl KeyStore {
         file.write_all(material.private_pem.as_bytes())
             .and_then(|_| file.sync_all())
             .map_err(io_err(&path))?;
-        let slot = Slot {
-            selector: selector.to_string(),
-            algorithm,
-            key_file,
-            state,
-            created: now,
-            published: None,
-            active_since: (state == SlotState::Active).then_some(now),
-            retiring_until: None,
-        };
-        domain_state.slots.retain(|s| s.selector != selector);
-        domain_state.slots.push(slot.clone());
-        self.save(&domain_state)?;
-        Ok(slot)
+        Ok(key_file)
+    }
+
+    /// Deletes a retired slot's private key file.
+    pub fn remove_key_file(&self, domain: &str, slot: &Slot) -> Result<(), KeyError> {
+        let path = self.key_path(domain, slot)?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Generates and stores a key in a slot.

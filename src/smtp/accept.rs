@@ -8,7 +8,7 @@ use super::reply::{Refusal, Reply};
 use super::session::{stopping, Flow, Session, State, Transaction};
 use crate::dkim::KeyLookup;
 use crate::message::{from_domain, HeaderBlock};
-use crate::spool::{DeliveryState, Envelope, QueueId, QueuedMessage};
+use crate::spool::{DeliveryState, Envelope, Origin, QueueId, QueuedMessage};
 use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -163,12 +163,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             from_domain: domain,
             size: message.len() as u64,
             eight_bit,
+            origin: Origin::Client,
         };
         let spool = self.ctx.spool.clone();
         let env = envelope.clone();
         let stored = tokio::task::spawn_blocking(move || spool.store(&env, &message)).await;
         match stored {
             Ok(Ok(())) => {}
+            Ok(Err(e)) if is_full(&e) => {
+                tracing::error!(queue_id = %id, error = %e, "spool is full; message refused with 452");
+                return Err(Refusal::SpoolFull);
+            }
             Ok(Err(e)) => {
                 tracing::error!(queue_id = %id, error = %e, "spool write failed; message refused with 451");
                 return Err(Refusal::SpoolFailed);
@@ -191,6 +196,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.ctx.queue.enqueue(QueuedMessage { envelope, state });
         Ok(id)
     }
+}
+
+/// Out of space or quota: the client should wait (452 4.3.1), not assume a fault.
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 fn unix(t: SystemTime) -> u64 {

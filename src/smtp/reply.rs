@@ -95,6 +95,8 @@ pub enum Refusal {
     /// The relay has no key for the From domain.
     NoKeyForDomain,
     SpoolFailed,
+    /// The spool's disk is full (or over quota).
+    SpoolFull,
     TooManyErrors,
     Timeout,
     TooManyConnections,
@@ -176,6 +178,9 @@ impl Refusal {
                 Reply::new(550, "5.7.1", "This relay does not sign for the From domain")
             }
             Refusal::SpoolFailed => Reply::new(451, "4.3.0", "Message not stored; try again later"),
+            Refusal::SpoolFull => {
+                Reply::new(452, "4.3.1", "Insufficient system storage; try again later")
+            }
             Refusal::TooManyErrors => {
                 Reply::new(421, "4.7.0", "Too many errors; closing connection")
             }

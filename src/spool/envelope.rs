@@ -60,6 +60,28 @@ pub struct Envelope {
     pub size: u64,
     /// The message has bytes above 127 (sent upstream with BODY=8BITMIME).
     pub eight_bit: bool,
+    /// Who made the message. Absent in files written before bounces existed: a client.
+    #[serde(default)]
+    pub origin: Origin,
+}
+
+/// Where a spooled message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// Accepted over SMTP.
+    #[default]
+    Client,
+    /// A delivery status notification the relay wrote itself (RFC 3464).
+    Bounce,
+}
+
+impl Envelope {
+    /// A DSN made by this relay: never bounced again, and allowed to go unsigned when
+    /// its From domain has no keys at all.
+    pub fn is_bounce(&self) -> bool {
+        self.origin == Origin::Bounce
+    }
 }
 
 /// Where each recipient stands.
@@ -80,6 +102,15 @@ pub struct DeliveryState {
     pub last_error: Option<String>,
     /// One entry per envelope recipient, same order.
     pub rcpts: Vec<RcptStatus>,
+    /// Why each failed recipient failed (index → reply or reason), for the DSN.
+    #[serde(default)]
+    pub failures: std::collections::BTreeMap<usize, String>,
+    /// `queue hold`: not attempted until released.
+    #[serde(default)]
+    pub held: bool,
+    /// A delay warning was sent.
+    #[serde(default)]
+    pub warned: bool,
 }
 
 impl DeliveryState {
@@ -89,6 +120,9 @@ impl DeliveryState {
             next_attempt: envelope.received,
             last_error: None,
             rcpts: vec![RcptStatus::Pending; envelope.rcpts.len()],
+            failures: Default::default(),
+            held: false,
+            warned: false,
         }
     }
 

@@ -9,17 +9,40 @@
 mod envelope;
 mod file;
 
-pub use envelope::{DeliveryState, Envelope, QueueId, RcptStatus};
+pub use envelope::{DeliveryState, Envelope, Origin, QueueId, RcptStatus};
 
-use crate::fsutil::{ensure_dir, sync_dir, write_atomic};
+use crate::fsutil::{ensure_dir, sync_dir, write_atomic, write_atomic_checked};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct Spool {
     queue: PathBuf,
     corrupt: PathBuf,
     fsync: bool,
+    full: DiskFull,
+}
+
+/// A seam for tests of storage failures on machines where no small filesystem can be
+/// mounted: while on, storing a message fails with `StorageFull` after its temp file is
+/// written, as a full disk would. Off unless a test turns it on.
+#[derive(Debug, Clone, Default)]
+pub struct DiskFull(Arc<AtomicBool>);
+
+impl DiskFull {
+    pub fn set(&self, full: bool) {
+        self.0.store(full, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.0.load(Ordering::SeqCst) {
+            Err(io::Error::from(io::ErrorKind::StorageFull))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// A message read back from the spool; the message bytes are a slice of the file's bytes.
@@ -49,6 +72,7 @@ impl Spool {
             queue: dir.join("queue"),
             corrupt: dir.join("corrupt"),
             fsync,
+            full: DiskFull::default(),
         };
         ensure_dir(&spool.queue, 0o700)?;
         ensure_dir(&spool.corrupt, 0o700)?;
@@ -63,6 +87,22 @@ impl Spool {
         Ok(spool)
     }
 
+    /// The spool at `dir` without creating or cleaning anything: for reading while a
+    /// relay may be writing (its temp files must stay).
+    pub fn attach(dir: &Path, fsync: bool) -> Spool {
+        Spool {
+            queue: dir.join("queue"),
+            corrupt: dir.join("corrupt"),
+            fsync,
+            full: DiskFull::default(),
+        }
+    }
+
+    /// The fault-injection switch of this spool (and its clones).
+    pub fn disk_full_switch(&self) -> DiskFull {
+        self.full.clone()
+    }
+
     pub fn queue_dir(&self) -> &Path {
         &self.queue
     }
@@ -70,12 +110,13 @@ impl Spool {
     /// Stores a message durably. Only after this returns Ok may the client get 250.
     pub fn store(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
         let bytes = file::encode(envelope, message)?;
-        write_atomic(
+        write_atomic_checked(
             &self.queue,
             &msg_name(&envelope.id),
             &bytes,
             0o600,
             self.fsync,
+            || self.full.check(),
         )
     }
 

@@ -12,6 +12,7 @@ fn envelope(id: &str, message: &[u8]) -> Envelope {
         from_domain: "example.com".into(),
         size: message.len() as u64,
         eight_bit: false,
+        origin: Origin::Client,
     }
 }
 

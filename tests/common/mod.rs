@@ -3,6 +3,8 @@
 //! mail-auth against the records the key store publishes (in-memory DNS, no network).
 #![allow(dead_code)]
 
+pub mod child;
+pub mod dns;
 pub mod inbound;
 pub mod upstream;
 pub mod verify;
@@ -72,7 +74,15 @@ pub fn config(root: &Path, upstream: Option<SocketAddr>) -> Config {
     config.keys.generate_missing = false;
     config.domains = vec![domain(DOMAIN), domain(OTHER_DOMAIN)];
     config.delivery.outbox_dir = root.join("outbox");
-    config.upstream = upstream.map(|addr| UpstreamConfig {
+    config.upstream = upstream.map(upstream_config);
+    config.validate().unwrap();
+    config
+}
+
+/// A plain-SMTP upstream on loopback named "upstream", standard signing, pool of 4.
+pub fn upstream_config(addr: SocketAddr) -> UpstreamConfig {
+    UpstreamConfig {
+        name: "upstream".into(),
         host: addr.ip().to_string(),
         port: addr.port(),
         tls: TlsMode::None,
@@ -82,9 +92,10 @@ pub fn config(root: &Path, upstream: Option<SocketAddr>) -> Config {
         connect_timeout: dkim_relay::config::HumanDuration(Duration::from_secs(5)),
         command_timeout: dkim_relay::config::HumanDuration(Duration::from_secs(10)),
         idle_timeout: dkim_relay::config::HumanDuration(Duration::from_secs(60)),
-    });
-    config.validate().unwrap();
-    config
+        pool_size: 4,
+        profile: Default::default(),
+        unsigned_headers: Vec::new(),
+    }
 }
 
 pub async fn start(config: Config) -> RelayHandle {

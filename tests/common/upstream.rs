@@ -38,6 +38,19 @@ struct Script {
     logins: Vec<(String, String)>,
     /// Sessions that completed a TLS handshake.
     tls_sessions: usize,
+    /// Connections open now, and the most ever open at once.
+    open: usize,
+    max_open: usize,
+    /// While set, connections are closed at once, before the greeting: the upstream is down.
+    down: bool,
+    /// Pause between taking a message and answering the end of DATA (a slow upstream).
+    data_delay: std::time::Duration,
+    /// Reply to MAIL FROM instead of 250, when set.
+    mail_reply: Option<String>,
+    /// Answer AUTH with 535, as for a wrong password.
+    refuse_auth: bool,
+    /// Every MAIL FROM seen (a transaction started), delivered or not.
+    transactions: usize,
 }
 
 #[derive(Clone)]
@@ -58,8 +71,21 @@ impl FakeUpstream {
         let shared = script.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                shared.lock().unwrap().connections += 1;
-                tokio::spawn(connection(stream, shared.clone(), tls.clone()));
+                {
+                    let mut s = shared.lock().unwrap();
+                    if s.down {
+                        continue; // dropped: closes the socket before any greeting
+                    }
+                    s.connections += 1;
+                    s.open += 1;
+                    s.max_open = s.max_open.max(s.open);
+                }
+                let shared = shared.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    connection(stream, shared.clone(), tls).await;
+                    shared.lock().unwrap().open -= 1;
+                });
             }
         });
         FakeUpstream { addr, script }
@@ -96,6 +122,41 @@ impl FakeUpstream {
 
     pub fn connections(&self) -> usize {
         self.script.lock().unwrap().connections
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.script.lock().unwrap().open
+    }
+
+    /// The most connections that were open at the same time.
+    pub fn max_open(&self) -> usize {
+        self.script.lock().unwrap().max_open
+    }
+
+    /// Down: every connection is closed before the greeting. Up again: normal service.
+    pub fn set_down(&self, down: bool) {
+        self.script.lock().unwrap().down = down;
+    }
+
+    pub fn set_data_delay(&self, delay: std::time::Duration) {
+        self.script.lock().unwrap().data_delay = delay;
+    }
+
+    pub fn reply_to_mail(&self, line: Option<&str>) {
+        self.script.lock().unwrap().mail_reply = line.map(str::to_string);
+    }
+
+    pub fn refuse_auth(&self, refuse: bool) {
+        self.script.lock().unwrap().refuse_auth = refuse;
+    }
+
+    pub fn clear_rcpt_replies(&self) {
+        self.script.lock().unwrap().rcpt_replies.clear();
+    }
+
+    pub fn transactions(&self) -> usize {
+        self.script.lock().unwrap().transactions
     }
 }
 
@@ -165,7 +226,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 .split(|&b| b == 0)
                 .map(|p| String::from_utf8_lossy(p).into_owned())
                 .collect();
-            if parts.len() == 3 {
+            if script.lock().unwrap().refuse_auth {
+                "535 5.7.8 authentication credentials invalid".to_string()
+            } else if parts.len() == 3 {
                 script
                     .lock()
                     .unwrap()
@@ -178,7 +241,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         } else if upper.starts_with("MAIL FROM:") {
             mail_from = address(&line);
             rcpts.clear();
-            "250 2.1.0 ok".to_string()
+            let mut s = script.lock().unwrap();
+            s.transactions += 1;
+            s.mail_reply
+                .clone()
+                .unwrap_or_else(|| "250 2.1.0 ok".to_string())
         } else if upper.starts_with("RCPT TO:") {
             let rcpt = address(&line);
             let refusal = script.lock().unwrap().rcpt_replies.get(&rcpt).cloned();
@@ -207,17 +274,23 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 };
                 data.extend_from_slice(unstuffed);
             }
-            let mut s = script.lock().unwrap();
-            let reply = s
-                .data_replies
-                .pop_front()
-                .unwrap_or_else(|| "250 2.0.0 queued".to_string());
-            if reply.starts_with('2') {
-                s.received.push(Received {
-                    mail_from: mail_from.clone(),
-                    rcpts: rcpts.clone(),
-                    data,
-                });
+            let (reply, delay) = {
+                let mut s = script.lock().unwrap();
+                let reply = s
+                    .data_replies
+                    .pop_front()
+                    .unwrap_or_else(|| "250 2.0.0 queued".to_string());
+                if reply.starts_with('2') {
+                    s.received.push(Received {
+                        mail_from: mail_from.clone(),
+                        rcpts: rcpts.clone(),
+                        data,
+                    });
+                }
+                (reply, s.data_delay)
+            };
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
             }
             reply
         } else if upper.starts_with("RSET") {
@@ -236,6 +309,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             .await
             .is_err()
         {
+            return None;
+        }
+        // 421: the server closes the connection after saying so (RFC 5321 §3.8).
+        if reply.starts_with("421") {
             return None;
         }
     }

@@ -1,0 +1,613 @@
+//! `dkim-relay keys …`: the key store and rotation by hand. Every command takes the store
+//! lock for what it changes, so it is safe next to a running relay.
+
+use crate::config::Config;
+use crate::keys::{
+    generate, Algorithm, DnsOutcome, DnsRecord, DomainState, KeyStore, Slot, SlotState, StoreLock,
+};
+use crate::message::rfc5322_date;
+use crate::rotation::dns::DnsChecker;
+use crate::rotation::{apply, rotation_due, PublishedBecause, Rotator, Step};
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate keys in a domain's free selector slots (0600 PEM) and print the records to
+    /// publish. New keys are pending until DNS serves them (or `keys activate --force`).
+    Generate(GenerateArgs),
+    /// Per selector: algorithm, bits, state, dates, next transition, last DNS check.
+    Status(DomainArgs),
+    /// The TXT records to publish now, including revocations (empty p=) of retired keys.
+    Dns(DnsArgs),
+    /// Look every selector up in DNS; exits non-zero when a key in use is not served.
+    Check(DomainArgs),
+    /// Rotate: `--due` (what the schedule says), `--now` (start one now), or `--emergency`.
+    Rotate(RotateArgs),
+    /// Activate pending keys without waiting for DNS (the operator vouches for DNS).
+    Activate(ActivateArgs),
+    /// Import keys from an OpenDKIM KeyTable and SigningTable.
+    ImportOpendkim(ImportArgs),
+    /// Alias of status, as a table.
+    List(DomainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    pub domain: String,
+    /// Comma-separated: rsa, ed25519.
+    #[arg(long, default_value = "rsa", value_delimiter = ',')]
+    pub algorithms: Vec<String>,
+    #[arg(long, default_value_t = 2048)]
+    pub rsa_bits: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DomainArgs {
+    /// Only this domain.
+    #[arg(long)]
+    pub domain: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DnsFormat {
+    Zone,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct DnsArgs {
+    #[arg(long)]
+    pub domain: Option<String>,
+    #[arg(long, value_enum, default_value = "zone")]
+    pub format: DnsFormat,
+    /// Same as --format json.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Do what the schedule says is due (for a cron job or Kubernetes CronJob).
+    #[arg(long, conflicts_with_all = ["now", "emergency"])]
+    pub due: bool,
+    /// Start a rotation now even if none is due.
+    #[arg(long, conflicts_with = "emergency")]
+    pub now: bool,
+    /// The active key is compromised: stop using it at once, retire it, make a new one.
+    #[arg(long, requires = "domain")]
+    pub emergency: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ActivateArgs {
+    #[arg(long)]
+    pub domain: String,
+    /// Required: activation without DNS confirmation is the operator's decision.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[arg(long, value_name = "FILE")]
+    pub key_table: std::path::PathBuf,
+    #[arg(long, value_name = "FILE")]
+    pub signing_table: std::path::PathBuf,
+}
+
+pub fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    let store = KeyStore::new(&config.keys.dir);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match command {
+        KeysCommand::Generate(args) => generate_cmd(config, &store, args),
+        KeysCommand::Status(args) | KeysCommand::List(args) => status(config, &store, args),
+        KeysCommand::Dns(args) => dns(&store, args),
+        KeysCommand::Check(args) => runtime.block_on(check(config, &store, args)),
+        KeysCommand::Rotate(args) => runtime.block_on(rotate(config, &store, args)),
+        KeysCommand::Activate(args) => activate(config, &store, args),
+        KeysCommand::ImportOpendkim(args) => super::keys_import::import(&store, args),
+    }
+}
+
+fn now() -> u64 {
+    crate::delivery::now_unix()
+}
+
+fn normalise(domain: &str) -> anyhow::Result<String> {
+    let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    if !crate::config::is_dns_name(&domain) || !domain.contains('.') {
+        bail!("\"{domain}\" is not a domain name");
+    }
+    Ok(domain)
+}
+
+fn domains(store: &KeyStore, only: Option<&str>) -> anyhow::Result<Vec<String>> {
+    match only {
+        Some(d) => Ok(vec![normalise(d)?]),
+        None => Ok(store.domains()?),
+    }
+}
+
+/// A rotator for commands that only plan and change state (no DNS lookups).
+fn planning_rotator(config: &Config) -> anyhow::Result<Rotator> {
+    let offline = Config {
+        rotation: crate::config::RotationConfig {
+            dns_check: false,
+            ..config.rotation.clone()
+        },
+        ..config.clone()
+    };
+    Rotator::new(&offline).map_err(anyhow::Error::msg)
+}
+
+fn existing(store: &KeyStore, domain: &str) -> anyhow::Result<DomainState> {
+    store
+        .load(domain)?
+        .with_context(|| format!("{domain}: no keys in {}", store.dir().display()))
+}
+
+fn lock(store: &KeyStore) -> anyhow::Result<StoreLock> {
+    StoreLock::acquire(store.dir())
+        .with_context(|| format!("key store lock in {}", store.dir().display()))
+}
+
+fn generate_cmd(config: &Config, store: &KeyStore, args: GenerateArgs) -> anyhow::Result<()> {
+    let domain = normalise(&args.domain)?;
+    let _lock = lock(store)?;
+    let rotator = planning_rotator(config)?;
+    let mut state = store
+        .load(&domain)?
+        .unwrap_or_else(|| DomainState::new(&domain));
+    let settings = rotator.domain_settings(&domain, Some(&state));
+    let policy = rotator.policy(&settings);
+    let mut records = Vec::new();
+    for name in &args.algorithms {
+        let algorithm = Algorithm::parse(name)
+            .with_context(|| format!("unknown algorithm \"{name}\" (use rsa or ed25519)"))?;
+        let pair = match algorithm {
+            Algorithm::Rsa => &settings.rsa_selectors,
+            Algorithm::Ed25519 => &settings.ed25519_selectors,
+        };
+        let free = |s: &String| {
+            state
+                .slot(s)
+                .is_none_or(|slot| slot.state == SlotState::Retired)
+        };
+        let Some(selector) = pair.iter().find(|s| free(s)).cloned() else {
+            bail!("{domain}: both {algorithm} slots ({} and {}) hold keys in use; `keys rotate` replaces them", pair[0], pair[1]);
+        };
+        let material = generate(algorithm, args.rsa_bits).map_err(anyhow::Error::msg)?;
+        store.write_key_file(&domain, &selector, &material)?;
+        apply(
+            &mut state,
+            &Step::Generate {
+                algorithm,
+                selector: selector.clone(),
+            },
+            now(),
+            &policy,
+        );
+        store.save(&state)?;
+        records.push(DnsRecord::new(
+            &domain,
+            &selector,
+            algorithm,
+            &material.public_key,
+        ));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+    } else {
+        println!("; new keys for {domain} are pending. Publish:");
+        for r in &records {
+            println!("{}", r.zone_line());
+        }
+        println!("; the relay activates them once DNS serves them (or run: dkim-relay keys activate --force --domain {domain})");
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct SlotStatus {
+    domain: String,
+    selector: String,
+    algorithm: Algorithm,
+    bits: Option<usize>,
+    state: SlotState,
+    created: u64,
+    active_since: Option<u64>,
+    next: String,
+    next_at: Option<u64>,
+    last_dns_check: Option<crate::keys::DnsCheck>,
+}
+
+fn next_transition(config: &Config, slot: &Slot) -> (String, Option<u64>) {
+    let r = &config.rotation;
+    match slot.state {
+        SlotState::Pending if r.dns_check => ("published once DNS serves this key".into(), None),
+        SlotState::Pending => {
+            let at = slot.hook_published.unwrap_or(slot.created) + r.propagation_wait.0.as_secs();
+            ("published after the propagation wait".into(), Some(at))
+        }
+        SlotState::Published => ("active at the next rotation check".into(), None),
+        SlotState::Active => {
+            let at = slot.active_since.unwrap_or(slot.created) + r.interval.0.as_secs();
+            ("replaced by rotation".into(), Some(at))
+        }
+        SlotState::Retiring => (
+            "retired when the grace period ends".into(),
+            slot.retiring_until,
+        ),
+        SlotState::Retired => ("none (revoke its record: empty p=)".into(), None),
+    }
+}
+
+fn rsa_bits(store: &KeyStore, domain: &str, slot: &Slot) -> Option<usize> {
+    let record = store.record(domain, slot).ok()?;
+    let der = crate::keys::public_key_bytes(&record)?;
+    match slot.algorithm {
+        Algorithm::Ed25519 => Some(256),
+        // SPKI of 2048/3072/4096-bit keys: 294/422/550 bytes.
+        Algorithm::Rsa => Some(match der.len() {
+            0..=300 => 2048,
+            301..=430 => 3072,
+            _ => 4096,
+        }),
+    }
+}
+
+fn status(config: &Config, store: &KeyStore, args: DomainArgs) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for domain in domains(store, args.domain.as_deref())? {
+        let state = existing(store, &domain)?;
+        for slot in &state.slots {
+            let (next, next_at) = next_transition(config, slot);
+            rows.push(SlotStatus {
+                domain: domain.clone(),
+                selector: slot.selector.clone(),
+                algorithm: slot.algorithm,
+                bits: if slot.state == SlotState::Retired {
+                    None
+                } else {
+                    rsa_bits(store, &domain, slot)
+                },
+                state: slot.state,
+                created: slot.created,
+                active_since: slot.active_since,
+                next,
+                next_at,
+                last_dns_check: slot.last_dns_check.clone(),
+            });
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<9} {:<8} {:<5} {:<9} {:<27} NEXT",
+        "DOMAIN", "SELECTOR", "ALG", "BITS", "STATE", "ACTIVE SINCE"
+    );
+    for r in rows {
+        let when = r
+            .next_at
+            .map(|t| format!(" at {}", rfc5322_date(t)))
+            .unwrap_or_default();
+        let dns = r
+            .last_dns_check
+            .as_ref()
+            .map(|c| format!(" [dns {:?} {}]", c.outcome, rfc5322_date(c.at)).to_lowercase())
+            .unwrap_or_default();
+        println!(
+            "{:<24} {:<9} {:<8} {:<5} {:<9} {:<27} {}{when}{dns}",
+            r.domain,
+            r.selector,
+            r.algorithm.to_string(),
+            r.bits.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+            format!("{:?}", r.state).to_lowercase(),
+            r.active_since
+                .map(rfc5322_date)
+                .unwrap_or_else(|| "-".into()),
+            r.next
+        );
+    }
+    Ok(())
+}
+
+fn dns(store: &KeyStore, args: DnsArgs) -> anyhow::Result<()> {
+    let mut records = Vec::new();
+    for domain in domains(store, args.domain.as_deref())? {
+        let state = existing(store, &domain)?;
+        for slot in &state.slots {
+            records.push(match slot.state {
+                SlotState::Retired => DnsRecord::revoked(&domain, &slot.selector, slot.algorithm),
+                _ => store.record(&domain, slot)?,
+            });
+        }
+    }
+    if args.json || args.format == DnsFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+    } else {
+        for record in records {
+            println!("{}", record.zone_line());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct CheckRow {
+    domain: String,
+    selector: String,
+    state: SlotState,
+    result: &'static str,
+    detail: String,
+}
+
+async fn check(config: &Config, store: &KeyStore, args: DomainArgs) -> anyhow::Result<()> {
+    let checker = DnsChecker::new(config.rotation.resolver).map_err(anyhow::Error::msg)?;
+    let mut rows = Vec::new();
+    let mut bad = 0;
+    for domain in domains(store, args.domain.as_deref())? {
+        let state = existing(store, &domain)?;
+        for slot in state.slots.iter().filter(|s| s.state != SlotState::Retired) {
+            let record = store.record(&domain, slot)?;
+            let expected = crate::keys::public_key_bytes(&record).unwrap_or_default();
+            let found = checker
+                .check(&record.name, slot.algorithm, &expected, now())
+                .await;
+            let in_use = matches!(
+                slot.state,
+                SlotState::Active | SlotState::Published | SlotState::Retiring
+            );
+            let result = match (found.outcome, slot.state) {
+                (DnsOutcome::Match, _) => "match",
+                (DnsOutcome::Missing, SlotState::Pending) => "not yet published",
+                (DnsOutcome::Missing, _) => "missing",
+                (DnsOutcome::Mismatch, _) => "mismatch",
+                (DnsOutcome::Error, _) => "lookup failed",
+            };
+            if in_use && found.outcome != DnsOutcome::Match {
+                bad += 1;
+            }
+            rows.push(CheckRow {
+                domain: domain.clone(),
+                selector: slot.selector.clone(),
+                state: slot.state,
+                result,
+                detail: found.detail,
+            });
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for r in &rows {
+            println!(
+                "{:<24} {:<9} {:<9} {:<18} {}",
+                r.domain,
+                r.selector,
+                format!("{:?}", r.state).to_lowercase(),
+                r.result,
+                r.detail
+            );
+        }
+    }
+    if bad > 0 {
+        bail!("{bad} selector(s) in use are not served correctly by DNS");
+    }
+    Ok(())
+}
+
+async fn rotate(config: &Config, store: &KeyStore, args: RotateArgs) -> anyhow::Result<()> {
+    if args.emergency {
+        let domain = normalise(args.domain.as_deref().unwrap_or_default())?;
+        return emergency(config, store, &domain);
+    }
+    if !args.due && !args.now {
+        bail!("say --due (what the schedule says), --now, or --emergency");
+    }
+    let rotator = Rotator::new(config).map_err(anyhow::Error::msg)?;
+    let targets = match &args.domain {
+        Some(d) => vec![normalise(d)?],
+        None => rotator.domains(),
+    };
+    let mut out = Vec::new();
+    for domain in targets {
+        let report = rotator
+            .run_domain(&domain, now(), args.now)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        for t in &report.transitions {
+            out.push(serde_json::json!({"domain": domain, "selector": t.selector, "from": t.from, "to": t.to, "reason": t.reason}));
+            if !args.json {
+                let from = t
+                    .from
+                    .map(|f| format!("{f:?}").to_lowercase())
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{domain} {}: {from} -> {} ({})",
+                    t.selector,
+                    format!("{:?}", t.to).to_lowercase(),
+                    t.reason
+                );
+            }
+        }
+        for r in &report.to_publish {
+            if !args.json {
+                println!("; publish:\n{}", r.zone_line());
+            }
+        }
+        for w in &report.waiting {
+            if !args.json {
+                println!("{domain}: waiting: {w}");
+            }
+        }
+        if report.transitions.is_empty() && report.waiting.is_empty() && !args.json {
+            let due = store.load(&domain)?.is_some_and(|s| {
+                rotation_due(
+                    &s,
+                    now(),
+                    &rotator.policy(&rotator.domain_settings(&domain, Some(&s))),
+                )
+            });
+            println!(
+                "{domain}: nothing to do{}",
+                if due {
+                    " (due, but the other slot is still in its grace period)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+/// A compromised key: stop signing with it now, delete it, and make new pending keys.
+fn emergency(config: &Config, store: &KeyStore, domain: &str) -> anyhow::Result<()> {
+    let _lock = lock(store)?;
+    let mut state = existing(store, domain)?;
+    let rotator = planning_rotator(config)?;
+    let settings = rotator.domain_settings(domain, Some(&state));
+    let policy = rotator.policy(&settings);
+    let mut revoke = Vec::new();
+    let compromised: Vec<String> = state
+        .slots
+        .iter()
+        .filter(|s| s.state == SlotState::Active)
+        .map(|s| s.selector.clone())
+        .collect();
+    // Every key in use goes: the compromised one, and a retiring one to free its slot.
+    for slot in state.slots.iter_mut().filter(|s| {
+        matches!(
+            s.state,
+            SlotState::Active | SlotState::Retiring | SlotState::Published | SlotState::Pending
+        )
+    }) {
+        slot.state = SlotState::Retired;
+        slot.retiring_until = None;
+        revoke.push(DnsRecord::revoked(domain, &slot.selector, slot.algorithm));
+    }
+    store.save(&state)?;
+    for slot in &state.slots {
+        store.remove_key_file(domain, slot)?;
+    }
+    let mut publish = Vec::new();
+    for &algorithm in &policy.algorithms {
+        let pair = match algorithm {
+            Algorithm::Rsa => &settings.rsa_selectors,
+            Algorithm::Ed25519 => &settings.ed25519_selectors,
+        };
+        // The new key goes under the name that did not carry the compromised key, so
+        // that name can be revoked and stay revoked.
+        let selector = pair
+            .iter()
+            .find(|s| !compromised.contains(s))
+            .unwrap_or(&pair[0])
+            .clone();
+        let material = generate(algorithm, 2048).map_err(anyhow::Error::msg)?;
+        store.write_key_file(domain, &selector, &material)?;
+        apply(
+            &mut state,
+            &Step::Generate {
+                algorithm,
+                selector: selector.clone(),
+            },
+            now(),
+            &policy,
+        );
+        publish.push(DnsRecord::new(
+            domain,
+            &selector,
+            algorithm,
+            &material.public_key,
+        ));
+    }
+    store.save(&state)?;
+    tracing::warn!(
+        domain,
+        "emergency rotation: every key retired and deleted; new keys pending"
+    );
+    println!("; {domain}: the old keys are deleted and no longer sign. Mail for {domain} waits until a new key is active.");
+    println!("; 1. Revoke the compromised records now (empty p=):");
+    for r in &revoke {
+        println!("{}", r.zone_line());
+    }
+    println!(
+        "; 2. Publish the new keys (where a name appears in both lists, publish only this one):"
+    );
+    for r in &publish {
+        println!("{}", r.zone_line());
+    }
+    println!("; 3. The relay activates them once DNS serves them, or now with: dkim-relay keys activate --force --domain {domain}");
+    Ok(())
+}
+
+fn activate(config: &Config, store: &KeyStore, args: ActivateArgs) -> anyhow::Result<()> {
+    if !args.force {
+        bail!("activation before DNS confirms the key is the operator's call: add --force");
+    }
+    let domain = normalise(&args.domain)?;
+    let _lock = lock(store)?;
+    let mut state = existing(store, &domain)?;
+    let rotator = planning_rotator(config)?;
+    let policy = rotator.policy(&rotator.domain_settings(&domain, Some(&state)));
+    let incoming: Vec<String> = state
+        .slots
+        .iter()
+        .filter(|s| matches!(s.state, SlotState::Pending | SlotState::Published))
+        .map(|s| s.selector.clone())
+        .collect();
+    if incoming.is_empty() {
+        bail!("{domain}: no pending key to activate");
+    }
+    let t = now();
+    let mut transitions = Vec::new();
+    for selector in &incoming {
+        transitions.extend(apply(
+            &mut state,
+            &Step::MarkPublished {
+                selector: selector.clone(),
+                because: PublishedBecause::Forced,
+            },
+            t,
+            &policy,
+        ));
+    }
+    transitions.extend(apply(
+        &mut state,
+        &Step::Activate {
+            selectors: incoming,
+        },
+        t,
+        &policy,
+    ));
+    store.save(&state)?;
+    for tr in transitions {
+        tracing::warn!(domain = %domain, selector = %tr.selector, to = ?tr.to, reason = %tr.reason, "key activated by the operator");
+        println!(
+            "{domain} {}: -> {} (forced)",
+            tr.selector,
+            format!("{:?}", tr.to).to_lowercase()
+        );
+    }
+    Ok(())
+}

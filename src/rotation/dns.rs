@@ -1,0 +1,197 @@
+//! Checking that DNS serves exactly a key: look up `selector._domainkey.domain` TXT
+//! (CNAMEs followed by the resolver), join each record's strings, and compare the decoded
+//! `p=` with the local public key (decoded bytes, not base64 text).
+
+use crate::keys::{Algorithm, DnsCheck, DnsOutcome};
+use base64::Engine;
+use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::proto::rr::RData;
+use mail_auth::MessageAuthenticator;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub struct DnsChecker {
+    resolver: MessageAuthenticator,
+}
+
+impl DnsChecker {
+    /// Uses `server` (tests point it at a DNS server on 127.0.0.1) or the system resolver.
+    pub fn new(server: Option<SocketAddr>) -> Result<DnsChecker, String> {
+        let resolver = match server {
+            Some(addr) => {
+                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+                for connection in ns.connections.iter_mut() {
+                    connection.port = addr.port();
+                }
+                let mut opts = ResolverOpts::default();
+                opts.timeout = Duration::from_secs(3);
+                opts.attempts = 2;
+                // A key that was just published must be seen at once, not after a TTL.
+                opts.cache_size = 0;
+                MessageAuthenticator::new(ResolverConfig::from_name_servers(vec![ns]), opts)
+            }
+            None => MessageAuthenticator::new_system_conf(),
+        }
+        .map_err(|e| format!("DNS resolver: {e}"))?;
+        Ok(DnsChecker { resolver })
+    }
+
+    /// Looks up `name` and compares its key with `expected` (the bytes of our `p=`).
+    pub async fn check(
+        &self,
+        name: &str,
+        algorithm: Algorithm,
+        expected: &[u8],
+        now: u64,
+    ) -> DnsCheck {
+        let (outcome, detail) = match self.lookup(name).await {
+            Err(LookupError::Missing) => (DnsOutcome::Missing, format!("no TXT record at {name}")),
+            Err(LookupError::Failed(e)) => {
+                (DnsOutcome::Error, format!("lookup of {name} failed: {e}"))
+            }
+            Ok(records) => compare(&records, algorithm, expected),
+        };
+        DnsCheck {
+            at: now,
+            outcome,
+            detail,
+        }
+    }
+
+    async fn lookup(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        let lookup = self
+            .resolver
+            .resolver()
+            .txt_lookup(fqdn.as_str())
+            .await
+            .map_err(|e| {
+                if e.is_no_records_found() || e.is_nx_domain() {
+                    LookupError::Missing
+                } else {
+                    LookupError::Failed(e.to_string())
+                }
+            })?;
+        let records: Vec<String> = lookup
+            .answers()
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::TXT(txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .map(|s| String::from_utf8_lossy(s))
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .collect();
+        if records.is_empty() {
+            return Err(LookupError::Missing);
+        }
+        Ok(records)
+    }
+}
+
+enum LookupError {
+    Missing,
+    Failed(String),
+}
+
+/// Compares DNS records (each already joined from its strings) with our public key.
+pub fn compare(records: &[String], algorithm: Algorithm, expected: &[u8]) -> (DnsOutcome, String) {
+    let dkim: Vec<&String> = records
+        .iter()
+        .filter(|r| tag(r, "v").is_none_or(|v| v == "DKIM1"))
+        .collect();
+    if dkim.len() > 1 {
+        return (
+            DnsOutcome::Mismatch,
+            format!(
+                "{} DKIM records at one name; verifiers may pick any",
+                dkim.len()
+            ),
+        );
+    }
+    let Some(record) = dkim.first() else {
+        return (
+            DnsOutcome::Missing,
+            "no DKIM record among the TXT records".into(),
+        );
+    };
+    let k = tag(record, "k").unwrap_or_else(|| "rsa".into());
+    if k != algorithm.dns_k() {
+        return (
+            DnsOutcome::Mismatch,
+            format!("record has k={k}, key is {algorithm}"),
+        );
+    }
+    let Some(p) = tag(record, "p") else {
+        return (DnsOutcome::Mismatch, "record has no p= tag".into());
+    };
+    if p.is_empty() {
+        return (DnsOutcome::Mismatch, "record is revoked (empty p=)".into());
+    }
+    let Ok(published) = base64::engine::general_purpose::STANDARD.decode(&p) else {
+        return (DnsOutcome::Mismatch, "p= is not valid base64".into());
+    };
+    // RSA records in PKCS#1 form are the tail of our SubjectPublicKeyInfo.
+    let same = published == expected
+        || (algorithm == Algorithm::Rsa && published.len() > 64 && expected.ends_with(&published));
+    if same {
+        (DnsOutcome::Match, "DNS serves this key".into())
+    } else {
+        (DnsOutcome::Mismatch, "DNS serves a different key".into())
+    }
+}
+
+/// The value of a tag in a `tag=value; tag=value` record, whitespace removed.
+fn tag(record: &str, name: &str) -> Option<String> {
+    record.split(';').find_map(|part| {
+        let (k, v) = part.split_once('=')?;
+        (k.trim() == name).then(|| v.chars().filter(|c| !c.is_whitespace()).collect())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_compared_by_decoded_key() {
+        let key = [0x30u8, 0x82, 1, 2, 3, 4];
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+        let rec = |s: &str| vec![s.to_string()];
+        assert_eq!(
+            compare(
+                &rec(&format!("v=DKIM1; k=ed25519; p={b64}")),
+                Algorithm::Ed25519,
+                &key
+            )
+            .0,
+            DnsOutcome::Match
+        );
+        // Whitespace inside p= (from split strings or folding) does not matter.
+        let split = format!("v=DKIM1; k=ed25519; p={} {}", &b64[..4], &b64[4..]);
+        assert_eq!(
+            compare(&rec(&split), Algorithm::Ed25519, &key).0,
+            DnsOutcome::Match
+        );
+        assert_eq!(
+            compare(&rec("v=DKIM1; k=ed25519; p="), Algorithm::Ed25519, &key).0,
+            DnsOutcome::Mismatch
+        );
+        assert_eq!(
+            compare(
+                &rec(&format!("v=DKIM1; k=rsa; p={b64}")),
+                Algorithm::Ed25519,
+                &key
+            )
+            .0,
+            DnsOutcome::Mismatch
+        );
+        assert_eq!(
+            compare(&rec("v=spf1 -all"), Algorithm::Ed25519, &key).0,
+            DnsOutcome::Missing
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! Scheduled dual-selector key rotation (DESIGN §6): a pure [`planner`] decides the next
+//! steps from (state, now, policy); [`apply`] records them; the executor performs their
+//! effects (key files, hooks, DNS lookups) under the key store lock.
+
+pub mod apply;
+pub mod dns;
+pub mod executor;
+pub mod hook;
+pub mod planner;
+
+pub use apply::{apply, record_dns_check, Transition};
+pub use executor::{DomainReport, Rotator};
+pub use planner::{plan, rotation_due, Policy, PublishedBecause, Step};

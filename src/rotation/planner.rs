@@ -1,0 +1,213 @@
+//! The rotation planner: a pure function of (domain state, now, policy) that says what to
+//! do next. It performs nothing; the executor applies its steps and runs it again. That
+//! keeps every safety rule of DESIGN §6 in one place, testable on a fixed clock.
+
+use crate::keys::{Algorithm, DnsOutcome, DomainState, Slot, SlotState};
+
+/// The rules of rotation for one domain, all in seconds.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Age of the active keys after which the domain rotates.
+    pub interval: u64,
+    /// With DNS checks off: how long after publishing a key counts as published.
+    pub propagation_wait: u64,
+    /// How long a replaced key stays published (and its file kept) after the switch.
+    pub grace: u64,
+    /// Activate only keys DNS is seen to serve.
+    pub dns_check: bool,
+    /// How often a pending key's record is looked up again.
+    pub dns_recheck: u64,
+    /// A publish hook is configured.
+    pub hook: bool,
+    /// The algorithms this domain signs with; RSA is always among them.
+    pub algorithms: Vec<Algorithm>,
+    /// The two selector slots of each algorithm.
+    pub rsa_selectors: [String; 2],
+    pub ed25519_selectors: [String; 2],
+}
+
+impl Policy {
+    fn selectors(&self, algorithm: Algorithm) -> &[String; 2] {
+        match algorithm {
+            Algorithm::Rsa => &self.rsa_selectors,
+            Algorithm::Ed25519 => &self.ed25519_selectors,
+        }
+    }
+}
+
+/// Why a key counts as published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishedBecause {
+    DnsServesIt,
+    WaitElapsed,
+    /// `keys activate --force`: the operator vouches for DNS.
+    Forced,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Generate a key in this (free or retired) slot, as pending.
+    Generate {
+        algorithm: Algorithm,
+        selector: String,
+    },
+    /// Run the publish hook for a pending key.
+    PublishHook { selector: String },
+    /// Look the pending key's record up in DNS and record what was found.
+    CheckDns { selector: String },
+    MarkPublished {
+        selector: String,
+        because: PublishedBecause,
+    },
+    /// Switch signing to these (published) keys, one per algorithm; the keys they replace
+    /// start their grace period.
+    Activate { selectors: Vec<String> },
+    /// The grace period is over: stop publishing, delete the key file.
+    Retire { selector: String },
+    /// Run the revoke hook for a retired key.
+    RevokeHook { selector: String },
+}
+
+fn slots_of(state: &DomainState, algorithm: Algorithm) -> impl Iterator<Item = &Slot> {
+    state.slots.iter().filter(move |s| s.algorithm == algorithm)
+}
+
+fn in_state(state: &DomainState, algorithm: Algorithm, wanted: SlotState) -> Option<&Slot> {
+    slots_of(state, algorithm).find(|s| s.state == wanted)
+}
+
+/// A key on its way in: pending or published.
+fn incoming(state: &DomainState, algorithm: Algorithm) -> Option<&Slot> {
+    slots_of(state, algorithm)
+        .find(|s| matches!(s.state, SlotState::Pending | SlotState::Published))
+}
+
+/// The slot a new key of `algorithm` may go into: one never used, or retired.
+fn free_slot(state: &DomainState, policy: &Policy, algorithm: Algorithm) -> Option<String> {
+    policy
+        .selectors(algorithm)
+        .iter()
+        .find_map(|sel| match state.slot(sel) {
+            None => Some(sel.clone()),
+            Some(slot) if slot.state == SlotState::Retired && slot.algorithm == algorithm => {
+                Some(sel.clone())
+            }
+            Some(_) => None,
+        })
+}
+
+/// Whether the domain is due to rotate at `now`: some active key is older than the interval.
+pub fn rotation_due(state: &DomainState, now: u64, policy: &Policy) -> bool {
+    policy.algorithms.iter().any(|&alg| {
+        in_state(state, alg, SlotState::Active).is_some_and(|s| {
+            now >= s
+                .active_since
+                .unwrap_or(s.created)
+                .saturating_add(policy.interval)
+        })
+    })
+}
+
+/// The next steps for one domain. `force_rotation` starts a rotation now (`keys rotate
+/// --now`) even if none is due.
+pub fn plan(state: &DomainState, now: u64, policy: &Policy, force_rotation: bool) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let rotating = policy
+        .algorithms
+        .iter()
+        .any(|&a| incoming(state, a).is_some());
+
+    // 1. Start a rotation (or the first keys): every algorithm together, so RSA and
+    //    Ed25519 always switch at the same moment.
+    let needs_first_keys = policy
+        .algorithms
+        .iter()
+        .any(|&a| in_state(state, a, SlotState::Active).is_none() && incoming(state, a).is_none());
+    if !rotating && (needs_first_keys || force_rotation || rotation_due(state, now, policy)) {
+        let mut generate = Vec::new();
+        for &alg in &policy.algorithms {
+            match free_slot(state, policy, alg) {
+                Some(selector) => generate.push(Step::Generate {
+                    algorithm: alg,
+                    selector,
+                }),
+                // The other slot is still in its grace period: wait for it, never cut it short.
+                None => return steps,
+            }
+        }
+        return generate;
+    }
+
+    // 2. Move incoming keys towards published.
+    for &alg in &policy.algorithms {
+        let Some(slot) = incoming(state, alg) else {
+            continue;
+        };
+        if slot.state != SlotState::Pending {
+            continue;
+        }
+        let selector = slot.selector.clone();
+        if policy.hook && slot.hook_published.is_none() {
+            steps.push(Step::PublishHook { selector });
+            continue;
+        }
+        if policy.dns_check {
+            match &slot.last_dns_check {
+                Some(check) if check.outcome == DnsOutcome::Match && check.at >= slot.created => {
+                    steps.push(Step::MarkPublished {
+                        selector,
+                        because: PublishedBecause::DnsServesIt,
+                    });
+                }
+                Some(check) if now < check.at.saturating_add(policy.dns_recheck) => {}
+                _ => steps.push(Step::CheckDns { selector }),
+            }
+        } else {
+            let since = slot.hook_published.unwrap_or(slot.created);
+            if now >= since.saturating_add(policy.propagation_wait) {
+                steps.push(Step::MarkPublished {
+                    selector,
+                    because: PublishedBecause::WaitElapsed,
+                });
+            }
+        }
+    }
+
+    // 3. Activate when every algorithm's incoming key is published (together).
+    let incoming_all: Vec<&Slot> = policy
+        .algorithms
+        .iter()
+        .filter_map(|&a| incoming(state, a))
+        .collect();
+    if !incoming_all.is_empty() && incoming_all.iter().all(|s| s.state == SlotState::Published) {
+        // An algorithm with no incoming key keeps its active one; RSA must end up active.
+        let rsa_after = incoming(state, Algorithm::Rsa).is_some()
+            || in_state(state, Algorithm::Rsa, SlotState::Active).is_some();
+        if rsa_after {
+            steps.push(Step::Activate {
+                selectors: incoming_all.iter().map(|s| s.selector.clone()).collect(),
+            });
+        }
+    }
+
+    // 4. End grace periods; revoke what is retired.
+    for slot in &state.slots {
+        match slot.state {
+            SlotState::Retiring if slot.retiring_until.is_some_and(|until| now >= until) => {
+                steps.push(Step::Retire {
+                    selector: slot.selector.clone(),
+                });
+            }
+            SlotState::Retired if policy.hook && slot.hook_revoked.is_none() => {
+                steps.push(Step::RevokeHook {
+                    selector: slot.selector.clone(),
+                });
+            }
+            _ => {}
+        }
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests;

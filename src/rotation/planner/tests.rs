@@ -1,0 +1,294 @@
+//! The planner on a fixed clock, with a simulated DNS, through full rotation cycles, and
+//! each invariant of DESIGN §6 checked after every step.
+
+use super::*;
+use crate::keys::{DnsCheck, DnsOutcome};
+use crate::rotation::apply::{apply, record_dns_check};
+use std::collections::HashMap;
+
+const DAY: u64 = 86_400;
+
+fn policy(dns_check: bool) -> Policy {
+    Policy {
+        interval: 90 * DAY,
+        propagation_wait: 3600,
+        grace: 7 * DAY,
+        dns_check,
+        dns_recheck: 300,
+        hook: true,
+        algorithms: vec![Algorithm::Rsa, Algorithm::Ed25519],
+        rsa_selectors: ["s1".into(), "s2".into()],
+        ed25519_selectors: ["e1".into(), "e2".into()],
+    }
+}
+
+/// What DNS serves: selector → `created` time of the key it holds.
+type Dns = HashMap<String, u64>;
+
+/// Runs plan/apply until nothing is left to do at `now`, simulating the effects. The
+/// publish hook "publishes" into `dns` only if `publish` is true (DNS can lag).
+fn settle(
+    state: &mut DomainState,
+    now: u64,
+    p: &Policy,
+    dns: &mut Dns,
+    publish: bool,
+    log: &mut Vec<String>,
+) {
+    for _ in 0..20 {
+        let steps = plan(state, now, p, false);
+        if steps.is_empty() {
+            return;
+        }
+        let before = state.clone();
+        for step in &steps {
+            match step {
+                // The hook succeeds; whether its record reaches DNS is up to the test.
+                Step::PublishHook { selector } if publish => {
+                    let created = state.slot(selector).unwrap().created;
+                    dns.insert(selector.clone(), created);
+                }
+                Step::CheckDns { selector } => {
+                    let created = state.slot(selector).unwrap().created;
+                    let outcome = match dns.get(selector) {
+                        Some(&c) if c == created => DnsOutcome::Match,
+                        Some(_) => DnsOutcome::Mismatch,
+                        None => DnsOutcome::Missing,
+                    };
+                    record_dns_check(
+                        state,
+                        selector,
+                        DnsCheck {
+                            at: now,
+                            outcome,
+                            detail: String::new(),
+                        },
+                    );
+                    continue;
+                }
+                _ => {}
+            }
+            if let Step::Activate { selectors } = step {
+                for sel in selectors {
+                    let slot = state.slot(sel).unwrap();
+                    if p.dns_check {
+                        assert_eq!(
+                            dns.get(sel),
+                            Some(&slot.created),
+                            "activating {sel}, which DNS does not serve"
+                        );
+                    }
+                }
+            }
+            for t in apply(state, step, now, p) {
+                log.push(format!("{} {:?}->{:?}", t.selector, t.from, t.to));
+            }
+            check_invariants(&before, state, now);
+        }
+        if *state == before {
+            return;
+        }
+    }
+    panic!("planner did not settle");
+}
+
+fn check_invariants(before: &DomainState, after: &DomainState, now: u64) {
+    for alg in [Algorithm::Rsa, Algorithm::Ed25519] {
+        let active = after
+            .slots
+            .iter()
+            .filter(|s| s.algorithm == alg && s.state == SlotState::Active)
+            .count();
+        assert!(active <= 1, "two active {alg} keys: {after:?}");
+        let had = before
+            .slots
+            .iter()
+            .any(|s| s.algorithm == alg && s.state == SlotState::Active);
+        assert!(!had || active == 1, "{alg} lost its active key: {after:?}");
+    }
+    let ed = after
+        .slots
+        .iter()
+        .any(|s| s.algorithm == Algorithm::Ed25519 && s.state == SlotState::Active);
+    let rsa = after
+        .slots
+        .iter()
+        .any(|s| s.algorithm == Algorithm::Rsa && s.state == SlotState::Active);
+    assert!(!ed || rsa, "Ed25519 active without RSA: {after:?}");
+    for old in before
+        .slots
+        .iter()
+        .filter(|s| s.state == SlotState::Retiring)
+    {
+        let gone = after
+            .slot(&old.selector)
+            .is_none_or(|s| s.state != SlotState::Retiring);
+        if gone {
+            assert!(
+                now >= old.retiring_until.unwrap(),
+                "{} left its grace period early",
+                old.selector
+            );
+        }
+    }
+}
+
+fn active(state: &DomainState) -> Vec<String> {
+    state.active().iter().map(|s| s.selector.clone()).collect()
+}
+
+#[test]
+fn two_full_cycles_on_a_fixed_clock() {
+    let p = policy(true);
+    let mut state = DomainState::new("example.com");
+    let mut dns = Dns::new();
+    let mut log = Vec::new();
+    let t0 = 1_700_000_000;
+    settle(&mut state, t0, &p, &mut dns, true, &mut log);
+    assert_eq!(
+        active(&state),
+        ["s1", "e1"],
+        "bootstrap activates once DNS serves the keys"
+    );
+
+    // Nothing happens before the interval.
+    let steps = plan(&state, t0 + 89 * DAY, &p, false);
+    assert!(steps.is_empty(), "{steps:?}");
+
+    // Cycle 1: at 90 days, s2/e2 are generated, published, activated; s1/e1 retire.
+    let t1 = t0 + 90 * DAY;
+    settle(&mut state, t1, &p, &mut dns, true, &mut log);
+    assert_eq!(active(&state), ["s2", "e2"]);
+    assert_eq!(state.slot("s1").unwrap().state, SlotState::Retiring);
+    settle(&mut state, t1 + 7 * DAY - 1, &p, &mut dns, true, &mut log);
+    assert_eq!(
+        state.slot("s1").unwrap().state,
+        SlotState::Retiring,
+        "grace not over"
+    );
+    settle(&mut state, t1 + 7 * DAY, &p, &mut dns, true, &mut log);
+    assert_eq!(state.slot("s1").unwrap().state, SlotState::Retired);
+
+    // Cycle 2: back to s1/e1 with new keys.
+    let t2 = t1 + 90 * DAY;
+    settle(&mut state, t2, &p, &mut dns, true, &mut log);
+    assert_eq!(active(&state), ["s1", "e1"]);
+    assert_eq!(state.slot("s1").unwrap().created, t2);
+    settle(&mut state, t2 + 7 * DAY, &p, &mut dns, true, &mut log);
+    assert_eq!(state.slot("s2").unwrap().state, SlotState::Retired);
+    assert!(log.len() >= 12, "{log:?}");
+}
+
+#[test]
+fn a_key_dns_does_not_serve_is_never_activated() {
+    let p = policy(true);
+    let mut state = DomainState::new("example.com");
+    let mut dns = Dns::new();
+    let mut log = Vec::new();
+    // The hook "succeeds" but nothing reaches DNS.
+    settle(&mut state, 1000, &p, &mut dns, false, &mut log);
+    assert!(active(&state).is_empty());
+    // Still pending days later: a DNS record with another key does not count either.
+    dns.insert("s1".into(), 1);
+    dns.insert("e1".into(), 1);
+    settle(&mut state, 1000 + 3 * DAY, &p, &mut dns, false, &mut log);
+    assert!(active(&state).is_empty());
+    assert_eq!(state.slot("s1").unwrap().state, SlotState::Pending);
+    assert_eq!(
+        state
+            .slot("s1")
+            .unwrap()
+            .last_dns_check
+            .as_ref()
+            .unwrap()
+            .outcome,
+        DnsOutcome::Mismatch
+    );
+}
+
+#[test]
+fn rsa_and_ed25519_switch_together() {
+    let p = policy(true);
+    let mut state = DomainState::new("example.com");
+    let mut dns = Dns::new();
+    let mut log = Vec::new();
+    settle(&mut state, 0, &p, &mut dns, true, &mut log);
+    let t = 90 * DAY;
+    // Only the RSA record reaches DNS: nothing may switch.
+    let steps = plan(&state, t, &p, false);
+    for step in &steps {
+        if let Step::Generate {
+            algorithm,
+            selector,
+        } = step
+        {
+            state.slots.retain(|s| &s.selector != selector);
+            apply(&mut state, step, t, &p);
+            if *algorithm == Algorithm::Rsa {
+                dns.insert(selector.clone(), t);
+            }
+        }
+    }
+    for s in state.slots.iter_mut() {
+        s.hook_published = s.hook_published.or(Some(t));
+    }
+    settle(&mut state, t + 3600, &p, &mut dns, false, &mut log);
+    assert_eq!(active(&state), ["s1", "e1"], "RSA switched without Ed25519");
+    assert_eq!(state.slot("s2").unwrap().state, SlotState::Published);
+    dns.insert("e2".into(), t);
+    settle(&mut state, t + 7200, &p, &mut dns, false, &mut log);
+    assert_eq!(active(&state), ["s2", "e2"]);
+}
+
+#[test]
+fn rotation_waits_while_the_other_slot_is_in_its_grace_period() {
+    let p = policy(true);
+    let mut state = DomainState::new("example.com");
+    let mut dns = Dns::new();
+    let mut log = Vec::new();
+    settle(&mut state, 0, &p, &mut dns, true, &mut log);
+    settle(&mut state, 90 * DAY, &p, &mut dns, true, &mut log);
+    // Forced rotation one day later: s1 is still retiring, so there is nowhere to go.
+    let steps = plan(&state, 91 * DAY, &p, true);
+    assert!(steps.is_empty(), "{steps:?}");
+    assert_eq!(state.slot("s1").unwrap().state, SlotState::Retiring);
+}
+
+#[test]
+fn without_dns_checks_the_propagation_wait_counts() {
+    let p = policy(false);
+    let mut state = DomainState::new("example.com");
+    let mut dns = Dns::new();
+    let mut log = Vec::new();
+    settle(&mut state, 0, &p, &mut dns, true, &mut log);
+    assert!(
+        active(&state).is_empty(),
+        "activated before the propagation wait"
+    );
+    settle(&mut state, 3599, &p, &mut dns, true, &mut log);
+    assert!(active(&state).is_empty());
+    settle(&mut state, 3600, &p, &mut dns, true, &mut log);
+    assert_eq!(active(&state), ["s1", "e1"]);
+}
+
+#[test]
+fn a_year_of_quarterly_rotation_keeps_one_active_key_per_algorithm() {
+    let p = policy(true);
+    let mut state = DomainState::new("example.com");
+    let mut dns = Dns::new();
+    let mut log = Vec::new();
+    let mut t = 0;
+    while t <= 365 * DAY {
+        settle(&mut state, t, &p, &mut dns, true, &mut log);
+        if t > 0 {
+            assert_eq!(active(&state).len(), 2, "at day {}", t / DAY);
+        }
+        t += DAY;
+    }
+    let activations = log.iter().filter(|l| l.contains("->Active")).count();
+    assert_eq!(
+        activations,
+        2 * 5,
+        "bootstrap + 4 rotations, two algorithms: {log:?}"
+    );
+}

@@ -1,0 +1,121 @@
+//! The relay as a child process (`target/debug/dkim-relay serve --config …`), for tests
+//! that kill it or read its log.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Delivery workers (and upstream pool size) of the child relay.
+pub const WORKERS: usize = 4;
+
+/// Writes a config for a relay on 127.0.0.1 (port from the OS) with the test keys,
+/// delivering to `upstream`; returns its path.
+pub fn write_config(root: &Path, upstream: SocketAddr) -> std::path::PathBuf {
+    // Copies the test keys into root/keys.
+    let _ = super::config(root, None);
+    let text = format!(
+        r#"hostname = "relay.test"
+[smtp]
+listen = "127.0.0.1:0"
+max_connections_per_client = 100
+[spool]
+dir = "{spool}"
+fsync = true
+[keys]
+dir = "{keys}"
+generate_missing = false
+[[domains]]
+name = "example.com"
+ed25519 = true
+[delivery]
+workers = {WORKERS}
+[upstream]
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+pool_size = {WORKERS}
+"#,
+        spool = root.join("spool").display(),
+        keys = root.join("keys").display(),
+        port = upstream.port(),
+    );
+    let path = root.join("relay.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Starts `dkim-relay serve`; returns it and the address it listens on (from its log).
+/// A relay child process; killed (SIGKILL) when dropped, so a failing test leaves none.
+pub struct ChildRelay(Child);
+
+impl ChildRelay {
+    /// SIGKILL, and wait until it is gone.
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM (a clean shutdown), and wait for it.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildRelay {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn spawn_relay(config: &Path, log: Arc<Mutex<Vec<String>>>) -> (ChildRelay, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dkim-relay"))
+        .args(["--config", &config.display().to_string(), "serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("dkim-relay is accepting mail") {
+                let addr = line
+                    .split("listen=")
+                    .nth(1)
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|s| s.parse::<SocketAddr>().ok());
+                let _ = tx.send(addr);
+            }
+            log.lock().unwrap().push(line);
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("relay did not start")
+        .expect("listen address in the log");
+    (ChildRelay(child), addr)
+}
+
+/// Runs `dkim-relay queue ARGS` against the config; returns (success, stdout + stderr).
+pub fn queue_cmd(config: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dkim-relay"))
+        .arg("--config")
+        .arg(config)
+        .arg("queue")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

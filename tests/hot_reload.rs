@@ -1,0 +1,98 @@
+//! A running relay picks up key store and config changes without a restart, and refuses
+//! a broken config while keeping the one in force.
+
+mod common;
+
+use common::*;
+use dkim_relay::keys::KeyStore;
+use std::time::{Duration, Instant};
+
+/// Sends until the reply starts with `want` (the file watcher applies changes
+/// asynchronously); bounded.
+async fn eventually(client: &mut Client, from: &str, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = client
+            .send("a@host", &["u@example.net"], &message(from, "reload"))
+            .await;
+        if r.starts_with(want) || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn new_domains_and_keys_apply_without_restart_and_bad_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), None);
+    let path = dir.path().join("relay.toml");
+    let keys_dir = config.keys.dir.display().to_string();
+    let toml = |domains: &str| {
+        format!(
+            "hostname = \"relay.test\"\n[smtp]\nlisten = \"127.0.0.1:0\"\n[spool]\ndir = \"{}\"\n[keys]\ndir = \"{keys_dir}\"\ngenerate_missing = false\n[delivery]\noutbox_dir = \"{}\"\n[rotation]\ndns_check = false\npropagation_wait = \"0s\"\n{domains}",
+            config.spool.dir.display(),
+            config.delivery.outbox_dir.display()
+        )
+    };
+    std::fs::write(&path, toml("[[domains]]\nname = \"example.com\"\n")).unwrap();
+    let file_config = dkim_relay::config::Config::from_file(&path).unwrap();
+    let mut relay = start(file_config).await;
+    relay.watch(Some(path.clone())).unwrap();
+    let mut client = Client::connect(relay.smtp_addr()).await;
+    client.ehlo().await;
+
+    // A domain the relay has no key for is refused...
+    let r = client
+        .send(
+            "a@host",
+            &["u@example.net"],
+            &message("a@added.example", "before"),
+        )
+        .await;
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    // ...until keys for it appear in the store (as `keys generate` + activation would do).
+    let store = KeyStore::new(&config.keys.dir);
+    dkim_relay::relay::bootstrap_keys(&store, &[domain("added.example")]).unwrap();
+    let r = eventually(&mut client, "a@added.example", "250").await;
+    assert!(r.starts_with("250"), "key store change not applied: {r}");
+
+    // Config changes apply too: Ed25519 off for example.com means one signature...
+    let mut events = relay.subscribe();
+    let outbox = config.delivery.outbox_dir.clone();
+    let count = |id: &str| {
+        let text = std::fs::read_to_string(outbox.join(format!("{id}.eml"))).unwrap();
+        text.matches("DKIM-Signature:").count()
+    };
+    for (domains, want) in [
+        ("[[domains]]\nname = \"example.com\"\ned25519 = false\n", 1),
+        // A broken file is refused (logged) and the watcher carries on...
+        ("[[domains]]\nname = \"example.com\"\nbogus_key = 1\n", 1),
+        // ...and applies the next good one.
+        ("[[domains]]\nname = \"example.com\"\ned25519 = true\n", 2),
+    ] {
+        std::fs::write(&path, toml(domains)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = client
+                .send(
+                    "a@host",
+                    &["u@example.net"],
+                    &message("a@example.com", "cfg"),
+                )
+                .await;
+            assert!(r.starts_with("250"), "{r}");
+            let id = r.rsplit(' ').next().unwrap().to_string();
+            wait_for(&mut events, |e| matches!(e, dkim_relay::delivery::DeliveryEvent::Done { id: d } if d.as_str() == id)).await;
+            if count(&id) == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "config change to {want} signature(s) not applied"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    relay.shutdown().await;
+}
