@@ -167,6 +167,35 @@ async fn commands_pipelined_after_starttls_are_discarded_not_answered_inside_tls
 }
 
 #[tokio::test]
+async fn a_transaction_begun_in_clear_text_does_not_survive_starttls() {
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), "s");
+    let mut config = config(dir.path(), Some(upstream.addr));
+    with_tls_and_auth(&mut config, &pki, None);
+    let relay = start(config).await;
+    let mut plain = Smtp::connect(relay.smtp_addr()).await;
+    plain.ehlo().await;
+    assert!(plain
+        .cmd("MAIL FROM:<a@example.com>")
+        .await
+        .starts_with("250 2.1.0"));
+    assert_eq!(plain.cmd("STARTTLS").await, "220 2.0.0 Ready to start TLS");
+    let mut tls = Smtp::new(handshake(plain.into_inner(), &pki.ca_pem).await);
+    // No EHLO inside TLS yet: the session is Fresh, the MAIL from before is gone.
+    assert_eq!(
+        tls.cmd("MAIL FROM:<a@example.com>").await,
+        "503 5.5.1 Bad sequence of commands: send EHLO first"
+    );
+    tls.ehlo().await;
+    assert_eq!(
+        tls.cmd("RCPT TO:<u@example.net>").await,
+        "503 5.5.1 Bad sequence of commands: send MAIL first"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
 async fn require_tls_refuses_mail_in_clear_text() {
     let (relay, _upstream, dir, pki) = tls_relay(true).await;
     let mut plain = Smtp::connect(relay.smtp_addr()).await;
