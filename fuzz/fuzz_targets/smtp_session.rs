@@ -73,6 +73,8 @@ fn world() -> &'static World {
                 lifetime: Duration::from_secs(3600),
             },
             events: tokio::sync::broadcast::channel(1).0,
+            hostname: "fuzz.test".into(),
+            delay_warning: None,
         });
         // The runner stops at once: accepted messages stay in the spool, which each run
         // empties, so the fuzzer does not fill the disk.

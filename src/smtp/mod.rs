@@ -8,6 +8,7 @@ mod auth;
 mod conn;
 pub mod connection;
 pub mod data;
+mod envelope;
 pub mod pace;
 pub mod reply;
 pub mod server;

@@ -1,0 +1,97 @@
+//! The envelope verbs, MAIL and RCPT: who may relay, from which sender domain, to how
+//! many recipients, with which parameters.
+
+use super::reply::{Refusal, Reply};
+use super::session::{Session, State, Transaction};
+use std::borrow::Cow;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+const ALLOWED_MAIL_FLAGS: u64 = smtp_proto::MAIL_BODY_7BIT | smtp_proto::MAIL_BODY_8BITMIME;
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    pub(super) fn mail(
+        &mut self,
+        from: smtp_proto::MailFrom<Cow<'_, str>>,
+    ) -> Result<Reply, Refusal> {
+        match self.state {
+            State::Fresh => return Err(Refusal::BadSequence("send EHLO first")),
+            State::Transaction(_) => return Err(Refusal::BadSequence("nested MAIL command")),
+            State::Ready => {}
+        }
+        let smtp = &self.ctx.config.smtp;
+        if self.messages >= smtp.max_messages_per_session {
+            tracing::info!(
+                messages = self.messages,
+                "smtp.max_messages_per_session reached; closing"
+            );
+            return Err(Refusal::TooManyMessages);
+        }
+        if smtp.tls.as_ref().is_some_and(|t| t.require_tls) && !self.phase.tls() {
+            return Err(Refusal::TlsRequired);
+        }
+        let Some(grant) = self.grant() else {
+            tracing::warn!(client = %self.client.ip, sender = %from.address, "relay refused: client not in an allowed network and not authenticated");
+            return Err(Refusal::RelayDenied);
+        };
+        let eight_bit_refused =
+            !smtp.upstream_8bitmime && from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0;
+        if from.flags & !ALLOWED_MAIL_FLAGS != 0
+            || eight_bit_refused
+            || from.env_id.is_some()
+            || from.trans_id.is_some()
+            || from.auth.is_some()
+            || from.mtrk.is_some()
+            || from.by != 0
+            || from.hold_for != 0
+            || from.hold_until != 0
+        {
+            return Err(Refusal::UnsupportedParameter);
+        }
+        if from.size as u64 > smtp.max_message_size.0 {
+            return Err(Refusal::MessageTooBig);
+        }
+        let address = from.address.trim().to_string();
+        if !address.is_ascii() {
+            return Err(Refusal::NonAsciiAddress);
+        }
+        if !address.is_empty() {
+            let Some((_, domain)) = address.rsplit_once('@') else {
+                return Err(Refusal::Syntax("MAIL FROM:<user@domain> or MAIL FROM:<>"));
+            };
+            let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            if !grant.permits(&domain) {
+                tracing::warn!(client = %self.client.ip, user = %self.user_name(), domain = %domain, allowed = %grant.describe(), "envelope sender domain not allowed for this client");
+                return Err(Refusal::SenderDomainDenied);
+            }
+        }
+        self.state = State::Transaction(Transaction {
+            mail_from: address,
+            rcpts: Vec::new(),
+            declared_size: from.size,
+        });
+        Ok(Reply::new(250, "2.1.0", "Sender OK"))
+    }
+
+    pub(super) fn rcpt(&mut self, to: smtp_proto::RcptTo<Cow<'_, str>>) -> Result<Reply, Refusal> {
+        let max = self.ctx.config.smtp.max_recipients;
+        let State::Transaction(txn) = &mut self.state else {
+            return Err(Refusal::BadSequence("send MAIL first"));
+        };
+        if to.flags != 0 || to.orcpt.is_some() || to.rrvs != 0 {
+            return Err(Refusal::UnsupportedParameter);
+        }
+        let address = to.address.trim();
+        if !address.is_ascii() {
+            return Err(Refusal::NonAsciiAddress);
+        }
+        match address.rsplit_once('@') {
+            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {}
+            _ => return Err(Refusal::BadRecipient),
+        }
+        if txn.rcpts.len() >= max {
+            return Err(Refusal::TooManyRecipients);
+        }
+        txn.rcpts.push(address.to_string());
+        Ok(Reply::new(250, "2.1.5", "Recipient OK"))
+    }
+}
