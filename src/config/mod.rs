@@ -6,11 +6,13 @@
 //! spool in `./spool`, signed mail written to `./outbox` because no upstream is set.
 
 mod inbound;
+mod rotation;
 mod units;
 mod upstreams;
 
 pub use inbound::{normalise_domains, InboundAuthConfig, InboundTlsConfig, SenderPolicyConfig};
 
+pub use rotation::{RotationConfig, SigningMode};
 pub use units::{parse_duration, parse_size, ByteSize, HumanDuration};
 pub use upstreams::{RouteConfig, SigningProfileName};
 
@@ -64,102 +66,6 @@ pub struct Config {
     /// on); only the embedded defaults turn DNS checks off, for trying the relay out.
     #[serde(default)]
     pub rotation: RotationConfig,
-}
-
-/// Which keys sign (DESIGN §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SigningMode {
-    /// Only the active key of each algorithm.
-    Active,
-    /// Every active and published key: "sign with both, replace one at a time".
-    AllPublished,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RotationConfig {
-    /// Run rotation inside `serve`. Off where one central job runs `keys rotate --due`.
-    pub enabled: bool,
-    /// Age of the active keys after which they are replaced.
-    pub interval: HumanDuration,
-    /// With DNS checks off: time after publishing before a key counts as published.
-    pub propagation_wait: HumanDuration,
-    /// How long a replaced key stays published and kept after the switch.
-    pub grace: HumanDuration,
-    /// The longest time the upstream may keep retrying a message we handed it; the grace
-    /// period must cover it, or its last retries would carry a signature DNS no longer
-    /// serves. Amazon SES and most providers retry well under a day; Postfix 5 days.
-    pub upstream_retry_window: HumanDuration,
-    /// Activate a key only once DNS is seen to serve exactly it.
-    pub dns_check: bool,
-    /// How often a pending key's record is looked up again.
-    pub dns_recheck: HumanDuration,
-    /// DNS server (ip:port) for those lookups; default: the system resolver.
-    pub resolver: Option<SocketAddr>,
-    /// Executable run with DKIM_RELAY_ACTION=publish|revoke and the record in its
-    /// environment (like certbot's manual hooks). Failures are retried; rotation waits.
-    pub publish_hook: Option<PathBuf>,
-    /// How often `serve` runs the planner.
-    pub check_every: HumanDuration,
-    pub signing: SigningMode,
-}
-
-impl Default for RotationConfig {
-    fn default() -> Self {
-        RotationConfig {
-            enabled: true,
-            interval: HumanDuration(Duration::from_secs(90 * 86_400)),
-            propagation_wait: HumanDuration(Duration::from_secs(3600)),
-            grace: HumanDuration(Duration::from_secs(7 * 86_400)),
-            upstream_retry_window: HumanDuration(Duration::from_secs(5 * 86_400)),
-            dns_check: true,
-            dns_recheck: HumanDuration(Duration::from_secs(300)),
-            resolver: None,
-            publish_hook: None,
-            check_every: HumanDuration(Duration::from_secs(300)),
-            signing: SigningMode::Active,
-        }
-    }
-}
-
-impl RotationConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.grace < self.upstream_retry_window {
-            return Err(ConfigError::new(
-                "rotation.grace",
-                format!(
-                    "is shorter than rotation.upstream_retry_window ({}): mail the upstream retries would carry a signature DNS no longer serves",
-                    self.upstream_retry_window
-                ),
-            ));
-        }
-        if self.interval <= self.grace {
-            return Err(ConfigError::new(
-                "rotation.interval",
-                "must be longer than rotation.grace, or a rotation finds the other slot still retiring",
-            ));
-        }
-        if self.check_every.0 < Duration::from_secs(1) {
-            return Err(ConfigError::new(
-                "rotation.check_every",
-                "must be at least 1s",
-            ));
-        }
-        if let Some(hook) = &self.publish_hook {
-            let meta = std::fs::metadata(hook).map_err(|e| {
-                ConfigError::new("rotation.publish_hook", format!("{}: {e}", hook.display()))
-            })?;
-            use std::os::unix::fs::PermissionsExt;
-            if meta.permissions().mode() & 0o111 == 0 {
-                return Err(ConfigError::new(
-                    "rotation.publish_hook",
-                    format!("{} is not executable", hook.display()),
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
