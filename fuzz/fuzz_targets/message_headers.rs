@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
         // Names and values are slices of the message itself, inside the header block.
         assert!(range.contains(&field.name.as_ptr()) || field.name.is_empty());
         assert!(!field.name.is_empty());
-        assert!(field.name.iter().all(|&b| (33..=126).contains(&b) && b != b':'));
+        assert!(field
+            .name
+            .iter()
+            .all(|&b| (33..=126).contains(&b) && b != b':'));
         let _ = field.unfolded();
     }
     if let Ok(domain) = from_domain(&block) {

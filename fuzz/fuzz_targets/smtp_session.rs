@@ -107,7 +107,12 @@ fn session(input: &[u8]) {
             grant: Some(dkim_relay::auth::DomainGrant::Any),
             started: tokio::time::Instant::now(),
         };
-        let task = tokio::spawn(serve_stream(server, info, w.ctx.clone(), w.shutdown.clone()));
+        let task = tokio::spawn(serve_stream(
+            server,
+            info,
+            w.ctx.clone(),
+            w.shutdown.clone(),
+        ));
         let writer = async {
             let _ = tx.write_all(input).await;
             let _ = tx.shutdown().await;
@@ -150,7 +155,10 @@ fn parse_in_pieces(input: &[u8], cuts: &[usize]) -> (usize, bool, Vec<u8>, Strin
         }
     }
     let done = p.is_done();
-    let verdict = format!("{:?} {} {} {}", p.taint, p.too_big, p.long_line, p.eight_bit);
+    let verdict = format!(
+        "{:?} {} {} {}",
+        p.taint, p.too_big, p.long_line, p.eight_bit
+    );
     (used, done, p.into_message(), verdict)
 }
 
