@@ -57,8 +57,7 @@ async fn a_5xx_recipient_gets_a_signed_well_formed_dsn_to_the_envelope_sender() 
     config.hostname = "relay.example.com".into();
     let relay = start(config).await;
     let mut events = relay.subscribe();
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
     let r = client
         .send(
             "app@example.com",
@@ -119,8 +118,7 @@ async fn a_message_from_the_null_sender_is_never_bounced() {
     let dir = tempfile::tempdir().unwrap();
     let relay = start(config(dir.path(), Some(upstream.addr))).await;
     let mut events = relay.subscribe();
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
     for sender in ["", "app@example.com"] {
         let r = client
             .send(

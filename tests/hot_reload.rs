@@ -39,8 +39,7 @@ async fn new_domains_and_keys_apply_without_restart_and_bad_config_is_refused() 
     let file_config = dkim_relay::config::Config::from_file(&path).unwrap();
     let mut relay = start(file_config).await;
     relay.watch(Some(path.clone())).unwrap();
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
 
     // A domain the relay has no key for is refused...
     let r = client

@@ -38,8 +38,7 @@ async fn an_outage_then_recovery_is_in_the_log_and_everything_is_delivered() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let (child, addr) = spawn_relay(&config, log.clone());
 
-    let mut client = Client::connect(addr).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(addr).await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let r = client

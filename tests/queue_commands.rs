@@ -48,8 +48,7 @@ async fn list(root: &Path) -> Vec<Value> {
 }
 
 async fn submit(addr: std::net::SocketAddr, subject: &str) -> String {
-    let mut client = Client::connect(addr).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(addr).await;
     let r = client
         .send(
             "app@example.com",

@@ -16,8 +16,7 @@ async fn relayed_mail_is_signed_with_rsa_and_ed25519_and_verifies() {
     let mut events = relay.subscribe();
     let cache = TxtCache::from_store(&dir.path().join("keys"));
 
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
     let body = "From: \"Cron Daemon\" <cron@example.com>\r\nTo: ops@example.net\r\nSubject: backup done\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\nMessage-ID: <a1@host>\r\n\r\nAll good.\r\n.hidden dot line\r\n\r\n  \r\n";
     let r = client
         .send(
@@ -97,8 +96,7 @@ async fn restart_with_a_non_empty_spool_delivers_exactly_what_was_there() {
     // First life: the upstream is down, so everything stays queued.
     let relay = start(config(dir.path(), Some(closed_port()))).await;
     let mut events = relay.subscribe();
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
     for i in 0..3 {
         let r = client
             .send(
@@ -168,8 +166,7 @@ async fn a_temporary_failure_is_retried_and_delivered_once() {
     let dir = tempfile::tempdir().unwrap();
     let relay = start(config(dir.path(), Some(upstream.addr))).await;
     let mut events = relay.subscribe();
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
     let r = client
         .send(
             "app@host",
@@ -200,8 +197,7 @@ async fn a_permanent_refusal_fails_that_recipient_only() {
     let dir = tempfile::tempdir().unwrap();
     let relay = start(config(dir.path(), Some(upstream.addr))).await;
     let mut events = relay.subscribe();
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
     let r = client
         .send(
             "app@host",
@@ -257,8 +253,7 @@ async fn without_an_upstream_signed_mail_lands_in_the_outbox() {
     let relay = start(config(dir.path(), None)).await;
     let mut events = relay.subscribe();
     let cache = TxtCache::from_store(&dir.path().join("keys"));
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
     let r = client
         .send(
             "someone@example.com",
@@ -289,8 +284,7 @@ async fn a_domain_whose_key_is_unreadable_is_deferred_never_sent_unsigned() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let relay = start(config).await;
     let mut events = relay.subscribe();
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
     let r = client
         .send(
             "a@host",

@@ -108,8 +108,7 @@ async fn a_running_relay_rotates_only_to_keys_dns_serves_and_old_mail_still_veri
     publish(&dns, &store, DOMAIN, &["s1", "e1"]);
     let relay = start(config.clone()).await;
     let mut events = relay.subscribe();
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
     let outbox = dir.path().join("outbox");
     let send = |n: usize| message("app@example.com", &format!("m{n}"));
     let read_outbox = |id: &str| std::fs::read(outbox.join(format!("{id}.eml"))).unwrap();
@@ -220,8 +219,7 @@ async fn mail_for_a_domain_without_an_active_key_waits_and_goes_once_dns_serves_
         "{state:?}"
     );
 
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
     let r = client
         .send(
             "a@host",

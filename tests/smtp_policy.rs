@@ -51,8 +51,7 @@ async fn messages_breaking_the_from_policy_are_refused_with_enhanced_codes() {
         ),
         ("not a header line\r\n\r\nbody\r\n", "550 5.6.0"),
     ];
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
     for (msg, expected) in cases {
         let r = client.send("a@host", &["u@example.net"], msg).await;
         assert!(r.starts_with(expected), "{msg:?}: got {r}");
@@ -86,8 +85,7 @@ async fn clients_outside_the_allowed_networks_cannot_relay() {
     let mut config = config(dir.path(), Some(upstream.addr));
     config.smtp.allowed_networks = vec!["192.0.2.0/24".parse().unwrap()];
     let relay = start(config).await;
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
     assert!(client
         .cmd("MAIL FROM:<a@example.com>")
         .await
@@ -172,8 +170,7 @@ async fn protocol_sequence_and_limits_are_enforced() {
     let mut config = config(dir2.path(), None);
     config.smtp.max_recipients = 2;
     let relay2 = start(config).await;
-    let mut client = Client::connect(relay2.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay2.smtp_addr()).await;
     client.cmd("MAIL FROM:<a@example.com>").await;
     assert!(client
         .cmd("RCPT TO:<1@example.net>")
@@ -223,8 +220,7 @@ async fn smuggling_payloads_are_refused_and_nothing_reaches_the_upstream() {
         b"\r\n.\r",
         b"\r\n\x00.\r\n",
     ];
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
     for end in ends {
         assert!(client
             .cmd("MAIL FROM:<a@example.com>")

@@ -33,8 +33,7 @@ async fn a_full_spool_answers_452_keeps_nothing_and_recovers() {
     let relay = start(config(dir.path(), Some(upstream.addr))).await;
     let mut events = relay.subscribe();
     let full = relay.spool_disk_full();
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
 
     full.set(true);
     let r = send(&mut client, "while-full", 4).await;
@@ -85,8 +84,7 @@ async fn a_real_full_filesystem_answers_452_and_recovers_when_space_returns() {
     config.spool.dir = fs.join("spool");
     let relay = start(config).await;
     let mut events = relay.subscribe();
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
 
     // Fill the filesystem, leaving a little room: less than the message needs.
     let filler = fs.join("filler");

@@ -17,8 +17,7 @@ async fn send_one(
     rcpts: &[&str],
     subject: &str,
 ) {
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
     let r = client
         .send("app@host", rcpts, &message(from, subject))
         .await;
@@ -53,8 +52,7 @@ async fn the_pool_never_opens_more_connections_than_its_size_and_reuses_them() {
     for c in 0..3 {
         let addr = relay.smtp_addr();
         clients.push(tokio::spawn(async move {
-            let mut client = Client::connect(addr).await;
-            client.ehlo().await;
+            let mut client = Client::greeted(addr).await;
             for i in 0..8 {
                 let r = client
                     .send(

@@ -61,8 +61,7 @@ async fn deliver_over(mode: TlsMode) {
     }
     let relay = start(config).await;
     let mut events = relay.subscribe();
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
     for i in 0..2 {
         let r = client
             .send(
@@ -115,8 +114,7 @@ async fn an_untrusted_certificate_defers_instead_of_sending() {
     }
     let relay = start(config).await;
     let mut events = relay.subscribe();
-    let mut client = Client::connect(relay.smtp_addr()).await;
-    client.ehlo().await;
+    let mut client = Client::greeted(relay.smtp_addr()).await;
     let r = client
         .send(
             "app@host",

@@ -212,6 +212,13 @@ impl Client {
         self.reply().await
     }
 
+    /// Connects and says EHLO.
+    pub async fn greeted(addr: SocketAddr) -> Client {
+        let mut client = Client::connect(addr).await;
+        client.ehlo().await;
+        client
+    }
+
     pub async fn ehlo(&mut self) {
         let r = self.cmd("EHLO client.test").await;
         assert!(r.starts_with("250 "), "{r}");
