@@ -107,6 +107,7 @@ fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Res
             // Without events the relay still works; changes need a restart.
             tracing::warn!(error = %e, "hot reload is off");
         }
+        crate::systemd::notify_ready();
         wait_for_signal().await;
         tracing::info!("shutting down");
         relay.shutdown().await;

@@ -31,4 +31,5 @@ pub mod relay;
 pub mod rotation;
 pub mod smtp;
 pub mod spool;
+pub mod systemd;
 pub mod watch;
