@@ -21,7 +21,10 @@ COPY deploy/container.toml /etc/dkim-relay/config.toml
 USER dkim-relay
 WORKDIR /var/lib/dkim-relay
 VOLUME ["/var/lib/dkim-relay/spool", "/var/lib/dkim-relay/keys"]
-EXPOSE 2525
+EXPOSE 2525 9325
+# Asks the relay's own /healthz (metrics.listen in the config); no curl needed.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
+    CMD ["/usr/local/bin/dkim-relay", "--config", "/etc/dkim-relay/config.toml", "health"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/dkim-relay", "--config", "/etc/dkim-relay/config.toml"]
 CMD ["serve"]

@@ -44,6 +44,13 @@ pub enum Command {
     /// Inbound AUTH commands.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Ask the running relay's health endpoint (for container HEALTHCHECKs); exit 0 if
+    /// it answers 200. Uses `[metrics] listen` from the config.
+    Health {
+        /// "healthz" (the process answers) or "readyz" (it can do its job).
+        #[arg(long, default_value = "healthz")]
+        check: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +73,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             logging::init(cli.log_format);
             serve(config, cli.config)
         }
+        Command::Health { check } => health(&config, &check),
         Command::Config(ConfigCommand::Check) => {
             let source = cli
                 .config
@@ -146,4 +154,34 @@ fn hash_password() -> anyhow::Result<()> {
     }
     println!("{}", crate::auth::hash_password(password.as_bytes())?);
     Ok(())
+}
+
+/// One GET to the health listener with a short timeout; Ok only for 200.
+fn health(config: &Config, check: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    if !matches!(check, "healthz" | "readyz") {
+        anyhow::bail!("--check is healthz or readyz");
+    }
+    let mut addr = config
+        .metrics
+        .listen
+        .context("no [metrics] listen address in the config: nothing to ask")?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let timeout = std::time::Duration::from_secs(5);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot reach {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(format!("GET /{check} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.lines().next().unwrap_or("");
+    print!("{body}");
+    if status.split_whitespace().nth(1) == Some("200") {
+        Ok(())
+    } else {
+        anyhow::bail!("{check}: {status}")
+    }
 }

@@ -27,6 +27,7 @@ mod fsutil;
 pub mod keys;
 pub mod logging;
 pub mod message;
+pub mod metrics;
 pub mod relay;
 pub mod rotation;
 pub mod smtp;

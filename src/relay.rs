@@ -77,6 +77,8 @@ pub struct RelayHandle {
     smtp_addr: SocketAddr,
     /// The implicit-TLS listener's address, when `smtp.tls.implicit_listen` is set.
     smtp_tls_addr: Option<SocketAddr>,
+    /// The metrics/health listener, if configured.
+    metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     queue: QueueHandle,
     events: broadcast::Sender<DeliveryEvent>,
@@ -99,6 +101,10 @@ impl RelayHandle {
     }
 
     /// The implicit-TLS listener's address (useful with port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     pub fn smtp_tls_addr(&self) -> Option<SocketAddr> {
         self.smtp_tls_addr
     }
@@ -269,11 +275,39 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
             shutdown_rx.clone(),
         )));
     }
+    // Detached: it ends when the event channel closes, after the handle is dropped.
+    tokio::spawn(crate::metrics::count_deliveries(events.subscribe()));
+    let metrics_addr = match config.metrics.listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| StartError::Listen { addr, source })?;
+            let ctx = Arc::new(crate::metrics::HttpContext {
+                live: live.clone(),
+                keys: keys.clone(),
+                store: store.clone(),
+                spool_dir: config.spool.dir.clone(),
+                queue_dir: spool_handle.queue_dir().to_path_buf(),
+            });
+            tasks.push(tokio::spawn(crate::metrics::serve(
+                listener,
+                ctx,
+                shutdown_rx.clone(),
+            )));
+            tracing::info!(listen = %bound, "metrics and health on http://{bound}/metrics, /healthz, /readyz");
+            Some(bound)
+        }
+        None => None,
+    };
     tracing::info!(listen = %smtp_addr, hostname = %config.hostname, "dkim-relay is accepting mail");
 
     Ok(RelayHandle {
         smtp_addr,
         smtp_tls_addr,
+        metrics_addr,
         shutdown: shutdown_tx,
         queue,
         events,

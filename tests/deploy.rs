@@ -17,10 +17,15 @@ fn serve_sends_ready_to_systemd_and_stops_on_sigterm() {
         .unwrap();
     let config = dir.path().join("relay.toml");
     let d = dir.path().display();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     std::fs::write(
         &config,
         format!(
-            "[smtp]\nlisten = \"127.0.0.1:0\"\n[spool]\ndir = \"{d}/spool\"\n[keys]\ndir = \"{d}/keys\"\n[delivery]\noutbox_dir = \"{d}/outbox\"\n[rotation]\ndns_check = false\n"
+            "[smtp]\nlisten = \"127.0.0.1:0\"\n[spool]\ndir = \"{d}/spool\"\n[keys]\ndir = \"{d}/keys\"\n[delivery]\noutbox_dir = \"{d}/outbox\"\n[rotation]\ndns_check = false\n[metrics]\nlisten = \"0.0.0.0:{port}\"\n"
         ),
     )
     .unwrap();
@@ -34,6 +39,17 @@ fn serve_sends_ready_to_systemd_and_stops_on_sigterm() {
         .unwrap();
     let mut buf = [0u8; 64];
     let got = socket.recv(&mut buf);
+    // The container HEALTHCHECK command, against the running relay.
+    let health = |check: &str| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(["health", "--check", check])
+            .output()
+            .unwrap()
+    };
+    let healthz = health("healthz");
+    let readyz = health("readyz");
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -43,6 +59,19 @@ fn serve_sends_ready_to_systemd_and_stops_on_sigterm() {
     let n = got.expect("no READY=1 from the relay");
     assert_eq!(&buf[..n], b"READY=1");
     assert!(status.success(), "exit after SIGTERM: {status}");
+    assert!(
+        healthz.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthz.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&healthz.stdout), "ok\n");
+    assert!(
+        readyz.status.success(),
+        "{}",
+        String::from_utf8_lossy(&readyz.stderr)
+    );
+    // With the relay stopped, the check fails.
+    assert!(!health("healthz").status.success());
 }
 
 #[test]

@@ -6,12 +6,14 @@
 //! spool in `./spool`, signed mail written to `./outbox` because no upstream is set.
 
 mod inbound;
+mod metrics;
 mod rotation;
 mod units;
 mod upstreams;
 
 pub use inbound::{normalise_domains, InboundAuthConfig, InboundTlsConfig, SenderPolicyConfig};
 
+pub use metrics::MetricsConfig;
 pub use rotation::{RotationConfig, SigningMode};
 pub use units::{parse_duration, parse_size, ByteSize, HumanDuration};
 pub use upstreams::{RouteConfig, SigningProfileName};
@@ -66,6 +68,9 @@ pub struct Config {
     /// on); only the embedded defaults turn DNS checks off, for trying the relay out.
     #[serde(default)]
     pub rotation: RotationConfig,
+    /// Metrics and health endpoints (off unless `listen` is set).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -276,6 +281,7 @@ impl Default for Config {
                 propagation_wait: HumanDuration(Duration::ZERO),
                 ..RotationConfig::default()
             },
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -240,6 +240,7 @@ async fn prepare_and_send(
         let mut headers = String::new();
         for s in &signatures {
             tracing::info!(queue_id = %env.id, d = %keys.domain, s = %s.selector, a = s.algorithm.dkim_a(), "signed");
+            crate::metrics::global().signature(&keys.domain, &s.selector, s.algorithm.dkim_a());
             headers.push_str(&s.header);
         }
         Ok(headers)

@@ -192,6 +192,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             from_domain = %envelope.from_domain,
             "message accepted"
         );
+        crate::metrics::Registry::add(&crate::metrics::global().accepted);
         let state = DeliveryState::new(&envelope);
         self.ctx.queue.enqueue(QueuedMessage { envelope, state });
         Ok(id)

@@ -200,6 +200,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Queues a reply, counting errors; closes after too many or after a 421.
     pub(super) fn respond(&mut self, reply: Reply) -> Flow {
+        if reply.is_error() {
+            crate::metrics::global().refusal(reply.code, reply.status);
+        }
         self.conn.queue_reply(&reply);
         if reply.closes() {
             return Flow::Close;

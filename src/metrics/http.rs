@@ -1,0 +1,84 @@
+//! A deliberately small HTTP/1.1 server for three GET paths; one request per connection.
+
+use super::render::{readiness, render};
+use crate::dkim::SharedKeyRing;
+use crate::keys::KeyStore;
+use crate::relay::LiveConfig;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub struct HttpContext {
+    pub live: Arc<LiveConfig>,
+    pub keys: Arc<SharedKeyRing>,
+    pub store: KeyStore,
+    pub spool_dir: PathBuf,
+    pub queue_dir: PathBuf,
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<HttpContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), handle(stream, &ctx))
+                .await;
+        });
+    }
+}
+
+async fn handle(mut stream: TcpStream, ctx: &HttpContext) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    let request = String::from_utf8_lossy(&buf[..len]);
+    let mut words = request.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let now = crate::delivery::now_unix();
+    let config = ctx.live.current();
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/readyz") => match readiness(&config, &ctx.keys, &ctx.spool_dir, now) {
+            Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
+            Err(problems) => (
+                "503 Service Unavailable",
+                "text/plain",
+                problems.join("\n") + "\n",
+            ),
+        },
+        ("GET", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            render(&config, &ctx.store, &ctx.queue_dir, now),
+        ),
+        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}

@@ -1,0 +1,105 @@
+//! Metrics and health over a small HTTP listener (off unless `[metrics] listen` is set):
+//! `/metrics` (Prometheus text format), `/healthz` (the process answers) and `/readyz`
+//! (spool writable, keys loaded, an active key per configured domain, upstream reached).
+//!
+//! Counters live in one process-wide registry, like Prometheus client libraries do. Labels
+//! are bounded: reply codes, configured domains and selectors; never ids or addresses.
+
+mod http;
+mod render;
+
+pub use http::{serve, HttpContext};
+pub use render::{readiness, render};
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+#[derive(Default)]
+pub struct Registry {
+    pub accepted: AtomicU64,
+    pub delivered: AtomicU64,
+    pub deferred: AtomicU64,
+    pub failed: AtomicU64,
+    /// Refusals by (reply code, enhanced status).
+    refusals: Mutex<BTreeMap<(u16, &'static str), u64>>,
+    /// Signatures by (domain, selector, algorithm).
+    signatures: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    /// Unix time of the last delivery the upstream (or outbox) took, and of the last deferral.
+    pub last_delivered: AtomicU64,
+    pub last_deferred: AtomicU64,
+}
+
+pub fn global() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(Registry::default)
+}
+
+impl Registry {
+    pub fn refusal(&self, code: u16, status: &'static str) {
+        *self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((code, status))
+            .or_default() += 1;
+    }
+
+    pub fn signature(&self, domain: &str, selector: &str, algorithm: &'static str) {
+        *self
+            .signatures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((domain.to_string(), selector.to_string(), algorithm))
+            .or_default() += 1;
+    }
+
+    pub fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn refusals(&self) -> Vec<((u16, &'static str), u64)> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
+    fn signatures(&self) -> Vec<((String, String, &'static str), u64)> {
+        self.signatures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+}
+
+/// Counts delivery outcomes from the runner's event stream (no coupling to its internals).
+pub async fn count_deliveries(
+    mut events: tokio::sync::broadcast::Receiver<crate::delivery::DeliveryEvent>,
+) {
+    use crate::delivery::DeliveryEvent as E;
+    let r = global();
+    loop {
+        match events.recv().await {
+            Ok(E::Delivered { .. }) => {
+                Registry::add(&r.delivered);
+                r.last_delivered
+                    .store(crate::delivery::now_unix(), Ordering::Relaxed);
+            }
+            Ok(E::Deferred { .. }) => {
+                Registry::add(&r.deferred);
+                r.last_deferred
+                    .store(crate::delivery::now_unix(), Ordering::Relaxed);
+            }
+            Ok(E::Failed { .. }) => Registry::add(&r.failed),
+            Ok(_) => {}
+            // Missed events under load only make the counters low; keep going.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The Prometheus text page and the readiness verdict, computed at scrape time from the
+//! counters, the spool directory and the key store.
+
+use super::global;
+use crate::config::Config;
+use crate::dkim::{KeyLookup, SharedKeyRing};
+use crate::keys::{DnsOutcome, KeyStore, SlotState};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+/// (number of queued messages, age in seconds of the oldest) from the spool's file names:
+/// queue ids start with 14 hex digits of microseconds since the epoch.
+fn queue_stats(queue_dir: &Path, now: u64) -> (u64, u64) {
+    let mut count = 0;
+    let mut oldest = u64::MAX;
+    if let Ok(entries) = std::fs::read_dir(queue_dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".msg") else {
+                continue;
+            };
+            count += 1;
+            if let Some(micros) = id.get(..14).and_then(|h| u64::from_str_radix(h, 16).ok()) {
+                oldest = oldest.min(micros / 1_000_000);
+            }
+        }
+    }
+    let age = if count == 0 {
+        0
+    } else {
+        now.saturating_sub(oldest)
+    };
+    (count, age)
+}
+
+fn state_name(state: SlotState) -> &'static str {
+    match state {
+        SlotState::Pending => "pending",
+        SlotState::Published => "published",
+        SlotState::Active => "active",
+        SlotState::Retiring => "retiring",
+        SlotState::Retired => "retired",
+    }
+}
+
+pub fn render(config: &Config, store: &KeyStore, queue_dir: &Path, now: u64) -> String {
+    let r = global();
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line("# TYPE dkim_relay_messages_accepted_total counter".into());
+    line(format!(
+        "dkim_relay_messages_accepted_total {}",
+        r.accepted.load(Ordering::Relaxed)
+    ));
+    line("# TYPE dkim_relay_smtp_refusals_total counter".into());
+    for ((code, status), n) in r.refusals() {
+        line(format!(
+            "dkim_relay_smtp_refusals_total{{code=\"{code}\",status=\"{status}\"}} {n}"
+        ));
+    }
+    line("# TYPE dkim_relay_deliveries_total counter".into());
+    for (result, counter) in [
+        ("delivered", &r.delivered),
+        ("deferred", &r.deferred),
+        ("failed", &r.failed),
+    ] {
+        line(format!(
+            "dkim_relay_deliveries_total{{result=\"{result}\"}} {}",
+            counter.load(Ordering::Relaxed)
+        ));
+    }
+    line("# TYPE dkim_relay_signatures_total counter".into());
+    for ((domain, selector, algorithm), n) in r.signatures() {
+        line(format!(
+            "dkim_relay_signatures_total{{domain=\"{domain}\",selector=\"{selector}\",algorithm=\"{algorithm}\"}} {n}"
+        ));
+    }
+    let (queued, oldest) = queue_stats(queue_dir, now);
+    line("# TYPE dkim_relay_queue_messages gauge".into());
+    line(format!("dkim_relay_queue_messages {queued}"));
+    line("# TYPE dkim_relay_queue_oldest_age_seconds gauge".into());
+    line(format!("dkim_relay_queue_oldest_age_seconds {oldest}"));
+
+    line("# TYPE dkim_relay_key_state gauge".into());
+    let mut per_key = Vec::new();
+    for domain in store.domains().unwrap_or_default() {
+        let Ok(Some(state)) = store.load(&domain) else {
+            continue;
+        };
+        for slot in &state.slots {
+            let labels = format!(
+                "domain=\"{domain}\",selector=\"{}\",algorithm=\"{}\"",
+                slot.selector, slot.algorithm
+            );
+            line(format!(
+                "dkim_relay_key_state{{{labels},state=\"{}\"}} 1",
+                state_name(slot.state)
+            ));
+            per_key.push((labels, slot.clone()));
+        }
+    }
+    let rotation = &config.rotation;
+    line("# TYPE dkim_relay_key_age_days gauge".into());
+    for (labels, slot) in &per_key {
+        line(format!(
+            "dkim_relay_key_age_days{{{labels}}} {}",
+            now.saturating_sub(slot.created) / 86_400
+        ));
+    }
+    line("# TYPE dkim_relay_key_next_transition_seconds gauge".into());
+    for (labels, slot) in &per_key {
+        let at = match slot.state {
+            SlotState::Active => {
+                Some(slot.active_since.unwrap_or(slot.created) + rotation.interval.0.as_secs())
+            }
+            SlotState::Retiring => slot.retiring_until,
+            SlotState::Pending if !rotation.dns_check => Some(
+                slot.hook_published.unwrap_or(slot.created) + rotation.propagation_wait.0.as_secs(),
+            ),
+            _ => None,
+        };
+        if let Some(at) = at {
+            line(format!(
+                "dkim_relay_key_next_transition_seconds{{{labels}}} {}",
+                at.saturating_sub(now)
+            ));
+        }
+    }
+    line("# TYPE dkim_relay_key_dns_check_ok gauge".into());
+    line("# TYPE dkim_relay_key_dns_check_timestamp_seconds gauge".into());
+    for (labels, slot) in &per_key {
+        if let Some(check) = &slot.last_dns_check {
+            line(format!(
+                "dkim_relay_key_dns_check_ok{{{labels}}} {}",
+                u8::from(check.outcome == DnsOutcome::Match)
+            ));
+            line(format!(
+                "dkim_relay_key_dns_check_timestamp_seconds{{{labels}}} {}",
+                check.at
+            ));
+        }
+    }
+    out
+}
+
+/// Why the relay is not ready, or Ok.
+pub fn readiness(
+    config: &Config,
+    keys: &SharedKeyRing,
+    spool_dir: &Path,
+    now: u64,
+) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    let probe = spool_dir.join(".ready-probe");
+    match std::fs::write(&probe, b"ok") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+        }
+        Err(e) => problems.push(format!("spool not writable: {e}")),
+    }
+    let ring = keys.current();
+    for domain in &config.domains {
+        match ring.lookup(&domain.name) {
+            KeyLookup::Ready(_) => {}
+            KeyLookup::Unusable(why) => problems.push(format!("{}: {why}", domain.name)),
+            KeyLookup::Unknown => problems.push(format!("{}: no keys loaded", domain.name)),
+        }
+    }
+    // Upstream: unready only while deliveries keep being deferred and nothing has gone
+    // through for `metrics.upstream_within`.
+    let r = global();
+    let delivered = r.last_delivered.load(Ordering::Relaxed);
+    let deferred = r.last_deferred.load(Ordering::Relaxed);
+    let within = config.metrics.upstream_within.0.as_secs();
+    if deferred > delivered && now.saturating_sub(delivered) > within {
+        problems.push(format!(
+            "no successful delivery for over {}s while deliveries are deferred",
+            within
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}

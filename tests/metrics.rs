@@ -1,0 +1,120 @@
+//! /metrics, /healthz and /readyz over HTTP on 127.0.0.1, after real SMTP traffic.
+//! (Its own test binary: the counters are process-wide, like a Prometheus registry.)
+
+mod common;
+
+use common::upstream::FakeUpstream;
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let code = response[9..12].parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
+    (code, body)
+}
+
+fn value(page: &str, series: &str) -> Option<u64> {
+    page.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn counters_move_by_the_traffic_and_readiness_follows_the_keys() {
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), Some(upstream.addr));
+    config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    let relay = start(config).await;
+    let http = relay.metrics_addr().unwrap();
+    let mut events = relay.subscribe();
+
+    assert_eq!(get(http, "/healthz").await, (200, "ok\n".to_string()));
+    assert_eq!(get(http, "/readyz").await.0, 200);
+
+    let mut client = Client::greeted(relay.smtp_addr()).await;
+    for i in 0..2 {
+        let r = client
+            .send(
+                "a@host",
+                &["u@example.net"],
+                &message("a@example.com", &format!("m{i}")),
+            )
+            .await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let r = client
+        .send(
+            "a@host",
+            &["u@example.net"],
+            "Subject: no from\r\n\r\nx\r\n",
+        )
+        .await;
+    assert!(r.starts_with("550 5.6.0"), "{r}");
+    wait_done(&mut events, 2).await;
+
+    let (code, page) = get(http, "/metrics").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        value(&page, "dkim_relay_messages_accepted_total"),
+        Some(2),
+        "{page}"
+    );
+    assert_eq!(
+        value(
+            &page,
+            "dkim_relay_smtp_refusals_total{code=\"550\",status=\"5.6.0\"}"
+        ),
+        Some(1),
+        "{page}"
+    );
+    assert_eq!(
+        value(&page, "dkim_relay_deliveries_total{result=\"delivered\"}"),
+        Some(2),
+        "{page}"
+    );
+    assert_eq!(
+        value(&page, "dkim_relay_signatures_total{domain=\"example.com\",selector=\"s1\",algorithm=\"rsa-sha256\"}"),
+        Some(2),
+        "{page}"
+    );
+    assert_eq!(value(&page, "dkim_relay_queue_messages"), Some(0), "{page}");
+    assert_eq!(
+        value(&page, "dkim_relay_key_state{domain=\"example.com\",selector=\"s1\",algorithm=\"rsa\",state=\"active\"}"),
+        Some(1),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            "dkim_relay_key_next_transition_seconds{domain=\"example.com\",selector=\"e1\""
+        ),
+        "{page}"
+    );
+    // Labels stay bounded: no queue ids or addresses.
+    assert!(!page.contains("@") && !page.contains("queue_id"), "{page}");
+
+    // A configured domain whose key cannot be used makes the relay unready, with the reason.
+    let key = dir.path().join("keys/example.org/s1.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    relay.reload_keys();
+    let (code, body) = get(http, "/readyz").await;
+    assert_eq!(code, 503);
+    assert!(
+        body.contains("example.org") && body.contains("readable by group or others"),
+        "{body}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    relay.reload_keys();
+    assert_eq!(get(http, "/readyz").await.0, 200);
+    assert_eq!(get(http, "/nope").await.0, 404);
+    relay.shutdown().await;
+}
