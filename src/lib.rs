@@ -12,10 +12,11 @@
 //! - [`delivery`]: the queue runner, retry schedule, upstream SMTP client and outbox.
 //!
 //! Around them: [`auth`] (AUTH users, who may send as which domain), [`config`] (the TOML
-//! file), [`keys`] (the key store on disk),
-//! [`message`] (header and From parsing), [`relay`] (wires the stages together),
-//! [`control`] (queue commands and the control socket),
-//! [`cli`] (the command line), [`logging`].
+//! file), [`keys`] (the key store on disk), [`rotation`] (the pure rotation planner and
+//! its executor: hook, DNS check, lock), [`message`] (header and From parsing),
+//! [`relay`] (wires the stages together), [`watch`] (hot reload of config and keys),
+//! [`control`] (queue commands and the control socket), [`metrics`] (/metrics, /healthz,
+//! /readyz), [`systemd`] (readiness notification), [`cli`] (the command line), [`logging`].
 
 pub mod auth;
 pub mod cli;
