@@ -6,26 +6,10 @@
 mod common;
 
 use common::inbound::*;
-use common::upstream::FakeUpstream;
 use common::*;
 use dkim_relay::config::{ByteSize, HumanDuration};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-async fn relay_with(
-    tune: impl FnOnce(&mut dkim_relay::config::Config),
-) -> (
-    dkim_relay::relay::RelayHandle,
-    FakeUpstream,
-    tempfile::TempDir,
-) {
-    let upstream = FakeUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path(), Some(upstream.addr));
-    tune(&mut config);
-    config.validate().unwrap();
-    (start(config).await, upstream, dir)
-}
 
 fn secs(n: u64) -> HumanDuration {
     HumanDuration(Duration::from_secs(n))

@@ -5,7 +5,6 @@
 mod common;
 
 use common::inbound::*;
-use common::upstream::FakeUpstream;
 use common::verify::{assert_signed, TxtCache};
 use common::*;
 
@@ -22,21 +21,6 @@ const ENDS: &[&[u8]] = &[
 /// Header lines (not continuation lines such as a signature's h= list) starting so.
 fn fields(text: &str, start: &str) -> usize {
     text.split("\r\n").filter(|l| l.starts_with(start)).count()
-}
-
-async fn relay_with(
-    tune: impl FnOnce(&mut dkim_relay::config::Config),
-) -> (
-    dkim_relay::relay::RelayHandle,
-    FakeUpstream,
-    tempfile::TempDir,
-) {
-    let upstream = FakeUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path(), Some(upstream.addr));
-    tune(&mut config);
-    config.validate().unwrap();
-    (start(config).await, upstream, dir)
 }
 
 #[tokio::test]

@@ -6,24 +6,13 @@ mod common;
 use common::upstream::FakeUpstream;
 use common::*;
 
-async fn relay_with_upstream() -> (
-    dkim_relay::relay::RelayHandle,
-    FakeUpstream,
-    tempfile::TempDir,
-) {
-    let upstream = FakeUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = start(config(dir.path(), Some(upstream.addr))).await;
-    (relay, upstream, dir)
-}
-
 fn queued_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir.join("spool/queue")).unwrap().count()
 }
 
 #[tokio::test]
 async fn messages_breaking_the_from_policy_are_refused_with_enhanced_codes() {
-    let (relay, upstream, dir) = relay_with_upstream().await;
+    let (relay, upstream, dir) = relay_with(|_| {}).await;
     let cases: &[(&str, &str)] = &[
         (
             "To: a@example.net\r\nSubject: no from\r\n\r\nbody\r\n",
@@ -102,7 +91,7 @@ async fn clients_outside_the_allowed_networks_cannot_relay() {
 
 #[tokio::test]
 async fn protocol_sequence_and_limits_are_enforced() {
-    let (relay, _upstream, dir) = relay_with_upstream().await;
+    let (relay, _upstream, dir) = relay_with(|_| {}).await;
     let mut client = Client::connect(relay.smtp_addr()).await;
     assert!(
         client
@@ -208,7 +197,7 @@ async fn too_many_errors_close_the_session_with_421() {
 /// 550 5.6.0, store nothing, send nothing, and go on serving the session.
 #[tokio::test]
 async fn smuggling_payloads_are_refused_and_nothing_reaches_the_upstream() {
-    let (relay, upstream, dir) = relay_with_upstream().await;
+    let (relay, upstream, dir) = relay_with(|_| {}).await;
     let mut events = relay.subscribe();
     let smuggled_tail = "MAIL FROM:<ceo@example.com>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\nFrom: ceo@example.com\r\nSubject: SMUGGLED\r\n\r\nwire money\r\n";
     let ends: &[&[u8]] = &[

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -135,20 +135,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Smtp<S> {
     }
 
     pub async fn reply_lines(&mut self) -> Vec<String> {
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(20), self.io.read_line(&mut line))
-                .await
-                .expect("reply timeout")
-                .unwrap();
-            assert!(n > 0, "connection closed; lines so far {lines:?}");
-            let last = line.as_bytes().get(3) != Some(&b'-');
-            lines.push(line.trim_end().to_string());
-            if last {
-                return lines;
-            }
-        }
+        super::read_reply_lines(&mut self.io).await
     }
 
     pub async fn reply(&mut self) -> String {

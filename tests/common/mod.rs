@@ -107,6 +107,36 @@ pub async fn start(config: Config) -> RelayHandle {
     relay::start(config).await.unwrap()
 }
 
+/// A relay delivering to a fresh fake upstream, its config adjusted by `tune` first.
+pub async fn relay_with(
+    tune: impl FnOnce(&mut Config),
+) -> (RelayHandle, upstream::FakeUpstream, tempfile::TempDir) {
+    let upstream = upstream::FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), Some(upstream.addr));
+    tune(&mut config);
+    config.validate().unwrap();
+    (start(config).await, upstream, dir)
+}
+
+/// Reads one (possibly multi-line) SMTP reply; returns all its lines.
+pub async fn read_reply_lines<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(20), reader.read_line(&mut line))
+            .await
+            .expect("reply timeout")
+            .unwrap();
+        assert!(n > 0, "connection closed; lines so far {lines:?}");
+        let last = line.as_bytes().get(3) != Some(&b'-');
+        lines.push(line.trim_end().to_string());
+        if last {
+            return lines;
+        }
+    }
+}
+
 /// Waits (bounded) for an event matching `pred`; panics with what was seen otherwise.
 pub async fn wait_for(
     rx: &mut broadcast::Receiver<DeliveryEvent>,
@@ -159,20 +189,7 @@ impl Client {
 
     /// Reads one reply; returns all its lines.
     pub async fn reply_lines(&mut self) -> Vec<String> {
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(20), self.reader.read_line(&mut line))
-                .await
-                .expect("reply timeout")
-                .unwrap();
-            assert!(n > 0, "connection closed");
-            let last = line.as_bytes().get(3) != Some(&b'-');
-            lines.push(line.trim_end().to_string());
-            if last {
-                return lines;
-            }
-        }
+        read_reply_lines(&mut self.reader).await
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
