@@ -87,6 +87,19 @@ async fn counters_move_by_the_traffic_and_readiness_follows_the_keys() {
         Some(2),
         "{page}"
     );
+    // Latency histograms: one observation per message at each stage.
+    for name in [
+        "dkim_relay_signing_seconds",
+        "dkim_relay_upstream_seconds",
+        "dkim_relay_accept_seconds",
+    ] {
+        assert_eq!(value(&page, &format!("{name}_count")), Some(2), "{page}");
+        assert_eq!(
+            value(&page, &format!("{name}_bucket{{le=\"+Inf\"}}")),
+            Some(2),
+            "{page}"
+        );
+    }
     assert_eq!(value(&page, "dkim_relay_queue_messages"), Some(0), "{page}");
     assert_eq!(
         value(&page, "dkim_relay_key_state{domain=\"example.com\",selector=\"s1\",algorithm=\"rsa\",state=\"active\"}"),

@@ -235,8 +235,10 @@ async fn prepare_and_send(
             return Ok(String::new());
         };
         let leave_out: Vec<&str> = profile.leave_out.iter().map(String::as_str).collect();
+        let started = std::time::Instant::now();
         let signatures =
             sign(keys, message, &leave_out, profile.rsa_only).map_err(|e| e.to_string())?;
+        crate::metrics::global().signing.observe(started.elapsed());
         let mut headers = String::new();
         for s in &signatures {
             tracing::info!(queue_id = %env.id, d = %keys.domain, s = %s.selector, a = s.algorithm.dkim_a(), "signed");
@@ -267,7 +269,10 @@ async fn prepare_and_send(
             for (n, upstream) in candidates.iter().enumerate() {
                 let headers = sign_for(upstream.profile())?;
                 let parts: [&[u8]; 2] = [headers.as_bytes(), message];
-                let e = match upstream.send(env, pending, &parts).await {
+                let started = std::time::Instant::now();
+                let sent = upstream.send(env, pending, &parts).await;
+                crate::metrics::global().upstream.observe(started.elapsed());
+                let e = match sent {
                     Ok(outcomes) => {
                         tracing::info!(queue_id = %env.id, upstream = %upstream.name(), "handed to upstream");
                         return Ok(outcomes);

@@ -5,9 +5,11 @@
 //! Counters live in one process-wide registry, like Prometheus client libraries do. Labels
 //! are bounded: reply codes, configured domains and selectors; never ids or addresses.
 
+mod histogram;
 mod http;
 mod render;
 
+pub use histogram::Histogram;
 pub use http::{serve, HttpContext};
 pub use render::{readiness, render};
 
@@ -28,6 +30,12 @@ pub struct Registry {
     /// Unix time of the last delivery the upstream (or outbox) took, and of the last deferral.
     pub last_delivered: AtomicU64,
     pub last_deferred: AtomicU64,
+    /// Time to compute a message's DKIM signatures (all algorithms together).
+    pub signing: Histogram,
+    /// Time from taking an upstream connection to the end of its transaction for a message.
+    pub upstream: Histogram,
+    /// Time from the end of DATA to the 250 (policy checks and the durable spool write).
+    pub accept: Histogram,
 }
 
 pub fn global() -> &'static Registry {

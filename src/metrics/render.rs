@@ -78,6 +78,29 @@ pub fn render(config: &Config, store: &KeyStore, queue_dir: &Path, now: u64) -> 
             "dkim_relay_signatures_total{{domain=\"{domain}\",selector=\"{selector}\",algorithm=\"{algorithm}\"}} {n}"
         ));
     }
+    for (name, help, histogram) in [
+        (
+            "dkim_relay_signing_seconds",
+            "DKIM signing time per message",
+            &r.signing,
+        ),
+        (
+            "dkim_relay_upstream_seconds",
+            "upstream transaction time per message",
+            &r.upstream,
+        ),
+        (
+            "dkim_relay_accept_seconds",
+            "end of DATA to the 250 (spooled)",
+            &r.accept,
+        ),
+    ] {
+        line(format!("# HELP {name} {help}"));
+        line(format!("# TYPE {name} histogram"));
+        let mut lines = String::new();
+        histogram.render(name, "", &mut lines);
+        line(lines.trim_end().to_string());
+    }
     let (queued, oldest) = queue_stats(queue_dir, now);
     line("# TYPE dkim_relay_queue_messages gauge".into());
     line(format!("dkim_relay_queue_messages {queued}"));

@@ -61,8 +61,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Ok(DataRead::Done) => {}
         }
+        let end_of_data = std::time::Instant::now();
         let reply = match self.accept(txn, parser).await {
             Ok(id) => {
+                crate::metrics::global()
+                    .accept
+                    .observe(end_of_data.elapsed());
                 self.messages += 1;
                 Reply::owned(250, "2.0.0", format!("Ok: queued as {id}"))
             }
