@@ -44,6 +44,10 @@ pub enum Command {
     /// Inbound AUTH commands.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Check DNS for each signing domain: SPF authorises the upstream, DKIM serves the key
+    /// store's keys, DMARC has a policy. Exit 0 without errors, 1 with errors, 2 when the
+    /// config or arguments are bad.
+    Doctor(DoctorArgs),
     /// Ask the running relay's health endpoint (for container HEALTHCHECKs); exit 0 if
     /// it answers 200. Uses `[metrics] listen` from the config.
     Health {
@@ -51,6 +55,34 @@ pub enum Command {
         #[arg(long, default_value = "healthz")]
         check: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// Only this domain.
+    #[arg(long)]
+    pub domain: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// An error that carries its own exit status; other errors exit 1. `doctor` exits 2 for
+/// a bad config or argument (like clap's usage errors) and 1 when it found errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub status: u8,
+    pub message: String,
+}
+
+impl Exit {
+    fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+        Exit {
+            status: 2,
+            message: e.to_string(),
+        }
+        .into()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,13 +99,20 @@ pub enum ConfigCommand {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = load_config(cli.config.as_deref())?;
+    let config = match load_config(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) if matches!(cli.command, Command::Doctor(_)) => {
+            return Err(Exit::usage(format!("{e:#}")))
+        }
+        Err(e) => return Err(e),
+    };
     match cli.command {
         Command::Serve => {
             logging::init(cli.log_format);
             serve(config, cli.config)
         }
         Command::Health { check } => health(&config, &check),
+        Command::Doctor(args) => doctor(&config, args),
         Command::Config(ConfigCommand::Check) => {
             let source = cli
                 .config
@@ -153,6 +192,36 @@ fn hash_password() -> anyhow::Result<()> {
         anyhow::bail!("empty password on stdin");
     }
     println!("{}", crate::auth::hash_password(password.as_bytes())?);
+    Ok(())
+}
+
+/// Looks the domains up, prints the report, and turns errors found into exit status 1.
+fn doctor(config: &Config, args: DoctorArgs) -> anyhow::Result<()> {
+    use crate::doctor::DoctorError;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let now = crate::delivery::now_unix();
+    let report = match runtime.block_on(crate::doctor::run(config, args.domain.as_deref(), now)) {
+        Ok(report) => report,
+        Err(e @ (DoctorError::BadDomain(_) | DoctorError::Resolver(_))) => {
+            return Err(Exit::usage(e))
+        }
+        Err(e @ DoctorError::Store(_)) => return Err(e.into()),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    if report.errors > 0 {
+        return Err(Exit {
+            status: 1,
+            message: format!("{} error(s) in DNS", report.errors),
+        }
+        .into());
+    }
     Ok(())
 }
 

@@ -16,7 +16,8 @@
 //! its executor: hook, DNS check, lock), [`message`] (header and From parsing),
 //! [`relay`] (wires the stages together), [`watch`] (hot reload of config and keys),
 //! [`control`] (queue commands and the control socket), [`metrics`] (/metrics, /healthz,
-//! /readyz), [`systemd`] (readiness notification), [`cli`] (the command line), [`logging`].
+//! /readyz), [`doctor`] (SPF, DKIM and DMARC checks in DNS), [`systemd`] (readiness
+//! notification), [`cli`] (the command line), [`logging`].
 
 pub mod auth;
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod delivery;
 pub mod dkim;
+pub mod doctor;
 mod fsutil;
 pub mod keys;
 pub mod logging;

@@ -6,7 +6,10 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("dkim-relay: {e:#}");
-            std::process::ExitCode::FAILURE
+            match e.downcast_ref::<dkim_relay::cli::Exit>() {
+                Some(exit) => std::process::ExitCode::from(exit.status),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

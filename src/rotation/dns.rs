@@ -58,7 +58,19 @@ impl DnsChecker {
         }
     }
 
+    /// Every TXT record at `name`, each record joined from its strings.
     async fn lookup(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        Ok(self
+            .txt_records(name)
+            .await?
+            .into_iter()
+            .map(|strings| strings.concat())
+            .collect())
+    }
+
+    /// Every TXT record at `name` (CNAMEs followed), each as its character-strings, so a
+    /// caller can see how a record was split. `Missing` when there is no TXT record.
+    pub async fn txt_records(&self, name: &str) -> Result<Vec<Vec<String>>, LookupError> {
         let fqdn = format!("{}.", name.trim_end_matches('.'));
         let lookup = self
             .resolver
@@ -72,15 +84,15 @@ impl DnsChecker {
                     LookupError::Failed(e.to_string())
                 }
             })?;
-        let records: Vec<String> = lookup
+        let records: Vec<Vec<String>> = lookup
             .answers()
             .iter()
             .filter_map(|record| match &record.data {
                 RData::TXT(txt) => Some(
                     txt.txt_data
                         .iter()
-                        .map(|s| String::from_utf8_lossy(s))
-                        .collect::<String>(),
+                        .map(|s| String::from_utf8_lossy(s).into_owned())
+                        .collect(),
                 ),
                 _ => None,
             })
@@ -92,8 +104,12 @@ impl DnsChecker {
     }
 }
 
-enum LookupError {
+/// Why a TXT lookup returned nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupError {
+    /// NXDOMAIN or no TXT record at the name.
     Missing,
+    /// The lookup itself failed (timeout, SERVFAIL, refused).
     Failed(String),
 }
 
@@ -134,18 +150,22 @@ pub fn compare(records: &[String], algorithm: Algorithm, expected: &[u8]) -> (Dn
     let Ok(published) = base64::engine::general_purpose::STANDARD.decode(&p) else {
         return (DnsOutcome::Mismatch, "p= is not valid base64".into());
     };
-    // RSA records in PKCS#1 form are the tail of our SubjectPublicKeyInfo.
-    let same = published == expected
-        || (algorithm == Algorithm::Rsa && published.len() > 64 && expected.ends_with(&published));
-    if same {
+    if key_matches(&published, algorithm, expected) {
         (DnsOutcome::Match, "DNS serves this key".into())
     } else {
         (DnsOutcome::Mismatch, "DNS serves a different key".into())
     }
 }
 
+/// Whether the decoded `p=` of a record is our public key. RSA records in PKCS#1 form
+/// are the tail of our SubjectPublicKeyInfo, so they match too.
+fn key_matches(published: &[u8], algorithm: Algorithm, expected: &[u8]) -> bool {
+    published == expected
+        || (algorithm == Algorithm::Rsa && published.len() > 64 && expected.ends_with(published))
+}
+
 /// The value of a tag in a `tag=value; tag=value` record, whitespace removed.
-fn tag(record: &str, name: &str) -> Option<String> {
+pub fn tag(record: &str, name: &str) -> Option<String> {
     record.split(';').find_map(|part| {
         let (k, v) = part.split_once('=')?;
         (k.trim() == name).then(|| v.chars().filter(|c| !c.is_whitespace()).collect())

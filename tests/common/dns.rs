@@ -12,8 +12,8 @@ use tokio::net::UdpSocket;
 
 #[derive(Clone, Debug)]
 enum Entry {
-    /// One TXT record made of these character-strings.
-    Txt(Vec<String>),
+    /// TXT records, each made of these character-strings.
+    Txt(Vec<Vec<String>>),
     Cname(String),
 }
 
@@ -61,7 +61,17 @@ impl TestDns {
         self.zone
             .lock()
             .unwrap()
-            .insert(key(name), Entry::Txt(strings));
+            .insert(key(name), Entry::Txt(vec![strings]));
+    }
+
+    /// Publishes several separate TXT records at one name (each a single string), as a
+    /// DNS provider does when a long value is pasted into two records.
+    pub fn set_txt_records(&self, name: &str, values: &[&str]) {
+        let records = values.iter().map(|v| vec![v.to_string()]).collect();
+        self.zone
+            .lock()
+            .unwrap()
+            .insert(key(name), Entry::Txt(records));
     }
 
     pub fn set_cname(&self, name: &str, target: &str) {
@@ -100,13 +110,15 @@ fn answer(query: &Message, zone: &HashMap<String, Entry>) -> Message {
                 ));
                 name = target.clone();
             }
-            Some(Entry::Txt(strings)) if q.query_type() == RecordType::TXT => {
+            Some(Entry::Txt(records)) if q.query_type() == RecordType::TXT => {
                 let owner = Name::from_str(&name).unwrap();
-                reply.add_answer(Record::from_rdata(
-                    owner,
-                    60,
-                    RData::TXT(TXT::new(strings.clone())),
-                ));
+                for strings in records {
+                    reply.add_answer(Record::from_rdata(
+                        owner.clone(),
+                        60,
+                        RData::TXT(TXT::new(strings.clone())),
+                    ));
+                }
                 found = true;
                 break;
             }

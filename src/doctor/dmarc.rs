@@ -1,0 +1,235 @@
+//! DMARC (RFC 7489): the one `v=DMARC1` record at `_dmarc.domain`, its policy and reports.
+
+use super::report::{Check, Finding, Severity};
+use super::TxtLookup;
+use crate::rotation::dns::tag;
+
+/// How long `p=none` may stay before doctor says to move on (DNS cannot tell a record's
+/// age, so the key store's first activation for the domain stands in for it).
+pub const LONG_MONITORING: u64 = 30 * 86_400;
+
+/// What the DMARC check needs besides the lookup.
+#[derive(Debug, Clone)]
+pub struct Context<'a> {
+    pub domain: &'a str,
+    /// The organisational domain's record, looked up when the domain is a subdomain
+    /// (receivers fall back to it): (its name, the lookup).
+    pub parent: Option<(&'a str, &'a TxtLookup)>,
+    /// Unix seconds of the first key activation for the domain in the key store.
+    pub signing_since: Option<u64>,
+    pub now: u64,
+}
+
+fn dmarc_records(lookup: &TxtLookup) -> Result<Vec<String>, String> {
+    match lookup {
+        TxtLookup::Failed(e) => Err(e.clone()),
+        TxtLookup::Missing => Ok(Vec::new()),
+        TxtLookup::Found(records) => Ok(records
+            .iter()
+            .map(|s| s.concat().trim().to_string())
+            .filter(|r| r.starts_with("v=DMARC1"))
+            .collect()),
+    }
+}
+
+fn publish_line(domain: &str) -> String {
+    format!("_dmarc.{domain}. 3600 IN TXT \"v=DMARC1; p=none; rua=mailto:dmarc-reports@{domain}\"")
+}
+
+/// Checks the DMARC record of `ctx.domain`.
+pub fn check(lookup: &TxtLookup, ctx: &Context) -> Vec<Finding> {
+    let domain = ctx.domain;
+    let f = |severity, message: String| Finding::new(Check::Dmarc, severity, message);
+    let records = match dmarc_records(lookup) {
+        Err(e) => {
+            return vec![f(
+                Severity::Error,
+                format!("could not look up _dmarc.{domain}: {e}"),
+            )]
+        }
+        Ok(r) => r,
+    };
+    match records.as_slice() {
+        [] => {
+            if let Some((parent, parent_lookup)) = ctx.parent {
+                if let Ok(p) = dmarc_records(parent_lookup) {
+                    if let [record] = p.as_slice() {
+                        let policy = tag(record, "sp").or_else(|| tag(record, "p"));
+                        let mut out = vec![f(
+                            Severity::Info,
+                            format!("no record at _dmarc.{domain}; receivers use the one at _dmarc.{parent} (policy for subdomains: {})", policy.as_deref().unwrap_or("none given")),
+                        )];
+                        out.extend(policy_findings(record, ctx, true));
+                        return out;
+                    }
+                }
+            }
+            vec![f(
+                Severity::Error,
+                format!("no DMARC record at _dmarc.{domain}: receivers apply no policy, so forged mail from {domain} is not stopped (DMARC fails open), and Gmail and Yahoo send bulk mail without DMARC to spam or reject it. Publish at least:"),
+            )
+            .publish(publish_line(domain))]
+        }
+        [record] => {
+            let mut out = vec![f(Severity::Ok, format!("\"{record}\""))];
+            out.extend(policy_findings(record, ctx, false));
+            if out.len() > 1 && out[1..].iter().any(|x| x.severity == Severity::Error) {
+                out.remove(0);
+            }
+            out
+        }
+        several => vec![f(
+            Severity::Error,
+            format!("{} DMARC records at _dmarc.{domain}: receivers then ignore DMARC for it entirely; keep exactly one", several.len()),
+        )],
+    }
+}
+
+fn policy_findings(record: &str, ctx: &Context, inherited: bool) -> Vec<Finding> {
+    let domain = ctx.domain;
+    let f = |severity, message: String| Finding::new(Check::Dmarc, severity, message);
+    let mut out = Vec::new();
+    let policy = if inherited {
+        tag(record, "sp").or_else(|| tag(record, "p"))
+    } else {
+        tag(record, "p")
+    };
+    match policy.as_deref() {
+        None => out.push(f(
+            Severity::Error,
+            "the record has no p= tag, so it is invalid; start with p=none and move on to quarantine and reject".into(),
+        )),
+        Some("none") => {
+            let since = ctx.signing_since.filter(|s| ctx.now.saturating_sub(*s) > LONG_MONITORING);
+            out.push(f(
+                Severity::Warn,
+                match since {
+                    Some(s) => format!(
+                        "p=none for a long time (this relay has signed for {domain} for {} days): move on to p=quarantine, then p=reject, once the reports show your mail passes",
+                        ctx.now.saturating_sub(s) / 86_400
+                    ),
+                    None => "p=none is monitoring only: receivers still deliver mail that fails DMARC; move on to quarantine then reject once the reports show your mail passes".into(),
+                },
+            ))
+        }
+        Some("quarantine" | "reject") => {}
+        Some(other) => out.push(f(
+            Severity::Error,
+            format!("p={other} is not a DMARC policy (none, quarantine or reject), so receivers ignore the record"),
+        )),
+    }
+    if tag(record, "rua").is_none_or(|r| r.is_empty()) {
+        out.push(f(
+            Severity::Warn,
+            "no rua=: you get no aggregate reports, so you cannot see who sends as this domain or whether your mail passes; add rua=mailto:<address>".into(),
+        ));
+    }
+    if tag(record, "adkim").as_deref() == Some("s") {
+        out.push(f(
+            Severity::Info,
+            format!("adkim=s (strict): mail with a From in a subdomain of {domain} passes DKIM alignment only if signed for that exact subdomain; configure such subdomains here as domains of their own"),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 86_400;
+
+    fn found(records: &[&str]) -> TxtLookup {
+        TxtLookup::Found(records.iter().map(|r| vec![r.to_string()]).collect())
+    }
+
+    fn ctx(signing_since: Option<u64>) -> Context<'static> {
+        Context {
+            domain: "example.net",
+            parent: None,
+            signing_since,
+            now: 100 * DAY,
+        }
+    }
+
+    fn severities(findings: &[Finding]) -> Vec<Severity> {
+        findings.iter().map(|f| f.severity).collect()
+    }
+
+    #[test]
+    fn reject_with_reports_is_ok() {
+        let out = check(
+            &found(&["v=DMARC1; p=reject; rua=mailto:d@example.net"]),
+            &ctx(None),
+        );
+        assert_eq!(severities(&out), [Severity::Ok]);
+    }
+
+    #[test]
+    fn missing_is_an_error_that_says_it_fails_open() {
+        let out = check(&TxtLookup::Missing, &ctx(None));
+        assert_eq!(severities(&out), [Severity::Error]);
+        assert!(out[0].message.contains("fails open"));
+        assert!(out[0].message.contains("spam"));
+        assert!(out[0]
+            .publish
+            .as_deref()
+            .is_some_and(|p| p.starts_with("_dmarc.example.net. 3600 IN TXT \"v=DMARC1; p=none")));
+    }
+
+    #[test]
+    fn a_subdomain_without_a_record_uses_its_parents() {
+        let parent = found(&["v=DMARC1; p=reject; sp=quarantine; rua=mailto:d@example.net"]);
+        let c = Context {
+            domain: "mail.example.net",
+            parent: Some(("example.net", &parent)),
+            ..ctx(None)
+        };
+        let out = check(&TxtLookup::Missing, &c);
+        assert_eq!(severities(&out), [Severity::Info]);
+        assert!(out[0].message.contains("quarantine"));
+    }
+
+    #[test]
+    fn several_records_are_an_error() {
+        let out = check(
+            &found(&["v=DMARC1; p=reject", "v=DMARC1; p=none"]),
+            &ctx(None),
+        );
+        assert_eq!(severities(&out), [Severity::Error]);
+        assert!(out[0].message.contains("2 DMARC records"));
+    }
+
+    #[test]
+    fn p_none_is_a_warning_that_says_move_on_after_a_long_time() {
+        let rec = found(&["v=DMARC1; p=none; rua=mailto:d@example.net"]);
+        let out = check(&rec, &ctx(Some(95 * DAY)));
+        assert_eq!(severities(&out), [Severity::Ok, Severity::Warn]);
+        assert!(out[1].message.contains("monitoring only"));
+        let out = check(&rec, &ctx(Some(10 * DAY)));
+        assert!(out[1].message.contains("p=none for a long time"), "{out:?}");
+        assert!(out[1].message.contains("90 days"));
+    }
+
+    #[test]
+    fn a_missing_or_invalid_policy_is_an_error() {
+        for r in [
+            "v=DMARC1; rua=mailto:d@example.net",
+            "v=DMARC1; p=block; rua=mailto:d@example.net",
+        ] {
+            let out = check(&found(&[r]), &ctx(None));
+            assert_eq!(severities(&out), [Severity::Error], "{r}");
+        }
+    }
+
+    #[test]
+    fn no_reports_warns_and_strict_alignment_informs() {
+        let out = check(&found(&["v=DMARC1; p=quarantine; adkim=s"]), &ctx(None));
+        assert_eq!(
+            severities(&out),
+            [Severity::Ok, Severity::Warn, Severity::Info]
+        );
+        assert!(out[1].message.contains("rua="));
+        assert!(out[2].message.contains("adkim=s"));
+    }
+}
