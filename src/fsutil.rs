@@ -17,15 +17,16 @@ pub fn write_atomic(
     mode: u32,
     fsync: bool,
 ) -> io::Result<()> {
-    write_atomic_checked(dir, name, bytes, mode, fsync, || Ok(()))
+    write_atomic_checked(dir, name, &[bytes], mode, fsync, || Ok(()))
 }
 
-/// [`write_atomic`] with `check` run after the bytes are written and before the rename:
-/// the spool's fault-injection seam, so tests reach the real clean-up path.
+/// [`write_atomic`] of the concatenation of `parts`, with `check` run after the bytes are
+/// written and before the rename: the spool's fault-injection seam, so tests reach the real
+/// clean-up path.
 pub fn write_atomic_checked(
     dir: &Path,
     name: &str,
-    bytes: &[u8],
+    parts: &[&[u8]],
     mode: u32,
     fsync: bool,
     check: impl FnOnce() -> io::Result<()>,
@@ -38,7 +39,9 @@ pub fn write_atomic_checked(
             .truncate(true)
             .mode(mode)
             .open(&tmp)?;
-        file.write_all(bytes)?;
+        for part in parts {
+            file.write_all(part)?;
+        }
         check()?;
         if fsync {
             file.sync_all()?;

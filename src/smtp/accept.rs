@@ -141,22 +141,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             (true, true) => "ESMTPSA",
         };
         let hostname = &self.ctx.config.hostname;
-        let mut message =
+        // What the relay adds goes before the data, which is stored as received: a large
+        // message is never copied in memory.
+        let mut prefix =
             received_header(&self.helo, self.client.ip, hostname, protocol, &id, now).into_bytes();
         // RFC 6409 §8.2/8.3: a submission server may add what the client left out; it
         // goes in before signing, so it is covered by the signature.
         if headers.all("Message-ID").next().is_none() {
-            message.extend_from_slice(format!("Message-ID: <{id}@{hostname}>\r\n").as_bytes());
+            prefix.extend_from_slice(format!("Message-ID: <{id}@{hostname}>\r\n").as_bytes());
             tracing::info!(queue_id = %id, "added a Message-ID");
         }
         if headers.all("Date").next().is_none() {
             let date = crate::message::rfc5322_date(unix(now));
-            message.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
+            prefix.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
             tracing::info!(queue_id = %id, "added a Date");
         }
         drop(headers);
-        message.extend_from_slice(&data);
-        drop(data);
         let envelope = Envelope {
             id: id.clone(),
             received: unix(now),
@@ -165,13 +165,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             mail_from: txn.mail_from,
             rcpts: txn.rcpts,
             from_domain: domain,
-            size: message.len() as u64,
+            size: (prefix.len() + data.len()) as u64,
             eight_bit,
             origin: Origin::Client,
         };
         let spool = self.ctx.spool.clone();
         let env = envelope.clone();
-        let stored = tokio::task::spawn_blocking(move || spool.store(&env, &message)).await;
+        let stored = tokio::task::spawn_blocking(move || spool.store_parts(&env, &[&prefix, &data])).await;
         match stored {
             Ok(Ok(())) => {}
             Ok(Err(e)) if is_full(&e) => {

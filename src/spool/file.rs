@@ -7,13 +7,12 @@ use std::io;
 
 const MAGIC: &str = "DKIMRELAY1";
 
-pub fn encode(envelope: &Envelope, message: &[u8]) -> io::Result<Vec<u8>> {
+/// The header line and envelope JSON that precede a message of `message_len` bytes; the
+/// message itself is written after it as it is, so a large message is never copied.
+pub fn encode_head(envelope: &Envelope, message_len: usize) -> io::Result<Vec<u8>> {
     let json = serde_json::to_vec(envelope).map_err(io::Error::other)?;
-    let head = format!("{MAGIC} {} {}\n", json.len(), message.len());
-    let mut out = Vec::with_capacity(head.len() + json.len() + message.len());
-    out.extend_from_slice(head.as_bytes());
+    let mut out = format!("{MAGIC} {} {message_len}\n", json.len()).into_bytes();
     out.extend_from_slice(&json);
-    out.extend_from_slice(message);
     Ok(out)
 }
 

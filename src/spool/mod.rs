@@ -109,11 +109,21 @@ impl Spool {
 
     /// Stores a message durably. Only after this returns Ok may the client get 250.
     pub fn store(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
-        let bytes = file::encode(envelope, message)?;
+        self.store_parts(envelope, &[message])
+    }
+
+    /// [`Spool::store`] for a message given as consecutive parts (the trace headers the
+    /// relay adds, then the data as received), written without joining them in memory.
+    pub fn store_parts(&self, envelope: &Envelope, message: &[&[u8]]) -> io::Result<()> {
+        let len = message.iter().map(|p| p.len()).sum();
+        let head = file::encode_head(envelope, len)?;
+        let mut parts = Vec::with_capacity(message.len() + 1);
+        parts.push(head.as_slice());
+        parts.extend_from_slice(message);
         write_atomic_checked(
             &self.queue,
             &msg_name(&envelope.id),
-            &bytes,
+            &parts,
             0o600,
             self.fsync,
             || self.full.check(),
