@@ -8,6 +8,7 @@ use super::upstream::{FailedAt, SigningProfile};
 use super::{DeliveryContext, DeliveryEvent, Transport};
 use crate::dkim::{sign, KeyLookup};
 use crate::spool::{DeliveryState, QueuedMessage, RcptStatus};
+use std::sync::Arc;
 
 /// What an attempt leaves behind for the runner.
 pub struct AttemptResult {
@@ -228,28 +229,41 @@ async fn prepare_and_send(
         .await
         .map_err(|e| format!("spool read task failed: {e}"))?
         .map_err(|e| format!("cannot read the spooled message: {e}"))?;
+    let spooled = Arc::new(spooled);
     let message = spooled.message();
-    let sign_for = |profile: &SigningProfile| -> Result<String, String> {
-        let Some(keys) = &keys else {
-            tracing::info!(queue_id = %env.id, from_domain = %env.from_domain, "bounce sent unsigned: no keys exist for its domain");
-            return Ok(String::new());
-        };
-        let leave_out: Vec<&str> = profile.leave_out.iter().map(String::as_str).collect();
-        let started = std::time::Instant::now();
-        let signatures =
-            sign(keys, message, &leave_out, profile.rsa_only).map_err(|e| e.to_string())?;
-        crate::metrics::global().signing.observe(started.elapsed());
-        let mut headers = String::new();
-        for s in &signatures {
-            tracing::info!(queue_id = %env.id, d = %keys.domain, s = %s.selector, a = s.algorithm.dkim_a(), "signed");
-            crate::metrics::global().signature(&keys.domain, &s.selector, s.algorithm.dkim_a());
-            headers.push_str(&s.header);
+    // Signing is CPU work of a millisecond or more (RSA): it runs on the blocking pool so
+    // that the runtime's few worker threads keep answering SMTP clients meanwhile.
+    let sign_for = |profile: &SigningProfile| {
+        let keys = keys.clone();
+        let spooled = spooled.clone();
+        let profile = profile.clone();
+        async move {
+            let Some(keys) = keys else {
+                tracing::info!(queue_id = %env.id, from_domain = %env.from_domain, "bounce sent unsigned: no keys exist for its domain");
+                return Ok(String::new());
+            };
+            let started = std::time::Instant::now();
+            let signer = keys.clone();
+            let signatures = tokio::task::spawn_blocking(move || {
+                let leave_out: Vec<&str> = profile.leave_out.iter().map(String::as_str).collect();
+                sign(&signer, spooled.message(), &leave_out, profile.rsa_only)
+            })
+            .await
+            .map_err(|e| format!("signing task failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+            crate::metrics::global().signing.observe(started.elapsed());
+            let mut headers = String::new();
+            for s in &signatures {
+                tracing::info!(queue_id = %env.id, d = %keys.domain, s = %s.selector, a = s.algorithm.dkim_a(), "signed");
+                crate::metrics::global().signature(&keys.domain, &s.selector, s.algorithm.dkim_a());
+                headers.push_str(&s.header);
+            }
+            Ok::<String, String>(headers)
         }
-        Ok(headers)
     };
     match &ctx.transport {
         Transport::Outbox(outbox) => {
-            let headers = sign_for(&SigningProfile::standard())?;
+            let headers = sign_for(&SigningProfile::standard()).await?;
             let outbox = outbox.clone();
             let id = env.id.to_string();
             let bytes = [headers.as_bytes(), message].concat();
@@ -267,7 +281,7 @@ async fn prepare_and_send(
             let candidates = router.candidates(env);
             let mut last = String::from("no upstream for this message");
             for (n, upstream) in candidates.iter().enumerate() {
-                let headers = sign_for(upstream.profile())?;
+                let headers = sign_for(upstream.profile()).await?;
                 let parts: [&[u8]; 2] = [headers.as_bytes(), message];
                 let started = std::time::Instant::now();
                 let sent = upstream.send(env, pending, &parts).await;
