@@ -154,8 +154,10 @@ fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Res
             // Without events the relay still works; changes need a restart.
             tracing::warn!(error = %e, "hot reload is off");
         }
+        // Handlers first: a signal right after READY=1 must not meet the default action.
+        let signals = StopSignals::install();
         crate::systemd::notify_ready();
-        wait_for_signal().await;
+        signals.wait(&relay).await;
         tracing::info!("shutting down");
         relay.shutdown().await;
         tracing::info!("stopped");
@@ -163,19 +165,39 @@ fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Res
     })
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+/// SIGTERM and SIGINT stop the relay; SIGHUP re-reads the config and the key store.
+struct StopSignals(Option<[tokio::signal::unix::Signal; 3]>);
+
+impl StopSignals {
+    fn install() -> StopSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => StopSignals(Some([term, int, hup])),
+            _ => {
+                tracing::error!("cannot install signal handlers; stop with SIGKILL");
+                StopSignals(None)
+            }
+        }
+    }
+
+    async fn wait(self, relay: &crate::relay::RelayHandle) {
+        let Some([mut term, mut int, mut hup]) = self.0 else {
+            return std::future::pending::<()>().await;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: re-reading the config file and the key store");
+                    relay.reload();
+                }
+            }
+        }
     }
 }
 

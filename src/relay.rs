@@ -88,6 +88,8 @@ pub struct RelayHandle {
     shutdown_rx: watch::Receiver<bool>,
     /// Wakes the rotation scheduler (`keys rotate` on a running relay, tests).
     rotate_now: Arc<tokio::sync::Notify>,
+    /// Wakes the hot-reload task (SIGHUP); set once `watch` has started it.
+    reload: Option<tokio::sync::mpsc::UnboundedSender<()>>,
     tasks: Vec<JoinHandle<()>>,
     /// Held open for the relay's life: the exclusive lock on the spool (see `control`).
     _spool_lock: std::fs::File,
@@ -139,7 +141,8 @@ impl RelayHandle {
                 parent.to_path_buf()
             });
         }
-        let (guard, events) = crate::watch::watch(&dirs)?;
+        let (guard, wake, events) = crate::watch::watch(&dirs)?;
+        self.reload = Some(wake);
         let task = tokio::spawn(watch_task(
             guard,
             events,
@@ -152,6 +155,15 @@ impl RelayHandle {
         ));
         self.tasks.push(task);
         Ok(())
+    }
+
+    /// Re-reads the config file and the key store now (SIGHUP, `systemctl reload`), as a
+    /// file change would; without hot reload running, reloads the keys.
+    pub fn reload(&self) {
+        match &self.reload {
+            Some(wake) if wake.send(()).is_ok() => {}
+            _ => self.reload_keys(),
+        }
     }
 
     /// Runs the rotation planner now instead of at its next tick.
@@ -316,6 +328,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         live,
         shutdown_rx,
         rotate_now,
+        reload: None,
         tasks,
         _spool_lock: spool_lock,
         spool: spool_handle,

@@ -15,8 +15,19 @@ pub const RECHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// Starts watching `dirs`; a message arrives on the returned channel after each burst of
 /// changes. The returned guard stops watching when dropped.
-pub fn watch(dirs: &[PathBuf]) -> Result<(impl Send, mpsc::UnboundedReceiver<()>), String> {
+/// Also returns a sender of the same wake-ups, for a reload asked by signal.
+pub fn watch(
+    dirs: &[PathBuf],
+) -> Result<
+    (
+        impl Send,
+        mpsc::UnboundedSender<()>,
+        mpsc::UnboundedReceiver<()>,
+    ),
+    String,
+> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let wake = tx.clone();
     let mut debouncer = new_debouncer(
         Duration::from_millis(300),
         None,
@@ -32,7 +43,7 @@ pub fn watch(dirs: &[PathBuf]) -> Result<(impl Send, mpsc::UnboundedReceiver<()>
             .watch(dir, RecursiveMode::Recursive)
             .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
     }
-    Ok((debouncer, rx))
+    Ok((debouncer, wake, rx))
 }
 
 /// A cheap summary of the key store (names, sizes, modification times), to tell whether

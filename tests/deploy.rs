@@ -1,5 +1,6 @@
 //! What the deployment files promise: the systemd unit is valid, and the binary tells
-//! systemd it is ready (Type=notify) and stops cleanly on SIGTERM.
+//! systemd it is ready (Type=notify), survives a reload (SIGHUP) and stops cleanly on
+//! SIGTERM.
 
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
@@ -8,7 +9,7 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_dkim-relay");
 
 #[test]
-fn serve_sends_ready_to_systemd_and_stops_on_sigterm() {
+fn serve_sends_ready_to_systemd_reloads_on_sighup_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
@@ -48,6 +49,12 @@ fn serve_sends_ready_to_systemd_and_stops_on_sigterm() {
             .output()
             .unwrap()
     };
+    // `systemctl reload` (ExecReload) sends SIGHUP: the relay re-reads, it does not die.
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
     let healthz = health("healthz");
     let readyz = health("readyz");
     let term = Command::new("kill")

@@ -171,7 +171,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let spool = self.ctx.spool.clone();
         let env = envelope.clone();
-        let stored = tokio::task::spawn_blocking(move || spool.store_parts(&env, &[&prefix, &data])).await;
+        let stored =
+            tokio::task::spawn_blocking(move || spool.store_parts(&env, &[&prefix, &data])).await;
         match stored {
             Ok(Ok(())) => {}
             Ok(Err(e)) if is_full(&e) => {
