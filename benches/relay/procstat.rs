@@ -4,6 +4,7 @@
 //! RSS, utime+stime the CPU time. For Postfix + OpenDKIM (many processes that come and go)
 //! a sampler thread adds up the processes whose command line or environment names the
 //! throwaway instance; a process that exits between two samples loses its last 100 ms.
+//! Their memory is the peak of the summed PSS (shared pages split between processes).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +37,12 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// A `kB` field of /proc/PID/status (VmRSS, VmHWM), in bytes.
 pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    kb_field(pid, "status", field)
+}
+
+/// A `kB` field of a /proc/PID file, in bytes.
+fn kb_field(pid: u32, file: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
@@ -46,6 +52,7 @@ pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {
     pub cpu_seconds: f64,
+    /// Peak RSS (one process) or peak summed PSS (a group).
     pub peak_rss: u64,
     pub processes: usize,
 }
@@ -77,7 +84,9 @@ impl GroupWatch {
                     let Some(cpu) = cpu_seconds(pid) else {
                         continue;
                     };
-                    rss += status_bytes(pid, "VmRSS:").unwrap_or(0);
+                    // Proportional set size: shared libraries and Postfix's shared
+                    // pages counted once over all processes, not once per process.
+                    rss += kb_field(pid, "smaps_rollup", "Pss:").unwrap_or(0);
                     let entry = seen.entry(pid).or_insert_with(|| Seen {
                         first_cpu: if first_round { cpu } else { 0.0 },
                         last_cpu: 0.0,
@@ -107,13 +116,15 @@ impl GroupWatch {
 }
 
 fn matching_pids(text: &str) -> Vec<u32> {
-    let me = std::process::id();
+    // The bench and the cargo and shell processes that started it name the text in their
+    // arguments; they are not the server.
+    let mine = ancestry();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me)
+        .filter(|pid| !mine.contains(pid))
         .filter(|pid| {
             ["cmdline", "environ"].iter().any(|file| {
                 std::fs::read(format!("/proc/{pid}/{file}"))
@@ -121,6 +132,27 @@ fn matching_pids(text: &str) -> Vec<u32> {
             })
         })
         .collect()
+}
+
+/// This process and its ancestors.
+fn ancestry() -> Vec<u32> {
+    let mut pids = vec![std::process::id()];
+    while let Some(parent) = parent_of(*pids.last().unwrap_or(&1)) {
+        if parent <= 1 || pids.contains(&parent) {
+            break;
+        }
+        pids.push(parent);
+    }
+    pids
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
