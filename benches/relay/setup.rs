@@ -28,7 +28,7 @@ pub struct Settings<'a> {
     pub max_message_size: usize,
 }
 
-/// Writes relay.toml under `root` and returns its path.
+/// Writes etc/relay.toml under `root` and returns its path.
 pub fn write_config(root: &Path, s: &Settings) -> std::io::Result<PathBuf> {
     let mut text = format!(
         r#"hostname = "relay.bench"
@@ -64,7 +64,11 @@ enabled = false
     for d in s.domains {
         text.push_str(&format!("[[domains]]\nname = \"{d}\"\ned25519 = true\n"));
     }
-    let path = root.join("relay.toml");
+    // In a folder of its own: the relay watches the config file's folder recursively for
+    // hot reload, and a spool under it would make every message a reload event.
+    let etc = root.join("etc");
+    std::fs::create_dir(&etc)?;
+    let path = etc.join("relay.toml");
     std::fs::write(&path, text)?;
     Ok(path)
 }
