@@ -12,6 +12,7 @@ cargo bench --bench relay -- [flags]
   --domains K        signing domains with keys, From spread over them (default 1)
   --idle K           before the load, hold K idle sessions (after EHLO) and report the relay's RSS
   --workers W        relay delivery workers and upstream pool size (default 4, the relay's default)
+  --no-fsync         spool.fsync = false: only to see what fsync costs (the issue's numbers are with fsync)
   --target HOST:PORT drive an external MTA (e.g. Postfix) instead of starting dkim-relay
   --sink-port P      port of the in-process sink (default: any free port; needed with --target)
   --watch TEXT       with --target: measure CPU/RSS of processes whose command line or
@@ -28,6 +29,7 @@ pub struct Args {
     pub domains: usize,
     pub idle: usize,
     pub workers: usize,
+    pub fsync: bool,
     pub target: Option<SocketAddr>,
     pub sink_port: u16,
     pub watch: Option<String>,
@@ -45,6 +47,7 @@ impl Args {
             domains: 1,
             idle: 0,
             workers: 4,
+            fsync: true,
             target: None,
             sink_port: 0,
             watch: None,
@@ -55,6 +58,10 @@ impl Args {
         while let Some(flag) = argv.next() {
             // cargo bench appends --bench to the command line of every benchmark.
             if flag == "--bench" {
+                continue;
+            }
+            if flag == "--no-fsync" {
+                args.fsync = false;
                 continue;
             }
             if flag == "--help" || flag == "-h" {

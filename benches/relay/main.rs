@@ -48,6 +48,9 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| format!("sink on port {}: {e}", args.sink_port))?;
     let domains = Arc::new(setup::domain_names(args.domains));
+    if !args.fsync {
+        eprintln!("bench: spool.fsync = false; these numbers are not the durable relay's");
+    }
     let server = match args.target {
         Some(_) => Server::External(args.watch.clone()),
         None => start_relay(&args, sink.port, &domains)?,
@@ -127,6 +130,7 @@ fn start_relay(args: &Args, sink_port: u16, domains: &[String]) -> Result<Server
             workers: args.workers,
             connections: args.concurrency + args.idle + 100,
             max_message_size: (args.size + 1_000_000).max(25_000_000),
+            fsync: args.fsync,
         },
     )
     .map_err(|e| format!("config: {e}"))?;

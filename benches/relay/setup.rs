@@ -26,6 +26,7 @@ pub struct Settings<'a> {
     /// Most connections the relay must take at once (sessions plus idle ones).
     pub connections: usize,
     pub max_message_size: usize,
+    pub fsync: bool,
 }
 
 /// Writes etc/relay.toml under `root` and returns its path.
@@ -40,7 +41,7 @@ max_messages_per_session = 1000000
 max_message_size = {size}
 [spool]
 dir = "{spool}"
-fsync = true
+fsync = {fsync}
 [keys]
 dir = "{keys}"
 generate_missing = false
@@ -60,6 +61,7 @@ enabled = false
         keys = root.join("keys").display(),
         workers = s.workers,
         port = s.sink_port,
+        fsync = s.fsync,
     );
     for d in s.domains {
         text.push_str(&format!("[[domains]]\nname = \"{d}\"\ned25519 = true\n"));
