@@ -36,8 +36,9 @@ fn main() {
 
 /// The server under test: our relay (one pid) or an external MTA (maybe watched).
 enum Server {
+    /// Held to the end: dropping them stops the relay and removes its files.
     Relay {
-        process: setup::RelayProcess,
+        _process: setup::RelayProcess,
         _dir: tempfile::TempDir,
     },
     External(Option<String>),
@@ -51,14 +52,20 @@ async fn run(args: Args) -> Result<(), String> {
     if !args.fsync {
         eprintln!("bench: spool.fsync = false; these numbers are not the durable relay's");
     }
-    let server = match args.target {
-        Some(_) => Server::External(args.watch.clone()),
-        None => start_relay(&args, sink.port, &domains)?,
-    };
-    let (target, pid) = match (&server, args.target) {
-        (Server::Relay { process, .. }, _) => (process.addr, Some(process.pid())),
-        (Server::External(_), Some(target)) => (target, None),
-        (Server::External(_), None) => unreachable!("External only with --target"),
+    let (server, target, pid) = match args.target {
+        Some(target) => (Server::External(args.watch.clone()), target, None),
+        None => {
+            let (process, dir) = start_relay(&args, sink.port, &domains)?;
+            let (addr, pid) = (process.addr, process.pid());
+            (
+                Server::Relay {
+                    _process: process,
+                    _dir: dir,
+                },
+                addr,
+                Some(pid),
+            )
+        }
     };
     let idle = match (args.idle, pid) {
         (0, _) | (_, None) => None,
@@ -117,7 +124,11 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-fn start_relay(args: &Args, sink_port: u16, domains: &[String]) -> Result<Server, String> {
+fn start_relay(
+    args: &Args,
+    sink_port: u16,
+    domains: &[String],
+) -> Result<(setup::RelayProcess, tempfile::TempDir), String> {
     let dir = tempfile::Builder::new()
         .prefix("dkim-relay-bench.")
         .tempdir()
@@ -138,7 +149,7 @@ fn start_relay(args: &Args, sink_port: u16, domains: &[String]) -> Result<Server
     // Starting with 10,000 domains loads 20,000 keys; give it time.
     let deadline = Duration::from_secs(60 + domains.len() as u64 / 100);
     let process = setup::spawn(&config, &dir.path().join("relay.log"), deadline)?;
-    Ok(Server::Relay { process, _dir: dir })
+    Ok((process, dir))
 }
 
 /// Opens `k` sessions (greeting and EHLO done), reads the relay's RSS with them open, and
