@@ -1,0 +1,173 @@
+//! `cargo bench --bench relay -- [flags]`: dkim-relay (release build, fsync on, RSA-2048 +
+//! Ed25519) between a load generator and a fast sink on 127.0.0.1, or, with `--target`, any
+//! other MTA (Postfix + OpenDKIM in bench/postfix-compare.sh) under the identical load.
+//! Prints accepted and delivered messages/s, end-of-DATA→250 latency, the server's peak RSS
+//! and CPU seconds. See bench/README.md.
+
+mod args;
+mod load;
+mod procstat;
+mod report;
+mod setup;
+mod sink;
+
+use args::Args;
+use procstat::{GroupWatch, Usage};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(args)) {
+        eprintln!("bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The server under test: our relay (one pid) or an external MTA (maybe watched).
+enum Server {
+    /// Held to the end: dropping them stops the relay and removes its files.
+    Relay {
+        _process: setup::RelayProcess,
+        _dir: tempfile::TempDir,
+    },
+    External(Option<String>),
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let sink = sink::start(args.sink_port)
+        .await
+        .map_err(|e| format!("sink on port {}: {e}", args.sink_port))?;
+    let domains = Arc::new(setup::domain_names(args.domains));
+    if !args.fsync {
+        eprintln!("bench: spool.fsync = false; these numbers are not the durable relay's");
+    }
+    let (server, target, pid) = match args.target {
+        Some(target) => (Server::External(args.watch.clone()), target, None),
+        None => {
+            let (process, dir) = start_relay(&args, sink.port, &domains)?;
+            let (addr, pid) = (process.addr, process.pid());
+            (
+                Server::Relay {
+                    _process: process,
+                    _dir: dir,
+                },
+                addr,
+                Some(pid),
+            )
+        }
+    };
+    let idle = match (args.idle, pid) {
+        (0, _) | (_, None) => None,
+        (k, Some(pid)) => Some(hold_idle(target, k, pid).await?),
+    };
+
+    let watch = match &server {
+        Server::External(Some(text)) => Some(GroupWatch::start(text.clone())),
+        _ => None,
+    };
+    let cpu_before = pid.and_then(procstat::cpu_seconds).unwrap_or(0.0);
+    let start = Instant::now();
+    let outcome = load::run(load::Plan {
+        target,
+        n: args.n,
+        size: args.size,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        domains: domains.clone(),
+    })
+    .await
+    .map_err(|e| format!("load against {target}: {e}"))?;
+    let mut count = sink.count.clone();
+    let want = outcome.accepted as u64;
+    let deadline = Duration::from_secs(args.timeout_secs);
+    let all_in = tokio::time::timeout(deadline, count.wait_for(|&n| n >= want)).await;
+    let delivered_after = matches!(all_in, Ok(Ok(_))).then(|| start.elapsed());
+    let delivered = *sink.count.borrow();
+
+    let usage = match (pid, watch) {
+        (Some(pid), _) => Usage {
+            cpu_seconds: procstat::cpu_seconds(pid).unwrap_or(0.0) - cpu_before,
+            peak_rss: procstat::status_bytes(pid, "VmHWM:").unwrap_or(0),
+            processes: 1,
+        },
+        (None, Some(watch)) => watch.finish(),
+        (None, None) => Usage::default(),
+    };
+    let signatures = sink.first.lock().map(|f| f.clone()).unwrap_or(None);
+    report::Results {
+        label: args.label.clone(),
+        n: args.n,
+        size: args.size,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        domains: args.domains,
+        outcome,
+        delivered_after,
+        delivered,
+        usage,
+        signatures,
+        idle,
+    }
+    .print();
+    drop(server);
+    Ok(())
+}
+
+fn start_relay(
+    args: &Args,
+    sink_port: u16,
+    domains: &[String],
+) -> Result<(setup::RelayProcess, tempfile::TempDir), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("dkim-relay-bench.")
+        .tempdir()
+        .map_err(|e| format!("temp dir: {e}"))?;
+    let config = setup::write_config(
+        dir.path(),
+        &setup::Settings {
+            sink_port,
+            domains,
+            workers: args.workers,
+            connections: args.concurrency + args.idle + 100,
+            max_message_size: (args.size + 1_000_000).max(25_000_000),
+            fsync: args.fsync,
+        },
+    )
+    .map_err(|e| format!("config: {e}"))?;
+    setup::make_keys(dir.path(), &config, domains)?;
+    // Starting with 10,000 domains loads 20,000 keys; give it time.
+    let deadline = Duration::from_secs(60 + domains.len() as u64 / 100);
+    let process = setup::spawn(&config, &dir.path().join("relay.log"), deadline)?;
+    Ok((process, dir))
+}
+
+/// Opens `k` sessions (greeting and EHLO done), reads the relay's RSS with them open, and
+/// closes them. Returns (k, RSS before, RSS with them open).
+async fn hold_idle(
+    target: std::net::SocketAddr,
+    k: usize,
+    pid: u32,
+) -> Result<(usize, u64, u64), String> {
+    let before = procstat::status_bytes(pid, "VmRSS:").unwrap_or(0);
+    let mut held = Vec::with_capacity(k);
+    for i in 0..k {
+        let client = load::Client::connect(target)
+            .await
+            .map_err(|e| format!("idle session {i}: {e}"))?;
+        held.push(client);
+    }
+    let with = procstat::status_bytes(pid, "VmRSS:").unwrap_or(0);
+    drop(held);
+    Ok((k, before, with))
+}
