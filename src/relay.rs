@@ -133,15 +133,14 @@ impl RelayHandle {
 
     /// Starts hot reload: watches the key store and (if given) the config file's folder.
     pub fn watch(&mut self, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
-        let mut dirs = vec![self.store.dir().to_path_buf()];
-        if let Some(parent) = config_path.as_ref().and_then(|p| p.parent()) {
-            dirs.push(if parent.as_os_str().is_empty() {
-                ".".into()
+        let config_dir = config_path.as_ref().and_then(|p| p.parent()).map(|parent| {
+            if parent.as_os_str().is_empty() {
+                std::path::Path::new(".")
             } else {
-                parent.to_path_buf()
-            });
-        }
-        let (guard, wake, events) = crate::watch::watch(&dirs)?;
+                parent
+            }
+        });
+        let (guard, wake, events) = crate::watch::watch(self.store.dir(), config_dir)?;
         self.reload = Some(wake);
         let task = tokio::spawn(watch_task(
             guard,

@@ -13,11 +13,14 @@ use tokio::sync::mpsc;
 /// How often files are compared even without events.
 pub const RECHECK_EVERY: Duration = Duration::from_secs(60);
 
-/// Starts watching `dirs`; a message arrives on the returned channel after each burst of
-/// changes. The returned guard stops watching when dropped.
-/// Also returns a sender of the same wake-ups, for a reload asked by signal.
+/// Starts watching the key store (with its domain folders) and the config file's folder
+/// (only its own entries: a spool kept beside the config must not count as a change). A
+/// message arrives on the returned channel after each burst of changes; the returned guard
+/// stops watching when dropped. Also returns a sender of the same wake-ups, for a reload
+/// asked by signal.
 pub fn watch(
-    dirs: &[PathBuf],
+    key_store: &Path,
+    config_dir: Option<&Path>,
 ) -> Result<
     (
         impl Send,
@@ -32,15 +35,24 @@ pub fn watch(
         Duration::from_millis(300),
         None,
         move |result: notify_debouncer_full::DebounceEventResult| {
-            if result.is_ok() {
+            // Opening and reading are not changes, and the reload itself reads every file
+            // it watches: counting those would wake it again, for ever.
+            let changed = result.is_ok_and(|events| {
+                events
+                    .iter()
+                    .any(|e| !matches!(e.event.kind, notify::EventKind::Access(_)))
+            });
+            if changed {
                 let _ = tx.send(());
             }
         },
     )
     .map_err(|e| format!("file watcher: {e}"))?;
-    for dir in dirs {
+    let mut targets = vec![(key_store, RecursiveMode::Recursive)];
+    targets.extend(config_dir.map(|d| (d, RecursiveMode::NonRecursive)));
+    for (dir, mode) in targets {
         debouncer
-            .watch(dir, RecursiveMode::Recursive)
+            .watch(dir, mode)
             .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
     }
     Ok((debouncer, wake, rx))
@@ -102,4 +114,41 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         out.push("keys.dir");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reading watched files (as every reload does) and writing below the config folder
+    /// (a spool kept beside it) are not changes; editing the config file is.
+    #[tokio::test]
+    async fn reads_and_spool_writes_do_not_wake_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let spool = dir.path().join("spool");
+        std::fs::create_dir_all(keys.join("example.com")).unwrap();
+        std::fs::create_dir_all(&spool).unwrap();
+        std::fs::write(keys.join("example.com/state.json"), "{}").unwrap();
+        let config = dir.path().join("relay.toml");
+        std::fs::write(&config, "# v1\n").unwrap();
+        let (_guard, _wake, mut rx) = watch(&keys, Some(dir.path())).unwrap();
+
+        for _ in 0..3 {
+            let _ = store_fingerprint(&keys);
+            let _ = std::fs::read(keys.join("example.com/state.json")).unwrap();
+            let _ = std::fs::read(&config).unwrap();
+            std::fs::write(spool.join("queued.msg"), "x").unwrap();
+        }
+        // Absence can only be observed over a while: a few debounce periods.
+        let woke = tokio::time::timeout(Duration::from_millis(1500), rx.recv()).await;
+        assert!(woke.is_err(), "a reload woke without a change");
+
+        std::fs::write(&config, "# v2\n").unwrap();
+        let woke = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+        assert!(
+            matches!(woke, Ok(Some(()))),
+            "no reload after the config changed"
+        );
+    }
 }
