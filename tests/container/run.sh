@@ -114,11 +114,22 @@ ensure_image() {
         rm -f "$tarball"
     fi
     say "$image: making it (${have:+stale key $have, }no cache)"
+    local old_id=""
+    old_id=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
     "$make" "$image" "$key"
+    # The stale image lost its tag to the new one: drop it rather than leave it dangling.
+    if [ -n "$old_id" ] && [ "$old_id" != "$(podman image inspect --format '{{.Id}}' "$image")" ]; then
+        podman rmi "$old_id" >/dev/null 2>&1 || true
+    fi
     mkdir -p "$CACHE_DIR"
     rm -f "$CACHE_DIR/$(printf '%s' "$image" | tr '/:' '__')"-*.tar
-    podman save -q --format docker-archive -o "$tarball.part" "$image" && mv "$tarball.part" "$tarball"
-    say "$image: made and saved to $tarball"
+    if podman save -q --format docker-archive -o "$tarball.part" "$image"; then
+        mv "$tarball.part" "$tarball"
+        say "$image: made and saved to $tarball"
+    else
+        rm -f "$tarball.part"
+        say "$image: made (saving it to $CACHE_DIR failed; only podman storage caches it)"
+    fi
 }
 
 debian_mirror() {
