@@ -32,21 +32,40 @@ pub fn write_atomic_checked(
     check: impl FnOnce() -> io::Result<()>,
 ) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
+    write_atomic_via(&tmp, dir, name, parts, mode, fsync, check)
+}
+
+/// [`write_atomic_checked`] through the temporary file `tmp` (in `dir`), which may already
+/// exist: it is overwritten from the start and cut to length, so an old file can be reused
+/// without the cost of creating one (see the spool's recycling).
+pub fn write_atomic_via(
+    tmp: &Path,
+    dir: &Path,
+    name: &str,
+    parts: &[&[u8]],
+    mode: u32,
+    fsync: bool,
+    check: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .mode(mode)
-            .open(&tmp)?;
+            .open(tmp)?;
+        let mut len = 0;
         for part in parts {
             file.write_all(part)?;
+            len += part.len() as u64;
         }
+        // Overwriting in place keeps the file's blocks; only a longer old file is cut.
+        file.set_len(len)?;
         check()?;
         if fsync {
             file.sync_all()?;
         }
-        std::fs::rename(&tmp, dir.join(name))?;
+        std::fs::rename(tmp, dir.join(name))?;
         if fsync {
             sync_dir(dir)?;
         }
@@ -54,7 +73,7 @@ pub fn write_atomic_checked(
     })();
     if result.is_err() {
         // Best effort: a leftover temp file is harmless but untidy.
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(tmp);
     }
     result
 }

@@ -43,7 +43,8 @@ fn delivery_state_survives_and_removal_cleans_up() {
     assert_eq!(spool.load_all().unwrap()[0].state, state);
     spool.remove(&env.id).unwrap();
     assert!(spool.load_all().unwrap().is_empty());
-    assert_eq!(std::fs::read_dir(spool.queue_dir()).unwrap().count(), 0);
+    // The message file is kept for reuse under a hidden name; the state file is gone.
+    assert_eq!(names(spool.queue_dir()), vec![".free-0".to_string()]);
 }
 
 #[test]
@@ -85,4 +86,60 @@ fn queue_ids_sort_by_time_and_are_unique() {
     assert!(a < b);
     assert_ne!(QueueId::generate(t), QueueId::generate(t));
     assert!(QueueId::try_from("../x".to_string()).is_err());
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_delivered_file_is_reused_and_a_shorter_message_reads_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), true).unwrap();
+    let long = vec![b'a'; 5000];
+    let first = envelope("aa10", &long);
+    spool.store(&first, &long).unwrap();
+    spool.remove(&first.id).unwrap();
+    let queue = dir.path().join("queue");
+    assert_eq!(names(&queue), vec![".free-0".to_string()]);
+
+    let short = b"From: a@example.com\r\n\r\nshort\r\n";
+    let second = envelope("aa11", short);
+    spool.store(&second, short).unwrap();
+    assert_eq!(names(&queue), vec!["aa11.msg".to_string()]);
+    assert_eq!(spool.read(&second.id).unwrap().message(), short);
+    assert_eq!(spool.load_all().unwrap()[0].envelope, second);
+
+    // A restart forgets kept files and deletes them.
+    spool.remove(&second.id).unwrap();
+    assert_eq!(names(&queue), vec![".free-1".to_string()]);
+    drop(spool);
+    let spool = Spool::open(dir.path(), true).unwrap();
+    assert!(names(&queue).is_empty());
+    assert!(spool.load_all().unwrap().is_empty());
+}
+
+#[test]
+fn large_files_and_attached_spools_delete_instead_of_keeping() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), false).unwrap();
+    let big = vec![b'b'; 100 * 1024];
+    let env = envelope("aa12", &big);
+    spool.store(&env, &big).unwrap();
+    spool.remove(&env.id).unwrap();
+    let queue = dir.path().join("queue");
+    assert!(names(&queue).is_empty());
+
+    // `queue remove` without a running relay works on an attached spool.
+    spool.store(&envelope("aa13", b"x"), b"x").unwrap();
+    let attached = Spool::attach(dir.path(), false);
+    attached
+        .remove(&QueueId::try_from("aa13".to_string()).unwrap())
+        .unwrap();
+    assert!(names(&queue).is_empty());
 }
