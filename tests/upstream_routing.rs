@@ -209,7 +209,14 @@ async fn an_upstream_down_for_a_while_gets_everything_once_it_is_back() {
 
 #[tokio::test]
 async fn a_421_in_the_middle_of_a_session_defers_and_a_new_connection_delivers() {
+    for pipelining in [true, false] {
+        a_421_at_rcpt(pipelining).await;
+    }
+}
+
+async fn a_421_at_rcpt(pipelining: bool) {
     let upstream = FakeUpstream::start().await;
+    upstream.offer_pipelining(pipelining);
     upstream.reply_to_rcpt("u@example.net", "421 4.3.2 shutting down");
     let dir = tempfile::tempdir().unwrap();
     let relay = start(config(dir.path(), Some(upstream.addr))).await;
@@ -244,7 +251,16 @@ async fn a_421_in_the_middle_of_a_session_defers_and_a_new_connection_delivers()
 
 #[tokio::test]
 async fn a_4xx_for_one_recipient_delivers_the_other_and_retries_only_that_one() {
+    // The upstream offers PIPELINING (MAIL, RCPTs and DATA in one write) unless told not
+    // to; the per-recipient results must be the same either way.
+    for pipelining in [true, false] {
+        one_4xx_recipient(pipelining).await;
+    }
+}
+
+async fn one_4xx_recipient(pipelining: bool) {
     let upstream = FakeUpstream::start().await;
+    upstream.offer_pipelining(pipelining);
     upstream.reply_to_rcpt("later@example.net", "450 4.2.1 mailbox busy");
     let dir = tempfile::tempdir().unwrap();
     let relay = start(config(dir.path(), Some(upstream.addr))).await;

@@ -32,6 +32,8 @@ pub(super) struct Connection {
     pub client: Client,
     /// The upstream advertised 8BITMIME.
     pub eight_bit: bool,
+    /// The upstream advertised PIPELINING (RFC 2920): MAIL, RCPT and DATA go in one write.
+    pub pipelining: bool,
     last_used: Instant,
 }
 
@@ -274,20 +276,22 @@ impl Upstream {
             TlsMode::Implicit | TlsMode::Starttls => {
                 let mut c = builder.connect().await.map_err(fail)?;
                 c.timeout = cfg.command_timeout.0;
-                let eight_bit = self.greet(&mut c).await?;
+                let (eight_bit, pipelining) = self.greet(&mut c).await?;
                 Connection {
                     client: Client::Tls(Box::new(c)),
                     eight_bit,
+                    pipelining,
                     last_used: Instant::now(),
                 }
             }
             TlsMode::None => {
                 let mut c = builder.connect_plain().await.map_err(fail)?;
                 c.timeout = cfg.command_timeout.0;
-                let eight_bit = self.greet(&mut c).await?;
+                let (eight_bit, pipelining) = self.greet(&mut c).await?;
                 Connection {
                     client: Client::Plain(c),
                     eight_bit,
+                    pipelining,
                     last_used: Instant::now(),
                 }
             }
@@ -296,18 +300,21 @@ impl Upstream {
         Ok(conn)
     }
 
-    /// EHLO and AUTH; returns whether the upstream takes 8-bit data.
+    /// EHLO and AUTH; returns whether the upstream takes 8-bit data and pipelining.
     async fn greet<T: AsyncRead + AsyncWrite + Unpin>(
         &self,
         c: &mut SmtpClient<T>,
-    ) -> Result<bool, AttemptError> {
+    ) -> Result<(bool, bool), AttemptError> {
         let fail = |e: mail_send::Error| AttemptError::from_send(&e);
         let caps = c.ehlo(&self.hostname).await.map_err(fail)?;
         if let (Some(user), Some(secret)) = (&self.username, &self.password) {
             let credentials = Credentials::new(user.clone(), secret.0.clone());
             c.authenticate(&credentials, &caps).await.map_err(fail)?;
         }
-        Ok(caps.has_capability(smtp_proto::EXT_8BIT_MIME))
+        Ok((
+            caps.has_capability(smtp_proto::EXT_8BIT_MIME),
+            caps.has_capability(smtp_proto::EXT_PIPELINING),
+        ))
     }
 }
 

@@ -51,6 +51,8 @@ struct Script {
     refuse_auth: bool,
     /// Every MAIL FROM seen (a transaction started), delivered or not.
     transactions: usize,
+    /// Leave PIPELINING out of the EHLO reply, so the relay sends command by command.
+    no_pipelining: bool,
 }
 
 #[derive(Clone)]
@@ -147,6 +149,10 @@ impl FakeUpstream {
         self.script.lock().unwrap().mail_reply = line.map(str::to_string);
     }
 
+    pub fn offer_pipelining(&self, offer: bool) {
+        self.script.lock().unwrap().no_pipelining = !offer;
+    }
+
     pub fn refuse_auth(&self, refuse: bool) {
         self.script.lock().unwrap().refuse_auth = refuse;
     }
@@ -201,6 +207,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut mail_from = String::new();
     let mut rcpts = Vec::new();
+    let mut in_transaction = false;
     loop {
         let mut line = String::new();
         if r.read_line(&mut line).await.unwrap_or(0) == 0 {
@@ -213,7 +220,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             } else {
                 "AUTH PLAIN"
             };
-            format!("250-fake.upstream\r\n250-8BITMIME\r\n250-{tls_or_auth}\r\n250 PIPELINING")
+            if script.lock().unwrap().no_pipelining {
+                format!("250-fake.upstream\r\n250-8BITMIME\r\n250 {tls_or_auth}")
+            } else {
+                format!("250-fake.upstream\r\n250-8BITMIME\r\n250-{tls_or_auth}\r\n250 PIPELINING")
+            }
         } else if upper.starts_with("STARTTLS") && offer_starttls {
             let _ = r.get_mut().write_all(b"220 2.0.0 ready\r\n").await;
             return Some(r.into_inner());
@@ -243,9 +254,17 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             rcpts.clear();
             let mut s = script.lock().unwrap();
             s.transactions += 1;
-            s.mail_reply
+            let reply = s
+                .mail_reply
                 .clone()
-                .unwrap_or_else(|| "250 2.1.0 ok".to_string())
+                .unwrap_or_else(|| "250 2.1.0 ok".to_string());
+            in_transaction = reply.starts_with('2');
+            reply
+        } else if upper.starts_with("RCPT TO:") && !in_transaction {
+            // As real servers do, also for commands pipelined after a refused MAIL.
+            "503 5.5.1 need MAIL first".to_string()
+        } else if upper.starts_with("DATA") && rcpts.is_empty() {
+            "554 5.5.1 no valid recipients".to_string()
         } else if upper.starts_with("RCPT TO:") {
             let rcpt = address(&line);
             let refusal = script.lock().unwrap().rcpt_replies.get(&rcpt).cloned();
@@ -258,6 +277,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
         } else if upper.starts_with("DATA") {
             let _ = r.get_mut().write_all(b"354 go ahead\r\n").await;
+            in_transaction = false;
             let mut data = Vec::new();
             loop {
                 let mut raw = Vec::new();
@@ -295,6 +315,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             reply
         } else if upper.starts_with("RSET") {
             rcpts.clear();
+            in_transaction = false;
             "250 2.0.0 ok".to_string()
         } else if upper.starts_with("NOOP") {
             "250 2.0.0 ok".to_string()
