@@ -56,85 +56,179 @@ fn auth_required(reply: &smtp_proto::Response<String>) -> TransactError {
     }
 }
 
+type Reply = smtp_proto::Response<String>;
+type Outcomes = Vec<(usize, RcptOutcome)>;
+
+/// What the replies to MAIL, each RCPT and then DATA settle, however they were sent.
+#[derive(Debug)]
+enum Verdict {
+    /// DATA got 354: send the message to `accepted`; `outcomes` holds the refused.
+    SendData {
+        accepted: Vec<usize>,
+        outcomes: Outcomes,
+    },
+    /// The transaction ends here; `closing` after a 421, when RSET cannot be sent.
+    Done { outcomes: Outcomes, closing: bool },
+    /// 530 at MAIL.
+    AuthRequired(Reply),
+}
+
+/// Settles every recipient in `rcpts` from the MAIL reply and `rest`: the RCPT replies in
+/// order, then the DATA reply. `rest` may end early: after a 421, or without a DATA reply
+/// when no recipient was accepted.
+fn settle(rcpts: &[usize], mail: &Reply, rest: &[Reply]) -> Verdict {
+    let ok = |r: &Reply| (200..300).contains(&r.code);
+    if mail.code == 530 {
+        return Verdict::AuthRequired(mail.clone());
+    }
+    if !ok(mail) {
+        return Verdict::Done {
+            outcomes: rcpts
+                .iter()
+                .map(|&i| (i, RcptOutcome::from_response(mail)))
+                .collect(),
+            closing: mail.code == 421,
+        };
+    }
+    if let Some(p) = rest.iter().position(|r| r.code == 421) {
+        // The server is closing the connection (RFC 5321 §3.8): a refusal it gave before
+        // stands; every other recipient waits for the next attempt.
+        let outcomes = rcpts
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| match rest.get(j) {
+                Some(r) if j < p && !ok(r) => (i, RcptOutcome::from_response(r)),
+                _ => (i, RcptOutcome::from_response(&rest[p])),
+            })
+            .collect();
+        return Verdict::Done {
+            outcomes,
+            closing: true,
+        };
+    }
+    let mut accepted = Vec::with_capacity(rcpts.len());
+    let mut outcomes = Vec::with_capacity(rcpts.len());
+    for (&i, r) in rcpts.iter().zip(rest) {
+        if ok(r) {
+            accepted.push(i);
+        } else {
+            outcomes.push((i, RcptOutcome::from_response(r)));
+        }
+    }
+    if accepted.is_empty() {
+        return Verdict::Done {
+            outcomes,
+            closing: false,
+        };
+    }
+    let data = match rest.get(rcpts.len()) {
+        Some(data) if data.code == 354 => return Verdict::SendData { accepted, outcomes },
+        Some(data) => RcptOutcome::from_response(data),
+        None => RcptOutcome::Deferred("no reply to DATA".into()),
+    };
+    outcomes.extend(accepted.iter().map(|&i| (i, data.clone())));
+    Verdict::Done {
+        outcomes,
+        closing: false,
+    }
+}
+
+/// Carries out a verdict: RSET after a transaction that ends early, the message after 354.
+async fn conclude<T: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut SmtpClient<T>,
+    verdict: Verdict,
+    parts: &[&[u8]],
+) -> Result<Outcomes, TransactError> {
+    match verdict {
+        Verdict::AuthRequired(reply) => {
+            let _ = c.rset().await;
+            Err(auth_required(&reply))
+        }
+        Verdict::Done { outcomes, closing } => {
+            if !closing {
+                let _ = c.rset().await;
+            }
+            Ok(outcomes)
+        }
+        Verdict::SendData { accepted, outcomes } => send_data(c, parts, &accepted, outcomes).await,
+    }
+}
+
 /// The transaction with PIPELINING (RFC 2920): MAIL, every RCPT and DATA in one write,
-/// then their replies in order. Each recipient's result is still known; only a server that
-/// closes the connection in the middle (421) leaves the batch unanswered, and then nothing
-/// was committed, so the attempt is simply repeated.
+/// then their replies in order. Each recipient's result is still known; a server that
+/// closes the connection before answering everything (other than with a 421) leaves
+/// nothing committed, so the attempt is simply repeated.
 async fn pipelined<T: AsyncRead + AsyncWrite + Unpin>(
     c: &mut SmtpClient<T>,
     envelope: &Envelope,
     rcpts: &[usize],
     parts: &[&[u8]],
     body_param: &str,
-) -> Result<Vec<(usize, RcptOutcome)>, TransactError> {
+) -> Result<Outcomes, TransactError> {
     let mut batch = format!("MAIL FROM:<{}>{body_param}\r\n", envelope.mail_from);
     for &i in rcpts {
         batch.push_str(&format!("RCPT TO:<{}>\r\n", envelope.rcpts[i]));
     }
     batch.push_str("DATA\r\n");
-    let timeout = c.timeout;
-    let expected = rcpts.len() + 2;
-    let (replies, cut) = tokio::time::timeout(timeout, async {
+    let (replies, cut) = tokio::time::timeout(c.timeout, async {
         c.stream.write_all(batch.as_bytes()).await?;
         c.stream.flush().await?;
-        Ok::<_, std::io::Error>(read_replies(&mut c.stream, expected).await)
+        Ok::<_, std::io::Error>(read_replies(&mut c.stream, rcpts.len() + 2).await)
     })
     .await
     .map_err(|_| before_data(mail_send::Error::Timeout))?
     .map_err(|e| before_data(mail_send::Error::Io(e)))?;
-    if let Some(closing) = replies.iter().position(|r| r.code == 421) {
-        // The server closed the session (RFC 5321 §3.8) before DATA: a refusal it gave
-        // before closing stands; every other recipient waits for the next attempt.
-        let ok = |r: &smtp_proto::Response<String>| (200..300).contains(&r.code);
-        let mail_ok = closing > 0 && ok(&replies[0]);
-        return Ok(rcpts
-            .iter()
-            .enumerate()
-            .map(|(j, &i)| match replies.get(1 + j) {
-                _ if closing > 0 && !mail_ok => (i, RcptOutcome::from_response(&replies[0])),
-                Some(r) if 1 + j < closing && !ok(r) => (i, RcptOutcome::from_response(r)),
-                _ => (i, RcptOutcome::from_response(&replies[closing])),
-            })
-            .collect());
+    let closing = replies.iter().any(|r| r.code == 421);
+    if let (Some(e), false) = (cut, closing) {
+        return Err(before_data(e));
     }
-    let ([mail, rcpt_replies @ ..], None) = (replies.as_slice(), cut) else {
+    let Some((mail, rest)) = replies.split_first() else {
         return Err(before_data(mail_send::Error::UnparseableReply));
     };
-    let Some((data, rcpt_replies)) = rcpt_replies.split_last() else {
-        return Err(before_data(mail_send::Error::UnparseableReply));
-    };
-    let mut outcomes = Vec::with_capacity(rcpts.len());
-    let mut accepted = Vec::with_capacity(rcpts.len());
-    let mail_ok = (200..300).contains(&mail.code);
-    for (&i, reply) in rcpts.iter().zip(rcpt_replies) {
-        if !mail_ok {
-            outcomes.push((i, RcptOutcome::from_response(mail)));
-        } else if (200..300).contains(&reply.code) {
-            accepted.push(i);
-        } else {
-            outcomes.push((i, RcptOutcome::from_response(reply)));
-        }
-    }
-    if data.code == 354 && accepted.is_empty() {
-        // A server may answer DATA with 354 although nothing was accepted (RFC 2920
+    let verdict = settle(rcpts, mail, rest);
+    let data_started = rest.get(rcpts.len()).is_some_and(|d| d.code == 354);
+    if data_started && !matches!(verdict, Verdict::SendData { .. }) {
+        // A server may answer DATA with 354 although MAIL or every RCPT failed (RFC 2920
         // §3.1): end the empty message at once; with no recipient it delivers nothing.
         let _ = c.cmd(b".\r\n").await;
     }
-    if mail.code == 530 {
-        let _ = c.rset().await;
-        return Err(auth_required(mail));
+    conclude(c, verdict, parts).await
+}
+
+/// The transaction command by command, for an upstream without PIPELINING.
+async fn transact_on<T: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut SmtpClient<T>,
+    envelope: &Envelope,
+    rcpts: &[usize],
+    parts: &[&[u8]],
+    body_param: &str,
+) -> Result<Outcomes, TransactError> {
+    let mail = c
+        .cmd(format!(
+            "MAIL FROM:<{}>{body_param}\r\n",
+            envelope.mail_from
+        ))
+        .await
+        .map_err(before_data)?;
+    let mut rest = Vec::with_capacity(rcpts.len() + 1);
+    if (200..300).contains(&mail.code) {
+        for &i in rcpts {
+            let reply = c
+                .cmd(format!("RCPT TO:<{}>\r\n", envelope.rcpts[i]))
+                .await
+                .map_err(before_data)?;
+            let closing = reply.code == 421;
+            rest.push(reply);
+            if closing {
+                break;
+            }
+        }
+        let all_answered = rest.len() == rcpts.len();
+        if all_answered && rest.iter().any(|r| (200..300).contains(&r.code)) {
+            rest.push(c.cmd(b"DATA\r\n").await.map_err(before_data)?);
+        }
     }
-    if accepted.is_empty() {
-        let _ = c.rset().await;
-        return Ok(outcomes);
-    }
-    if data.code != 354 {
-        let _ = c.rset().await;
-        let outcome = RcptOutcome::from_response(data);
-        outcomes.extend(accepted.iter().map(|&i| (i, outcome.clone())));
-        return Ok(outcomes);
-    }
-    send_data(c, parts, &accepted, outcomes).await
+    conclude(c, settle(rcpts, &mail, &rest), parts).await
 }
 
 /// Reads up to `n` replies; fewer (and the reason) when the server closes or sends
@@ -200,75 +294,6 @@ async fn send_data<T: AsyncRead + AsyncWrite + Unpin>(
     Ok(outcomes)
 }
 
-async fn transact_on<T: AsyncRead + AsyncWrite + Unpin>(
-    c: &mut SmtpClient<T>,
-    envelope: &Envelope,
-    rcpts: &[usize],
-    parts: &[&[u8]],
-    body_param: &str,
-) -> Result<Vec<(usize, RcptOutcome)>, TransactError> {
-    let all = |outcome: RcptOutcome| {
-        rcpts
-            .iter()
-            .map(|&i| (i, outcome.clone()))
-            .collect::<Vec<_>>()
-    };
-
-    let reply = c
-        .cmd(format!(
-            "MAIL FROM:<{}>{body_param}\r\n",
-            envelope.mail_from
-        ))
-        .await
-        .map_err(before_data)?;
-    if reply.code == 530 {
-        let _ = c.rset().await;
-        return Err(auth_required(&reply));
-    }
-    if !(200..300).contains(&reply.code) {
-        let _ = c.rset().await;
-        return Ok(all(RcptOutcome::from_response(&reply)));
-    }
-    let mut outcomes = Vec::with_capacity(rcpts.len());
-    let mut accepted = Vec::with_capacity(rcpts.len());
-    for &i in rcpts {
-        let reply = c
-            .cmd(format!("RCPT TO:<{}>\r\n", envelope.rcpts[i]))
-            .await
-            .map_err(before_data)?;
-        if reply.code == 421 {
-            // The server is closing the connection (RFC 5321 §3.8): nothing more can be
-            // sent on it, so every recipient not yet refused waits for the next attempt.
-            let outcome = RcptOutcome::from_response(&reply);
-            let settled: Vec<usize> = outcomes.iter().map(|(i, _)| *i).collect();
-            outcomes.extend(
-                rcpts
-                    .iter()
-                    .filter(|i| !settled.contains(i))
-                    .map(|&i| (i, outcome.clone())),
-            );
-            return Ok(outcomes);
-        }
-        if (200..300).contains(&reply.code) {
-            accepted.push(i);
-        } else {
-            outcomes.push((i, RcptOutcome::from_response(&reply)));
-        }
-    }
-    if accepted.is_empty() {
-        let _ = c.rset().await;
-        return Ok(outcomes);
-    }
-    let reply = c.cmd(b"DATA\r\n").await.map_err(before_data)?;
-    if reply.code != 354 {
-        let _ = c.rset().await;
-        let outcome = RcptOutcome::from_response(&reply);
-        outcomes.extend(accepted.iter().map(|&i| (i, outcome.clone())));
-        return Ok(outcomes);
-    }
-    send_data(c, parts, &accepted, outcomes).await
-}
-
 /// Writes the message parts dot-stuffed (RFC 5321 §4.5.2), then the terminating `.CRLF`.
 /// The spooled message has CRLF line endings only, so a line starts after every LF.
 async fn write_data<W: AsyncWrite + Unpin>(stream: &mut W, parts: &[&[u8]]) -> std::io::Result<()> {
@@ -307,6 +332,98 @@ mod tests {
         let mut out = Vec::new();
         write_data(&mut out, parts).await.unwrap();
         out
+    }
+
+    fn reply(code: u16) -> Reply {
+        Reply {
+            code,
+            esc: [0, 0, 0],
+            message: format!("m{code}"),
+        }
+    }
+
+    /// (recipient, first letter of the outcome: D, F or R for retry, reply code).
+    fn summary(outcomes: &Outcomes) -> Vec<(usize, char, String)> {
+        outcomes
+            .iter()
+            .map(|(i, o)| {
+                let kind = match o {
+                    RcptOutcome::Delivered(_) => 'D',
+                    RcptOutcome::Failed(_) => 'F',
+                    RcptOutcome::Deferred(_) => 'R',
+                };
+                (*i, kind, o.text().chars().take(4).collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replies_settle_each_recipient_however_they_were_sent() {
+        let rcpts = [0, 1, 2];
+        // Mixed RCPT replies, then 354: send to the accepted, keep the refusals.
+        let Verdict::SendData { accepted, outcomes } = settle(
+            &rcpts,
+            &reply(250),
+            &[reply(250), reply(550), reply(451), reply(354)],
+        ) else {
+            panic!("expected SendData")
+        };
+        assert_eq!(accepted, [0]);
+        assert_eq!(
+            summary(&outcomes),
+            [(1, 'F', "550 ".into()), (2, 'R', "451 ".into())]
+        );
+
+        // MAIL refused: every recipient gets its reply, whatever came after it.
+        let Verdict::Done { outcomes, closing } = settle(
+            &rcpts,
+            &reply(550),
+            &[reply(503), reply(503), reply(503), reply(554)],
+        ) else {
+            panic!("expected Done")
+        };
+        assert!(!closing);
+        assert!(summary(&outcomes)
+            .iter()
+            .all(|(_, k, t)| *k == 'F' && t == "550 "));
+
+        // 421 at the second RCPT: the refusal before it stands, the rest waits.
+        let Verdict::Done { outcomes, closing } =
+            settle(&rcpts, &reply(250), &[reply(550), reply(421)])
+        else {
+            panic!("expected Done")
+        };
+        assert!(closing);
+        assert_eq!(
+            summary(&outcomes),
+            [
+                (0, 'F', "550 ".into()),
+                (1, 'R', "421 ".into()),
+                (2, 'R', "421 ".into())
+            ]
+        );
+
+        // DATA refused: the accepted recipients take its reply.
+        let Verdict::Done { outcomes, .. } = settle(
+            &rcpts,
+            &reply(250),
+            &[reply(250), reply(250), reply(550), reply(554)],
+        ) else {
+            panic!("expected Done")
+        };
+        assert_eq!(
+            summary(&outcomes),
+            [
+                (2, 'F', "550 ".into()),
+                (0, 'F', "554 ".into()),
+                (1, 'F', "554 ".into())
+            ]
+        );
+
+        assert!(matches!(
+            settle(&rcpts, &reply(530), &[]),
+            Verdict::AuthRequired(_)
+        ));
     }
 
     #[tokio::test]
