@@ -17,26 +17,14 @@ pub fn write_atomic(
     mode: u32,
     fsync: bool,
 ) -> io::Result<()> {
-    write_atomic_checked(dir, name, &[bytes], mode, fsync, || Ok(()))
-}
-
-/// [`write_atomic`] of the concatenation of `parts`, with `check` run after the bytes are
-/// written and before the rename: the spool's fault-injection seam, so tests reach the real
-/// clean-up path.
-pub fn write_atomic_checked(
-    dir: &Path,
-    name: &str,
-    parts: &[&[u8]],
-    mode: u32,
-    fsync: bool,
-    check: impl FnOnce() -> io::Result<()>,
-) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
-    write_atomic_via(&tmp, dir, name, parts, mode, fsync, check)
+    write_atomic_via(&tmp, dir, name, &[bytes], mode, fsync, || Ok(()))
 }
 
-/// [`write_atomic_checked`] through the temporary file `tmp` (in `dir`), which may already
-/// exist: it is overwritten from the start and cut to length, so an old file can be reused
+/// [`write_atomic`] of the concatenation of `parts` through the temporary file `tmp` (in
+/// `dir`), with `check` run after the bytes are written and before the rename (the spool's
+/// fault-injection seam, so tests reach the real clean-up path). `tmp` may already exist:
+/// it is overwritten from the start and cut to length, so an old file can be reused
 /// without the cost of creating one (see the spool's recycling).
 pub fn write_atomic_via(
     tmp: &Path,

@@ -1,5 +1,6 @@
-//! One upstream transaction on an open connection, driven command by command so each
-//! recipient's result is known (DESIGN §7), and the dot-stuffing DATA writer.
+//! One upstream transaction on an open connection, pipelined when the upstream offers it
+//! and command by command otherwise, so that each recipient's result is known (DESIGN §7),
+//! and the dot-stuffing DATA writer.
 
 use super::outcome::{AttemptError, RcptOutcome};
 use super::upstream::{Client, Connection};
