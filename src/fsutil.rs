@@ -9,19 +9,19 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Writes `bytes` to `dir/name` atomically with the given Unix mode.
+/// Writes the concatenation of `parts` to `dir/name` atomically with the given Unix mode.
 pub fn write_atomic(
     dir: &Path,
     name: &str,
-    bytes: &[u8],
+    parts: &[&[u8]],
     mode: u32,
     fsync: bool,
 ) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
-    write_atomic_via(&tmp, dir, name, &[bytes], mode, fsync, || Ok(()))
+    write_atomic_via(&tmp, dir, name, parts, mode, fsync, || Ok(()))
 }
 
-/// [`write_atomic`] of the concatenation of `parts` through the temporary file `tmp` (in
+/// [`write_atomic`] through the temporary file `tmp` (in
 /// `dir`), with `check` run after the bytes are written and before the rename (the spool's
 /// fault-injection seam, so tests reach the real clean-up path). `tmp` may already exist:
 /// it is overwritten from the start and cut to length, so an old file can be reused

@@ -266,11 +266,13 @@ async fn prepare_and_send(
             let headers = sign_for(&SigningProfile::standard()).await?;
             let outbox = outbox.clone();
             let id = env.id.to_string();
-            let bytes = [headers.as_bytes(), message].concat();
-            let path = tokio::task::spawn_blocking(move || outbox.write(&id, &bytes))
-                .await
-                .map_err(|e| format!("outbox task failed: {e}"))?
-                .map_err(|e| format!("cannot write to the outbox: {e}"))?;
+            let spooled = spooled.clone();
+            let path = tokio::task::spawn_blocking(move || {
+                outbox.write(&id, &[headers.as_bytes(), spooled.message()])
+            })
+            .await
+            .map_err(|e| format!("outbox task failed: {e}"))?
+            .map_err(|e| format!("cannot write to the outbox: {e}"))?;
             let said = format!("written to {}", path.display());
             Ok(pending
                 .iter()
@@ -280,8 +282,13 @@ async fn prepare_and_send(
         Transport::Upstreams(router) => {
             let candidates = router.candidates(env);
             let mut last = String::from("no upstream for this message");
+            // On failover the signatures are made again only for a different profile.
+            let mut signed: Option<(&SigningProfile, String)> = None;
             for (n, upstream) in candidates.iter().enumerate() {
-                let headers = sign_for(upstream.profile()).await?;
+                let headers = match signed.take() {
+                    Some((profile, headers)) if profile == upstream.profile() => headers,
+                    _ => sign_for(upstream.profile()).await?,
+                };
                 let parts: [&[u8]; 2] = [headers.as_bytes(), message];
                 let started = std::time::Instant::now();
                 let sent = upstream.send(env, pending, &parts).await;
@@ -301,6 +308,7 @@ async fn prepare_and_send(
                     FailedAt::Connect if more => {
                         tracing::warn!(queue_id = %env.id, upstream = %upstream.describe(), reason = %e.error.reason, "upstream unavailable; failing over to the next");
                         last = e.error.reason;
+                        signed = Some((upstream.profile(), headers));
                     }
                     FailedAt::Connect | FailedAt::Transaction => {
                         return Err(format!("{}: {}", upstream.name(), e.error.reason))

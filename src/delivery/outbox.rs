@@ -24,10 +24,11 @@ impl Outbox {
         &self.dir
     }
 
-    /// Writes the message atomically; readers only ever see complete `.eml` files.
-    pub fn write(&self, id: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    /// Writes the message (given as consecutive parts: signatures, then the message)
+    /// atomically; readers only ever see complete `.eml` files.
+    pub fn write(&self, id: &str, parts: &[&[u8]]) -> std::io::Result<PathBuf> {
         let name = format!("{id}.eml");
-        write_atomic(&self.dir, &name, bytes, 0o644, self.fsync)?;
+        write_atomic(&self.dir, &name, parts, 0o644, self.fsync)?;
         Ok(self.dir.join(name))
     }
 }

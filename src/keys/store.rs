@@ -108,7 +108,7 @@ impl KeyStore {
             path: dir.join(STATE_FILE),
             problem: e.to_string(),
         })?;
-        write_atomic(&dir, STATE_FILE, &json, 0o644, true).map_err(io_err(&dir))
+        write_atomic(&dir, STATE_FILE, &[&json], 0o644, true).map_err(io_err(&dir))
     }
 
     /// Reads a slot's private key, refusing files that others can read.

@@ -159,7 +159,7 @@ impl Spool {
 
     pub fn save_state(&self, id: &QueueId, state: &DeliveryState) -> io::Result<()> {
         let json = serde_json::to_vec(state).map_err(io::Error::other)?;
-        write_atomic(&self.queue, &state_name(id), &json, 0o600, self.fsync)
+        write_atomic(&self.queue, &state_name(id), &[&json], 0o600, self.fsync)
     }
 
     /// Removes a finished message. Losing this removal in a crash only means the message
