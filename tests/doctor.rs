@@ -49,6 +49,24 @@ fn dkim_records(store: &KeyStore, domain: &str) -> Vec<DnsRecord> {
         .collect()
 }
 
+/// The DKIM record of `selector` (s1, e1) the key store says to publish for `domain`.
+fn dkim_record(store: &KeyStore, domain: &str, selector: &str) -> DnsRecord {
+    let prefix = format!("{selector}.");
+    dkim_records(store, domain)
+        .into_iter()
+        .find(|r| r.name.starts_with(&prefix))
+        .unwrap()
+}
+
+/// A DNS server on 127.0.0.1 with everything right for DOMAIN, and the relay set up to
+/// ask it.
+async fn all_good_for_domain() -> (TestDns, Setup) {
+    let dns = TestDns::start().await;
+    let s = setup(dns.addr);
+    publish_all_good(&dns, &s.store, DOMAIN);
+    (dns, s)
+}
+
 /// Everything right for `domain`.
 fn publish_all_good(dns: &TestDns, store: &KeyStore, domain: &str) {
     dns.set_txt(domain, GOOD_SPF);
@@ -95,9 +113,7 @@ fn lines<'a>(out: &'a str, marker: &str, check: &str) -> Vec<&'a str> {
 
 #[tokio::test]
 async fn all_good_records_exit_0_with_ok_lines() {
-    let dns = TestDns::start().await;
-    let s = setup(dns.addr);
-    publish_all_good(&dns, &s.store, DOMAIN);
+    let (dns, s) = all_good_for_domain().await;
     publish_all_good(&dns, &s.store, OTHER_DOMAIN);
 
     let run = doctor(&s.config, &[]).await;
@@ -139,13 +155,8 @@ async fn all_good_records_exit_0_with_ok_lines() {
 
 #[tokio::test]
 async fn missing_dmarc_and_missing_active_dkim_exit_1_in_plain_words() {
-    let dns = TestDns::start().await;
-    let s = setup(dns.addr);
-    publish_all_good(&dns, &s.store, DOMAIN);
-    let rsa = dkim_records(&s.store, DOMAIN)
-        .into_iter()
-        .find(|r| r.name.starts_with("s1."))
-        .unwrap();
+    let (dns, s) = all_good_for_domain().await;
+    let rsa = dkim_record(&s.store, DOMAIN, "s1");
     dns.remove(&rsa.name);
     dns.remove(&format!("_dmarc.{DOMAIN}"));
 
@@ -183,14 +194,9 @@ async fn missing_dmarc_and_missing_active_dkim_exit_1_in_plain_words() {
 
 #[tokio::test]
 async fn a_wrong_dkim_key_and_spf_without_the_upstream_exit_1_naming_both() {
-    let dns = TestDns::start().await;
-    let s = setup(dns.addr);
-    publish_all_good(&dns, &s.store, DOMAIN);
+    let (dns, s) = all_good_for_domain().await;
     // e1 carries another domain's Ed25519 key; SPF authorises Google, not SES.
-    let other_e1 = dkim_records(&s.store, OTHER_DOMAIN)
-        .into_iter()
-        .find(|r| r.name.starts_with("e1."))
-        .unwrap();
+    let other_e1 = dkim_record(&s.store, OTHER_DOMAIN, "e1");
     dns.set_txt(&format!("e1._domainkey.{DOMAIN}"), &other_e1.value);
     dns.set_txt(DOMAIN, "v=spf1 include:_spf.google.com ~all");
 
@@ -219,13 +225,8 @@ async fn a_wrong_dkim_key_and_spf_without_the_upstream_exit_1_naming_both() {
 
 #[tokio::test]
 async fn a_key_published_as_two_txt_records_is_reported_as_split() {
-    let dns = TestDns::start().await;
-    let s = setup(dns.addr);
-    publish_all_good(&dns, &s.store, DOMAIN);
-    let rsa = dkim_records(&s.store, DOMAIN)
-        .into_iter()
-        .find(|r| r.name.starts_with("s1."))
-        .unwrap();
+    let (dns, s) = all_good_for_domain().await;
+    let rsa = dkim_record(&s.store, DOMAIN, "s1");
     let (head, tail) = rsa.value.split_at(255);
     dns.set_txt_records(&rsa.name, &[head, tail]);
 

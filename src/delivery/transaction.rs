@@ -57,6 +57,14 @@ fn auth_required(reply: &smtp_proto::Response<String>) -> TransactError {
     }
 }
 
+fn mail_cmd(envelope: &Envelope, body_param: &str) -> String {
+    format!("MAIL FROM:<{}>{body_param}\r\n", envelope.mail_from)
+}
+
+fn rcpt_cmd(envelope: &Envelope, i: usize) -> String {
+    format!("RCPT TO:<{}>\r\n", envelope.rcpts[i])
+}
+
 type Reply = smtp_proto::Response<String>;
 type Outcomes = Vec<(usize, RcptOutcome)>;
 
@@ -166,9 +174,9 @@ async fn pipelined<T: AsyncRead + AsyncWrite + Unpin>(
     parts: &[&[u8]],
     body_param: &str,
 ) -> Result<Outcomes, TransactError> {
-    let mut batch = format!("MAIL FROM:<{}>{body_param}\r\n", envelope.mail_from);
+    let mut batch = mail_cmd(envelope, body_param);
     for &i in rcpts {
-        batch.push_str(&format!("RCPT TO:<{}>\r\n", envelope.rcpts[i]));
+        batch.push_str(&rcpt_cmd(envelope, i));
     }
     batch.push_str("DATA\r\n");
     let (replies, cut) = tokio::time::timeout(c.timeout, async {
@@ -205,19 +213,13 @@ async fn transact_on<T: AsyncRead + AsyncWrite + Unpin>(
     body_param: &str,
 ) -> Result<Outcomes, TransactError> {
     let mail = c
-        .cmd(format!(
-            "MAIL FROM:<{}>{body_param}\r\n",
-            envelope.mail_from
-        ))
+        .cmd(mail_cmd(envelope, body_param))
         .await
         .map_err(before_data)?;
     let mut rest = Vec::with_capacity(rcpts.len() + 1);
     if (200..300).contains(&mail.code) {
         for &i in rcpts {
-            let reply = c
-                .cmd(format!("RCPT TO:<{}>\r\n", envelope.rcpts[i]))
-                .await
-                .map_err(before_data)?;
+            let reply = c.cmd(rcpt_cmd(envelope, i)).await.map_err(before_data)?;
             let closing = reply.code == 421;
             rest.push(reply);
             if closing {
