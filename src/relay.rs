@@ -179,6 +179,24 @@ impl RelayHandle {
     }
 }
 
+/// The log line that says the relay accepts mail; it names the bound address
+/// (`listen=ADDR`), which scripts, tests and the benchmark read back with
+/// [`listen_addr_in_log`] when the relay was started on port 0.
+pub const ACCEPTING: &str = "dkim-relay is accepting mail";
+
+/// The SMTP address in the [`ACCEPTING`] log line, if `line` is that line.
+pub fn listen_addr_in_log(line: &str) -> Option<SocketAddr> {
+    if !line.contains(ACCEPTING) {
+        return None;
+    }
+    line.split("listen=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Starts every stage. Fails only for problems the operator must fix before the relay can
 /// do anything useful (spool not writable, port taken, upstream password unreadable).
 pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
@@ -313,7 +331,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         }
         None => None,
     };
-    tracing::info!(listen = %smtp_addr, hostname = %config.hostname, "dkim-relay is accepting mail");
+    tracing::info!(listen = %smtp_addr, hostname = %config.hostname, "{ACCEPTING}");
 
     Ok(RelayHandle {
         smtp_addr,

@@ -178,13 +178,8 @@ pub fn spawn(config: &Path, log: &Path, deadline: Duration) -> Result<RelayProce
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if line.contains("dkim-relay is accepting mail") {
-                let addr = line
-                    .split("listen=")
-                    .nth(1)
-                    .and_then(|s| s.split_whitespace().next())
-                    .and_then(|s| s.parse::<SocketAddr>().ok());
-                let _ = tx.send(addr);
+            if line.contains(dkim_relay::relay::ACCEPTING) {
+                let _ = tx.send(dkim_relay::relay::listen_addr_in_log(&line));
             }
             let _ = writeln!(file, "{line}");
         }
