@@ -101,30 +101,10 @@ non_smtpd_milters =
 milter_default_action = tempfail
 EOF
     # Only the services a relay needs, none chrooted; smtpd on the bench port.
-    cat >"$etc/master.cf" <<EOF
-127.0.0.1:$smtpd_port inet n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n - 0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n - - trivial-rewrite
-bounce    unix  - - n - 0 bounce
-defer     unix  - - n - 0 bounce
-trace     unix  - - n - 0 bounce
-verify    unix  - - n - 1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n - - proxymap
-proxywrite unix - - n - 1 proxymap
-smtp      unix  - - n - - smtp
-relay     unix  - - n - - smtp
-showq     unix  n - n - - showq
-error     unix  - - n - - error
-retry     unix  - - n - - error
-discard   unix  - - n - - discard
-anvil     unix  - - n - 1 anvil
-scache    unix  - - n - 1 scache
-postlog   unix-dgram n - n - 1 postlogd
-EOF
+    {
+        echo "127.0.0.1:$smtpd_port inet n - n - - smtpd"
+        cat "$here/tests/postfix/master-services.cf"
+    } >"$etc/master.cf"
     postfix -c "$etc" check || { cat "$work/maillog" >&2; exit 1; }
     postfix -c "$etc" start
 }

@@ -318,27 +318,7 @@ maximal_backoff_time = 10s
 EOF
     # Only the services a sendmail -> relayhost client needs; no chroot (the
     # queue has no copy of /etc and libraries) and no smtpd listener.
-    cat >"$PFX/etc/master.cf" <<'EOF'
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-EOF
+    cp "$ROOT/tests/postfix/master-services.cf" "$PFX/etc/master.cf"
     # `check` creates the queue directories with their owners and modes.
     # Postfix commands print errors only to a terminal; the rest is in maillog.
     if ! /usr/sbin/postfix -c "$PFX/etc" check >"$PFX/check.log" 2>&1 ||
