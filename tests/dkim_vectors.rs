@@ -193,3 +193,29 @@ fn mail_auth_0_13_still_needs_the_workaround() {
     out.extend_from_slice(message);
     assert_ne!(tag_values(&out, "bh")[0], relaxed_body_hash(&out));
 }
+
+/// DESIGN §5: every `h=` entry in one spelling. Postfix and nullmailer write `Message-Id:`;
+/// go-msgauth counts `Message-Id` and `Message-ID` as different fields, so a signature
+/// whose over-signing entry is spelled otherwise than the field fails there. The signature
+/// must still verify over the message as sent, with its names as the client wrote them.
+#[tokio::test]
+async fn h_lists_every_field_name_in_lower_case_and_still_verifies() {
+    let message = b"From: Joe <joe@football.example.com>\r\nMessage-Id: <1@h.example>\r\n\
+SUBJECT: s\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\n\r\nHi.\r\n";
+    let out = signed(message);
+    for h in tag_values(&out, "h") {
+        let names: Vec<&str> = h.split(':').map(str::trim).collect();
+        assert!(
+            names.iter().all(|n| *n == n.to_ascii_lowercase()),
+            "h={h}"
+        );
+        assert_eq!(names.iter().filter(|n| **n == "message-id").count(), 2, "h={h}");
+        assert_eq!(names.iter().filter(|n| **n == "subject").count(), 2, "h={h}");
+    }
+    let results = verify(&out, &football_dns()).await;
+    assert_eq!(results.len(), 2);
+    assert!(
+        results.iter().all(|r| r.3 == DkimResult::Pass),
+        "{results:?}"
+    );
+}

@@ -1,29 +1,33 @@
 //! Which header fields go into `h=` (DESIGN §5).
 
+// Every name is written in lower case, the one spelling `h=` uses (DESIGN §5): go-msgauth
+// counts `Message-Id` and `Message-ID` as two different fields, so an over-signing entry
+// spelled differently from the field it guards fails the signature there.
+
 /// Signed once more than they occur, so nobody can add another copy after signing
 /// (RFC 6376 §8.15 "over-signing"); an absent one is signed once as empty.
 pub const OVERSIGNED: &[&str] = &[
-    "From",
-    "To",
-    "Cc",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "Reply-To",
-    "MIME-Version",
-    "Content-Type",
-    "Content-Transfer-Encoding",
+    "from",
+    "to",
+    "cc",
+    "subject",
+    "date",
+    "message-id",
+    "reply-to",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
 ];
 
 /// Signed as often as they occur. RFC 8058 requires List-Unsubscribe and
 /// List-Unsubscribe-Post to be signed for one-click unsubscribe.
 pub const SIGNED_WHEN_PRESENT: &[&str] = &[
-    "Sender",
-    "In-Reply-To",
-    "References",
-    "List-Id",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
+    "sender",
+    "in-reply-to",
+    "references",
+    "list-id",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
 ];
 
 /// The list to hand to mail-auth's signer for this message.
@@ -63,17 +67,17 @@ mod tests {
     #[test]
     fn present_oversigned_names_are_listed_twice_absent_once() {
         let list = header_list(&[b"from", b"Subject", b"List-Id"], &[]);
-        assert_eq!(list.iter().filter(|n| **n == "From").count(), 2);
-        assert_eq!(list.iter().filter(|n| **n == "Subject").count(), 2);
-        assert_eq!(list.iter().filter(|n| **n == "Cc").count(), 1);
-        assert_eq!(list.iter().filter(|n| **n == "List-Id").count(), 1);
-        assert!(!list.contains(&"Sender"));
+        assert_eq!(list.iter().filter(|n| **n == "from").count(), 2);
+        assert_eq!(list.iter().filter(|n| **n == "subject").count(), 2);
+        assert_eq!(list.iter().filter(|n| **n == "cc").count(), 1);
+        assert_eq!(list.iter().filter(|n| **n == "list-id").count(), 1);
+        assert!(!list.contains(&"sender"));
     }
 
     #[test]
     fn left_out_names_are_not_signed() {
         let list = header_list(&[b"Date", b"Message-ID"], &["Date", "Message-ID"]);
-        assert!(!list.contains(&"Date"));
-        assert!(!list.contains(&"Message-ID"));
+        assert!(!list.contains(&"date"));
+        assert!(!list.contains(&"message-id"));
     }
 }

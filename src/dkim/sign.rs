@@ -39,6 +39,14 @@ pub fn sign(
     let headers = HeaderBlock::parse(message)?;
     let list = header_list(&headers.names(), leave_out);
     let signable = signable_prefix(message);
+    // mail-auth reads chained parts as header fields, and the body from the last part: so
+    // the fields go first and the last part starts at the empty line that ends them.
+    let mut fields_end = headers.body_offset.min(signable.len());
+    if signable[..fields_end].ends_with(b"\r\n\r\n") {
+        fields_end -= 2;
+    }
+    let lowered = lowercase_field_names(&signable[..fields_end]);
+    let parts = [lowered.as_slice(), &signable[fields_end..]];
     let mut out = Vec::with_capacity(keys.keys.len());
     for key in &keys.keys {
         if rsa_only && key.algorithm != Algorithm::Rsa {
@@ -55,7 +63,7 @@ pub fn sign(
             .headers(list.iter().copied())
             .header_canonicalization(Canonicalization::Relaxed)
             .body_canonicalization(Canonicalization::Relaxed)
-            .sign(signable)
+            .sign_chained(parts)
             .map_err(|e| failed(e.to_string()))?;
         out.push(Signature {
             selector: key.selector.clone(),
@@ -64,6 +72,32 @@ pub fn sign(
         });
     }
     Ok(out)
+}
+
+/// The header section with every field name in lower case, so that mail-auth writes each
+/// `h=` entry in the same spelling as our lists (DESIGN §5; go-msgauth compares names by
+/// spelling). With relaxed header canonicalization (RFC 6376 §3.4.2, the only one we sign
+/// with) names are lower-cased before hashing anyway, so the signature over this copy is
+/// the signature over the message as it is sent, names as the client wrote them.
+fn lowercase_field_names(header_section: &[u8]) -> Vec<u8> {
+    let mut out = header_section.to_vec();
+    let mut line_start = true;
+    let mut in_name = false;
+    for byte in &mut out {
+        if line_start {
+            // A continuation line starts with white space; a field line with its name.
+            in_name = *byte != b' ' && *byte != b'\t';
+        }
+        line_start = *byte == b'\n';
+        if in_name {
+            if *byte == b':' {
+                in_name = false;
+            } else {
+                byte.make_ascii_lowercase();
+            }
+        }
+    }
+    out
 }
 
 /// mail-auth folds the header so that the `;` after `b=` can land alone on the last line
@@ -85,7 +119,15 @@ fn close_b_tag(header: String) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::close_b_tag;
+    use super::{close_b_tag, lowercase_field_names};
+
+    #[test]
+    fn only_field_names_are_lower_cased() {
+        assert_eq!(
+            lowercase_field_names(b"Message-Id: <A@B>\r\nSubject: Hi\r\n There: X\r\n\r\n"),
+            b"message-id: <A@B>\r\nsubject: Hi\r\n There: X\r\n\r\n"
+        );
+    }
 
     #[test]
     fn a_lone_semicolon_is_joined_to_the_b_line() {
