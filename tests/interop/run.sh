@@ -12,7 +12,8 @@
 # Each path gets its own relay process and outbox (all share one key store),
 # so every signed message is known to come from that path. verify.py then
 # checks every DKIM-Signature with dkimpy against the records printed by
-# `dkim-relay keys dns --json` (no real DNS), and that tampered copies fail.
+# `dkim-relay keys dns --json` (no real DNS), and that tampered copies fail;
+# gomsgauth/main.go checks every signature again with go-msgauth.
 #
 # Environment:
 #   DKIM_RELAY_BIN   relay binary (default target/debug/dkim-relay, built with
@@ -36,6 +37,9 @@ BIN=${DKIM_RELAY_BIN:-$ROOT/target/debug/dkim-relay}
 PATHS=${INTEROP_PATHS:-smtplib swaks postfix}
 TIMEOUT=${INTEROP_TIMEOUT:-120}
 START_TIMEOUT=120   # the first start generates RSA keys, slow in a debug build
+# go-msgauth's source from Debian's golang-github-emersion-go-msgauth-dev (GOPATH layout).
+GOPATH_DEBIAN=/usr/share/gocode
+GOMSGAUTH_SRC=$GOPATH_DEBIAN/src/github.com/emersion/go-msgauth
 
 say() { printf '== %s\n' "$*"; }
 
@@ -47,6 +51,8 @@ install_packages() {
     "$PY" -c 'import cryptography' 2>/dev/null || need+=(python3-cryptography)
     command -v swaks >/dev/null || need+=(swaks)
     [ -x /usr/sbin/postfix ] || need+=(postfix)
+    command -v go >/dev/null || need+=(golang-go)
+    [ -d "$GOMSGAUTH_SRC" ] || need+=(golang-github-emersion-go-msgauth-dev)
     [ ${#need[@]} -eq 0 ] && return 0
     if [ "$(id -u)" != 0 ]; then
         echo "run.sh: missing packages (${need[*]}); install them or run as root" >&2
@@ -417,6 +423,22 @@ if [ "$have_records" = 1 ] && [ ${#groups[@]} -gt 0 ]; then
         --summary-json "$WORK/verify-summary.json" "${groups[@]}" || true
 else
     note FAIL verify dkimpy "nothing to verify (no records or no path ran)"
+fi
+
+say "go-msgauth verification (tests/interop/gomsgauth)"
+# A second independent verifier: go-msgauth compares h= names by spelling and
+# fails signatures dkimpy passes (Message-Id vs Message-ID), so both must pass.
+if [ "$have_records" = 1 ] && [ ${#groups[@]} -gt 0 ]; then
+    if (cd "$HERE/gomsgauth" && GO111MODULE=off GOPATH=$GOPATH_DEBIAN GOCACHE=$WORK/gocache \
+            go build -o "$WORK/gomsgauth" .) 2>"$WORK/gomsgauth-build.log"; then
+        "$WORK/gomsgauth" "$WORK/records.json" "${groups[@]}" >"$WORK/gomsgauth.log" || true
+        grep '^FAIL' "$WORK/gomsgauth.log" || true
+        cat "$WORK/gomsgauth.log" >>"$HARNESS"
+    else
+        note FAIL verify go-msgauth "build failed: $(tr '\n' ' ' <"$WORK/gomsgauth-build.log" | head -c 400)"
+    fi
+else
+    note FAIL verify go-msgauth "nothing to verify (no records or no path ran)"
 fi
 
 say "summary"
