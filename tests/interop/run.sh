@@ -13,7 +13,8 @@
 # so every signed message is known to come from that path. verify.py then
 # checks every DKIM-Signature with dkimpy against the records printed by
 # `dkim-relay keys dns --json` (no real DNS), and that tampered copies fail;
-# gomsgauth/main.go checks every signature again with go-msgauth.
+# gomsgauth/main.go and opendkim_verify.py check every signature again with
+# go-msgauth and OpenDKIM (its offline test mode, records via TestDNSData).
 #
 # Environment:
 #   DKIM_RELAY_BIN   relay binary (default target/debug/dkim-relay, built with
@@ -52,6 +53,7 @@ install_packages() {
     command -v swaks >/dev/null || need+=(swaks)
     [ -x /usr/sbin/postfix ] || need+=(postfix)
     command -v go >/dev/null || need+=(golang-go)
+    command -v opendkim >/dev/null || need+=(opendkim)
     [ -d "$GOMSGAUTH_SRC" ] || need+=(golang-github-emersion-go-msgauth-dev)
     [ ${#need[@]} -eq 0 ] && return 0
     if [ "$(id -u)" != 0 ]; then
@@ -439,6 +441,17 @@ if [ "$have_records" = 1 ] && [ ${#groups[@]} -gt 0 ]; then
     fi
 else
     note FAIL verify go-msgauth "nothing to verify (no records or no path ran)"
+fi
+
+say "OpenDKIM verification (tests/interop/opendkim_verify.py)"
+if [ "$have_records" = 1 ] && [ ${#groups[@]} -gt 0 ]; then
+    "$PY" "$HERE/opendkim_verify.py" --records "$WORK/records.json" "${groups[@]}" \
+        >"$WORK/opendkim.log" 2>&1 || true
+    grep -v '^PASS' "$WORK/opendkim.log" || true
+    grep -E '^(PASS|FAIL) ' "$WORK/opendkim.log" >>"$HARNESS" ||
+        note FAIL verify opendkim "no result: $(tail -n 3 "$WORK/opendkim.log" | tr '\n' ' ')"
+else
+    note FAIL verify opendkim "nothing to verify (no records or no path ran)"
 fi
 
 say "summary"
