@@ -207,3 +207,51 @@ async fn smuggling_payloads_in_command_arguments_never_start_a_transaction() {
     assert_eq!(queued(dir.path()), 0);
     relay.shutdown().await;
 }
+
+/// Issue 14 item 4: rspamd fails every DKIM signature of a message that repeats a field
+/// RFC 5322 allows once. Repeated To and Cc are joined into one field (an address list,
+/// so nothing is lost) before signing; the others are refused, naming the field, and
+/// nothing is stored.
+#[tokio::test]
+async fn a_repeated_unique_field_is_refused_naming_it_and_to_is_joined() {
+    let (relay, upstream, dir) = relay_with(|_| {}).await;
+    let mut events = relay.subscribe();
+    let mut smtp = Smtp::connect(relay.smtp_addr()).await;
+    smtp.ehlo().await;
+    for (field, extra) in [
+        ("Subject", "Subject: one\r\nsubject: two\r\n"),
+        ("Message-ID", "Message-Id: <1@x>\r\nMessage-ID: <2@x>\r\n"),
+        (
+            "Reply-To",
+            "Reply-To: a@example.com\r\nReply-To: z@example.org\r\n",
+        ),
+        ("References", "References: <1@x>\r\nReferences: <2@x>\r\n"),
+    ] {
+        let msg = format!("From: a@example.com\r\n{extra}\r\nbody\r\n");
+        let reply = smtp.send("a@example.com", "u@example.net", &msg).await;
+        assert_eq!(
+            reply,
+            format!(
+                "550 5.6.0 Message has more than one {field} header field; RFC 5322 allows one, \
+                 and receivers fail the DKIM signature of such a message: write one {field} field"
+            )
+        );
+    }
+    assert_eq!(queued(dir.path()), 0);
+    // Two To fields (a legacy ERP's habit) become one, signed; fields that may repeat pass.
+    let msg = "From: a@example.com\r\nTo: b@example.net\r\nComments: x\r\nTo: c@example.net\r\nComments: y\r\n\r\nbody\r\n";
+    let reply = smtp.send("a@example.com", "u@example.net", msg).await;
+    assert!(reply.starts_with("250"), "{reply}");
+    wait_done(&mut events, 1).await;
+    let received = upstream.received();
+    assert_eq!(received.len(), 1);
+    let text = String::from_utf8_lossy(&received[0].data).to_string();
+    assert_eq!(fields(&text, "To: "), 1, "{text}");
+    assert!(
+        text.contains("\r\nTo: b@example.net,\r\n c@example.net\r\nComments: x\r\nComments: y\r\n"),
+        "{text}"
+    );
+    let cache = TxtCache::from_store(&dir.path().join("keys"));
+    assert_signed(&received[0].data, &cache, DOMAIN).await;
+    relay.shutdown().await;
+}

@@ -1,11 +1,13 @@
 //! What the relay needs to know about a message's content: its header fields and the
-//! domain of its single From mailbox (DESIGN §4). Used by the SMTP stage at end of DATA
+//! domain of its single From mailbox, and the fields it may carry only once (DESIGN §4). Used by the SMTP stage at end of DATA
 //! and by the signer.
 
 mod from;
 mod headers;
+mod unique;
 
 pub use from::{from_domain, FromError};
 pub use headers::{HeaderBlock, HeaderError, HeaderField};
+pub use unique::{merge_address_lists, repeated_field, Merged, AT_MOST_ONCE, MERGED};
 mod date;
 pub use date::rfc5322_date;

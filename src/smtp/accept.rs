@@ -7,7 +7,7 @@ use super::pace::Pace;
 use super::reply::{Refusal, Reply};
 use super::session::{stopping, Flow, Session, State, Transaction};
 use crate::dkim::KeyLookup;
-use crate::message::{from_domain, HeaderBlock};
+use crate::message::{from_domain, merge_address_lists, repeated_field, HeaderBlock};
 use crate::spool::{DeliveryState, Envelope, Origin, QueueId, QueuedMessage};
 use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -94,9 +94,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ));
         }
         let eight_bit = parser.eight_bit;
-        let data = parser.into_message();
-        let headers = HeaderBlock::parse(&data)
+        let mut data = parser.into_message();
+        let mut headers = HeaderBlock::parse(&data)
             .map_err(|e| log_refusal(&e.to_string(), Refusal::MalformedHeader))?;
+        // Repeated To/Cc fields are joined (lossless, see message::unique); the rewritten
+        // message is what is stored and signed.
+        let mut joined: Vec<&'static str> = Vec::new();
+        if let Some(merged) = merge_address_lists(&data, &headers) {
+            let mut rewritten = merged.section;
+            rewritten.extend_from_slice(&data[headers.body_offset..]);
+            joined = merged.fields;
+            data = rewritten;
+            headers = HeaderBlock::parse(&data)
+                .map_err(|e| log_refusal(&e.to_string(), Refusal::MalformedHeader))?;
+        }
         let smtp = &self.ctx.config.smtp;
         if headers.body_offset as u64 > smtp.max_header_size.0 {
             return Err(log_refusal("header block too big", Refusal::HeaderTooBig));
@@ -110,6 +121,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(log_refusal(
                 "8-bit body; the upstream does not carry 8BITMIME",
                 Refusal::EightBitNotCarried,
+            ));
+        }
+        if let Some(name) = repeated_field(&headers) {
+            return Err(log_refusal(
+                &format!("more than one {name} field"),
+                Refusal::RepeatedField(name),
             ));
         }
         let domain =
@@ -140,6 +157,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             (false, true) => "ESMTPA",
             (true, true) => "ESMTPSA",
         };
+        if !joined.is_empty() {
+            tracing::info!(queue_id = %id, fields = %joined.join(", "), "joined repeated address fields into one (receivers fail DKIM on repeated fields)");
+        }
         let hostname = &self.ctx.config.hostname;
         // What the relay adds goes before the data, which is stored as received: a large
         // message is never copied in memory.

@@ -92,6 +92,8 @@ pub enum Refusal {
     MalformedHeader,
     /// From missing, repeated, a group, several mailboxes, or no address.
     BadFrom,
+    /// A field RFC 5322 allows once (To, Subject, Message-ID, …) occurs twice.
+    RepeatedField(&'static str),
     /// The relay has no key for the From domain.
     NoKeyForDomain,
     SpoolFailed,
@@ -173,6 +175,14 @@ impl Refusal {
                 550,
                 "5.6.0",
                 "Message must have exactly one From header field with one address",
+            ),
+            Refusal::RepeatedField(name) => Reply::owned(
+                550,
+                "5.6.0",
+                format!(
+                    "Message has more than one {name} header field; RFC 5322 allows one, \
+                     and receivers fail the DKIM signature of such a message: write one {name} field"
+                ),
             ),
             Refusal::NoKeyForDomain => {
                 Reply::new(550, "5.7.1", "This relay does not sign for the From domain")
