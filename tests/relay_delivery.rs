@@ -6,7 +6,7 @@ mod common;
 use common::upstream::FakeUpstream;
 use common::verify::{assert_signed, TxtCache};
 use common::*;
-use dkim_relay::delivery::DeliveryEvent;
+use dkim_relay::delivery::{DeliveryEvent, Fault};
 
 #[tokio::test]
 async fn relayed_mail_is_signed_with_rsa_and_ed25519_and_verifies() {
@@ -177,10 +177,10 @@ async fn a_temporary_failure_is_retried_and_delivered_once() {
         .await;
     assert!(r.starts_with("250"), "{r}");
     let deferred = wait_for(&mut events, |e| matches!(e, DeliveryEvent::Deferred { .. })).await;
-    let DeliveryEvent::Deferred { reason, .. } = deferred else {
+    let DeliveryEvent::Deferred { cause, .. } = deferred else {
         unreachable!()
     };
-    assert!(reason.contains("451"), "{reason}");
+    assert_eq!(cause.reply.as_ref().map(|r| r.code), Some(451), "{cause}");
     assert!(upstream.received().is_empty());
 
     relay.flush(); // stands in for the retry delay
@@ -208,11 +208,11 @@ async fn a_permanent_refusal_fails_that_recipient_only() {
         .await;
     assert!(r.starts_with("250"), "{r}");
     let failed = wait_for(&mut events, |e| matches!(e, DeliveryEvent::Failed { .. })).await;
-    let DeliveryEvent::Failed { rcpt, reason, .. } = failed else {
+    let DeliveryEvent::Failed { rcpt, cause, .. } = failed else {
         unreachable!()
     };
     assert_eq!(rcpt, "gone@example.net");
-    assert!(reason.starts_with("550"), "{reason}");
+    assert_eq!(cause.reply.as_ref().map(|r| r.code), Some(550), "{cause}");
     // The message, then the bounce to its sender (tests/bounces.rs checks the bounce).
     wait_done(&mut events, 2).await;
     let received: Vec<_> = upstream
@@ -298,11 +298,15 @@ async fn a_domain_whose_key_is_unreadable_is_deferred_never_sent_unsigned() {
         "accepted so the operator can fix the key: {r}"
     );
     let deferred = wait_for(&mut events, |e| matches!(e, DeliveryEvent::Deferred { .. })).await;
-    let DeliveryEvent::Deferred { reason, .. } = deferred else {
+    let DeliveryEvent::Deferred { cause, .. } = deferred else {
         unreachable!()
     };
-    assert!(reason.contains("readable by group or others"), "{reason}");
-    assert!(!reason.contains("PRIVATE KEY"));
+    assert_eq!(cause.fault, Fault::Relay, "{cause}");
+    assert!(
+        cause.detail.contains("readable by group or others"),
+        "{cause}"
+    );
+    assert!(!cause.to_string().contains("PRIVATE KEY"));
     assert!(upstream.received().is_empty());
 
     // Fixed and reloaded: the queued message goes out signed.

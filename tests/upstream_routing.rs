@@ -8,7 +8,7 @@ use common::upstream::FakeUpstream;
 use common::verify::{assert_signed, verify, TxtCache};
 use common::*;
 use dkim_relay::config::{RouteConfig, SigningProfileName};
-use dkim_relay::delivery::DeliveryEvent;
+use dkim_relay::delivery::{DeliveryEvent, Fault};
 use mail_auth::DkimResult;
 
 async fn send_one(
@@ -229,10 +229,11 @@ async fn a_421_at_rcpt(pipelining: bool) {
     )
     .await;
     let e = wait_for(&mut events, |_| true).await;
-    let DeliveryEvent::Deferred { reason, .. } = &e else {
+    let DeliveryEvent::Deferred { cause, .. } = &e else {
         panic!("421 must defer every recipient, got {e:?}")
     };
-    assert!(reason.contains("421"), "{reason}");
+    assert_eq!(cause.reply.as_ref().map(|r| r.code), Some(421), "{cause}");
+    assert_eq!(cause.fault, Fault::Upstream);
     upstream.clear_rcpt_replies();
     relay.flush();
     wait_done(&mut events, 1).await;
@@ -301,10 +302,11 @@ async fn auth_535_is_deferred_as_our_fault_never_failed() {
         !matches!(e, DeliveryEvent::Delivered { .. })
     })
     .await;
-    let DeliveryEvent::Deferred { reason, .. } = e else {
+    let DeliveryEvent::Deferred { cause, .. } = e else {
         panic!("AUTH 535 must defer, got {e:?}")
     };
-    assert!(reason.contains("535"), "{reason}");
+    assert_eq!(cause.reply.as_ref().map(|r| r.code), Some(535), "{cause}");
+    assert_eq!(cause.fault, Fault::OurConfig, "{cause}");
     relay.flush();
     let e = wait_for(&mut events, |_| true).await;
     assert!(matches!(e, DeliveryEvent::Deferred { .. }), "{e:?}");
@@ -322,10 +324,11 @@ async fn a_530_authentication_required_at_mail_is_deferred_never_bounced() {
     let mut events = relay.subscribe();
     send_one(&relay, "someone@example.com", &["u@example.net"], "530").await;
     let e = wait_for(&mut events, |_| true).await;
-    let DeliveryEvent::Deferred { reason, .. } = e else {
+    let DeliveryEvent::Deferred { cause, .. } = e else {
         panic!("530 must defer, got {e:?}")
     };
-    assert!(reason.contains("530"), "{reason}");
+    assert_eq!(cause.reply.as_ref().map(|r| r.code), Some(530), "{cause}");
+    assert_eq!(cause.fault, Fault::OurConfig, "{cause}");
     // Fixed (the upstream takes mail again): delivered, and no bounce was ever made.
     upstream.reply_to_mail(None);
     relay.flush();

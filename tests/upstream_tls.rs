@@ -127,12 +127,17 @@ async fn an_untrusted_certificate_defers_instead_of_sending() {
         matches!(e, dkim_relay::delivery::DeliveryEvent::Deferred { .. })
     })
     .await;
-    let dkim_relay::delivery::DeliveryEvent::Deferred { reason, .. } = deferred else {
+    let dkim_relay::delivery::DeliveryEvent::Deferred { cause, .. } = deferred else {
         unreachable!()
     };
+    assert_eq!(
+        cause.fault,
+        dkim_relay::delivery::Fault::Transport,
+        "{cause}"
+    );
     assert!(
-        reason.contains("TLS") || reason.contains("certificate"),
-        "{reason}"
+        cause.detail.contains("TLS") || cause.detail.contains("certificate"),
+        "{cause}"
     );
     assert!(upstream.received().is_empty());
     relay.shutdown().await;

@@ -91,7 +91,7 @@ impl Entry {
                     .get(i)
                     .copied()
                     .unwrap_or(RcptStatus::Pending),
-                reason: item.state.failures.get(&i).cloned(),
+                reason: item.state.failures.get(&i).map(|p| p.text.clone()),
             })
             .collect();
         Entry {
@@ -101,7 +101,7 @@ impl Entry {
             recipients,
             attempts: item.state.attempts,
             next_attempt: item.state.next_attempt,
-            last_error: item.state.last_error.clone(),
+            last_error: item.state.last_error.as_ref().map(|p| p.text.clone()),
             held: item.state.held,
             active,
             bounce: item.envelope.is_bounce(),

@@ -2,9 +2,10 @@
 //! force now, hand it to the transport, and record what happened to each recipient.
 
 use super::bounce::{self, DsnKind};
-use super::outcome::RcptOutcome;
 use super::schedule::NextStep;
+use super::transaction::Outcomes;
 use super::upstream::{FailedAt, SigningProfile};
+use super::verdict::{Cause, Fault, Verdict};
 use super::{DeliveryContext, DeliveryEvent, Transport};
 use crate::dkim::{sign, KeyLookup};
 use crate::spool::{DeliveryState, QueuedMessage, RcptStatus};
@@ -30,17 +31,17 @@ pub async fn attempt(ctx: &DeliveryContext, mut item: QueuedMessage, now: u64) -
     item.state.attempts += 1;
     let outcomes = match prepare_and_send(ctx, &item, &pending).await {
         Ok(outcomes) => outcomes,
-        Err(reason) => pending
+        Err(cause) => pending
             .iter()
-            .map(|&i| (i, RcptOutcome::Deferred(reason.clone())))
+            .map(|&i| (i, Verdict::Deferred(cause.clone())))
             .collect(),
     };
 
-    let mut deferred_reason = None;
-    for (i, outcome) in outcomes {
+    let mut deferred = None;
+    for (i, verdict) in outcomes {
         let rcpt = &item.envelope.rcpts[i];
-        match outcome {
-            RcptOutcome::Delivered(reply) => {
+        match verdict {
+            Verdict::Delivered(reply) => {
                 item.state.rcpts[i] = RcptStatus::Delivered;
                 tracing::info!(queue_id = %id, rcpt = %rcpt, reply = %reply, "delivered");
                 ctx.emit(DeliveryEvent::Delivered {
@@ -48,39 +49,36 @@ pub async fn attempt(ctx: &DeliveryContext, mut item: QueuedMessage, now: u64) -
                     rcpt: rcpt.clone(),
                 });
             }
-            RcptOutcome::Failed(reason) => fail(ctx, &mut item, i, reason),
-            RcptOutcome::Deferred(reason) => deferred_reason = Some(reason),
+            Verdict::Failed(cause) => fail(ctx, &mut item, i, cause),
+            Verdict::Deferred(cause) => deferred = Some(cause),
         }
     }
 
     if item.state.is_finished() {
         return finish(ctx, item, now).await;
     }
-    let reason = deferred_reason.unwrap_or_else(|| "no result".into());
+    let cause = deferred.unwrap_or_else(|| Cause::relay("no result"));
     match ctx
         .retry
         .next(item.envelope.received, item.state.attempts, now)
     {
         NextStep::Expired => {
+            let expired = Cause::expired(item.state.attempts, &cause);
             for i in item.state.pending().collect::<Vec<_>>() {
-                let why = format!(
-                    "expired after {} attempts; last error: {reason}",
-                    item.state.attempts
-                );
-                fail(ctx, &mut item, i, why);
+                fail(ctx, &mut item, i, expired.clone());
             }
             finish(ctx, item, now).await
         }
         NextStep::RetryAt(at) => {
             item.state.next_attempt = at;
-            item.state.last_error = Some(reason.clone());
+            item.state.last_error = Some(cause.problem());
             let bounce = delay_warning(ctx, &mut item, now).await;
             if let Err(e) = ctx.spool.save_state(&id, &item.state) {
                 // The message itself is safe in the spool; only progress may be repeated.
                 tracing::error!(queue_id = %id, error = %e, "cannot save delivery state");
             }
-            tracing::info!(queue_id = %id, attempts = item.state.attempts, reason = %reason, retry_in_s = at.saturating_sub(now), "deferred");
-            ctx.emit(DeliveryEvent::Deferred { id, reason });
+            tracing::info!(queue_id = %id, attempts = item.state.attempts, fault = cause.fault.name(), reason = %cause, retry_in_s = at.saturating_sub(now), "deferred");
+            ctx.emit(DeliveryEvent::Deferred { id, cause });
             AttemptResult {
                 requeue: Some(item),
                 bounce,
@@ -89,16 +87,16 @@ pub async fn attempt(ctx: &DeliveryContext, mut item: QueuedMessage, now: u64) -
     }
 }
 
-fn fail(ctx: &DeliveryContext, item: &mut QueuedMessage, i: usize, reason: String) {
+fn fail(ctx: &DeliveryContext, item: &mut QueuedMessage, i: usize, cause: Cause) {
     let id = &item.envelope.id;
     let rcpt = item.envelope.rcpts[i].clone();
     item.state.rcpts[i] = RcptStatus::Failed;
-    item.state.failures.insert(i, reason.clone());
-    tracing::warn!(queue_id = %id, rcpt = %rcpt, reason = %reason, "failed permanently");
+    item.state.failures.insert(i, cause.problem());
+    tracing::warn!(queue_id = %id, rcpt = %rcpt, fault = cause.fault.name(), reason = %cause, "failed permanently");
     ctx.emit(DeliveryEvent::Failed {
         id: id.clone(),
         rcpt,
-        reason,
+        cause,
     });
 }
 
@@ -211,7 +209,7 @@ async fn prepare_and_send(
     ctx: &DeliveryContext,
     item: &QueuedMessage,
     pending: &[usize],
-) -> Result<Vec<(usize, RcptOutcome)>, String> {
+) -> Result<Outcomes, Cause> {
     let env = &item.envelope;
     let keys = match ctx.keys.current().lookup(&env.from_domain) {
         KeyLookup::Ready(keys) => Some(keys),
@@ -219,16 +217,24 @@ async fn prepare_and_send(
         // no keys at all (DESIGN: never unsigned for a domain that has keys).
         KeyLookup::Unknown if env.is_bounce() => None,
         KeyLookup::Unusable(reason) => {
-            return Err(format!("no usable key for {}: {reason}", env.from_domain))
+            return Err(Cause::relay(format!(
+                "no usable key for {}: {reason}",
+                env.from_domain
+            )))
         }
-        KeyLookup::Unknown => return Err(format!("no key configured for {}", env.from_domain)),
+        KeyLookup::Unknown => {
+            return Err(Cause::relay(format!(
+                "no key configured for {}",
+                env.from_domain
+            )))
+        }
     };
     let spool = ctx.spool.clone();
     let id = env.id.clone();
     let spooled = tokio::task::spawn_blocking(move || spool.read(&id))
         .await
-        .map_err(|e| format!("spool read task failed: {e}"))?
-        .map_err(|e| format!("cannot read the spooled message: {e}"))?;
+        .map_err(|e| Cause::relay(format!("spool read task failed: {e}")))?
+        .map_err(|e| Cause::relay(format!("cannot read the spooled message: {e}")))?;
     let spooled = Arc::new(spooled);
     let message = spooled.message();
     // Signing is CPU work of a millisecond or more (RSA): it runs on the blocking pool so
@@ -249,8 +255,8 @@ async fn prepare_and_send(
                 sign(&signer, spooled.message(), &leave_out, profile.rsa_only)
             })
             .await
-            .map_err(|e| format!("signing task failed: {e}"))?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Cause::relay(format!("signing task failed: {e}")))?
+            .map_err(|e| Cause::relay(e.to_string()))?;
             crate::metrics::global().signing.observe(started.elapsed());
             let mut headers = String::new();
             for s in &signatures {
@@ -258,7 +264,7 @@ async fn prepare_and_send(
                 crate::metrics::global().signature(&keys.domain, &s.selector, s.algorithm.dkim_a());
                 headers.push_str(&s.header);
             }
-            Ok::<String, String>(headers)
+            Ok::<String, Cause>(headers)
         }
     };
     match &ctx.transport {
@@ -271,17 +277,17 @@ async fn prepare_and_send(
                 outbox.write(&id, &[headers.as_bytes(), spooled.message()])
             })
             .await
-            .map_err(|e| format!("outbox task failed: {e}"))?
-            .map_err(|e| format!("cannot write to the outbox: {e}"))?;
+            .map_err(|e| Cause::relay(format!("outbox task failed: {e}")))?
+            .map_err(|e| Cause::relay(format!("cannot write to the outbox: {e}")))?;
             let said = format!("written to {}", path.display());
             Ok(pending
                 .iter()
-                .map(|&i| (i, RcptOutcome::Delivered(said.clone())))
+                .map(|&i| (i, Verdict::Delivered(said.clone())))
                 .collect())
         }
         Transport::Upstreams(router) => {
             let candidates = router.candidates(env);
-            let mut last = String::from("no upstream for this message");
+            let mut last = Cause::our_config("no upstream for this message");
             // On failover the signatures are made again only for a different profile.
             let mut signed: Option<(&SigningProfile, String)> = None;
             for (n, upstream) in candidates.iter().enumerate() {
@@ -300,18 +306,20 @@ async fn prepare_and_send(
                     }
                     Err(e) => e,
                 };
-                if e.error.config_fault {
-                    tracing::error!(queue_id = %env.id, upstream = %upstream.describe(), reason = %e.error.reason, "upstream refused our configuration; mail waits until it is fixed");
+                if e.cause.fault == Fault::OurConfig {
+                    tracing::error!(queue_id = %env.id, upstream = %upstream.describe(), reason = %e.cause, "upstream refused our configuration; mail waits until it is fixed");
                 }
                 let more = n + 1 < candidates.len();
                 match e.at {
                     FailedAt::Connect if more => {
-                        tracing::warn!(queue_id = %env.id, upstream = %upstream.describe(), reason = %e.error.reason, "upstream unavailable; failing over to the next");
-                        last = e.error.reason;
+                        tracing::warn!(queue_id = %env.id, upstream = %upstream.describe(), reason = %e.cause, "upstream unavailable; failing over to the next");
+                        last = e.cause;
                         signed = Some((upstream.profile(), headers));
                     }
                     FailedAt::Connect | FailedAt::Transaction => {
-                        return Err(format!("{}: {}", upstream.name(), e.error.reason))
+                        let mut cause = e.cause;
+                        cause.upstream = Some(upstream.name().to_string());
+                        return Err(cause);
                     }
                 }
             }

@@ -9,7 +9,7 @@
 
 use crate::dkim::{KeyLookup, KeyRing};
 use crate::message::rfc5322_date;
-use crate::spool::{DeliveryState, Envelope, Origin, QueueId, RcptStatus};
+use crate::spool::{DeliveryState, Envelope, Origin, Problem, QueueId, RcptStatus};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// Which report to write.
@@ -80,26 +80,21 @@ pub fn build(
         rfc5322_date(original.received)
     );
     for (i, rcpt) in original.rcpts.iter().enumerate() {
-        let (action, reason) = match (kind, state.rcpts.get(i)) {
-            (DsnKind::Failed, Some(RcptStatus::Failed)) => (
-                "failed",
-                state.failures.get(&i).cloned().unwrap_or_default(),
-            ),
-            (DsnKind::Delayed, Some(RcptStatus::Pending)) => (
-                "delayed",
-                state
-                    .last_error
-                    .clone()
-                    .unwrap_or_else(|| "not yet tried".into()),
-            ),
+        let (action, problem) = match (kind, state.rcpts.get(i)) {
+            (DsnKind::Failed, Some(RcptStatus::Failed)) => ("failed", state.failures.get(&i)),
+            (DsnKind::Delayed, Some(RcptStatus::Pending)) => ("delayed", state.last_error.as_ref()),
             _ => continue,
         };
-        let reason = one_line(&reason);
+        let fallback = match kind {
+            DsnKind::Failed => "no reason recorded",
+            DsnKind::Delayed => "not yet tried",
+        };
+        let reason = one_line(problem.map_or(fallback, |p| p.text.as_str()));
         human.push_str(&format!("<{rcpt}>: {reason}\r\n"));
         status.push_str(&format!(
             "\r\nFinal-Recipient: rfc822; {rcpt}\r\nAction: {action}\r\nStatus: {}\r\n{}\r\n",
-            status_code(kind, &reason),
-            diagnostic(&reason)
+            status_code(kind, problem),
+            diagnostic(problem, &reason)
         ));
     }
     let headers = header_block(original_headers);
@@ -180,33 +175,26 @@ fn one_line(reason: &str) -> String {
     line
 }
 
-/// RFC 3463 status: the upstream's enhanced code when its reply had one, else a generic
-/// one (4.4.7 for a message that expired while the failures were temporary).
-fn status_code(kind: DsnKind, reason: &str) -> String {
-    let mut words = reason.split_whitespace();
-    let code = words.next().unwrap_or("");
-    let enhanced = words.next().unwrap_or("");
-    let is_enhanced = enhanced.split('.').count() == 3
-        && enhanced
-            .split('.')
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    match (kind, code.as_bytes().first()) {
-        (DsnKind::Failed, Some(b'5')) if is_enhanced && enhanced.starts_with('5') => {
-            enhanced.to_string()
-        }
-        (DsnKind::Failed, Some(b'5')) => "5.0.0".into(),
-        (DsnKind::Failed, _) => "4.4.7".into(),
-        (DsnKind::Delayed, Some(b'4')) if is_enhanced && enhanced.starts_with('4') => {
-            enhanced.to_string()
-        }
+/// RFC 3463 status: what the verdict recorded (the upstream's enhanced code, or 4.4.7 for
+/// an expired message) when it fits the report, else the kind's generic one.
+fn status_code(kind: DsnKind, problem: Option<&Problem>) -> String {
+    let class = match kind {
+        DsnKind::Failed => '5',
+        DsnKind::Delayed => '4',
+    };
+    let recorded = problem.and_then(|p| p.status.as_deref());
+    match (kind, recorded) {
+        (_, Some(status)) if status.starts_with(class) => status.to_string(),
+        // An expired message failed for good after temporary errors (RFC 3463 §3.5).
+        (DsnKind::Failed, Some(status)) if status == "4.4.7" => status.to_string(),
+        (DsnKind::Failed, _) => "5.0.0".into(),
         (DsnKind::Delayed, _) => "4.0.0".into(),
     }
 }
 
-/// `Diagnostic-Code:` with the upstream's reply when there was one.
-fn diagnostic(reason: &str) -> String {
-    let is_reply = reason.len() >= 3 && reason.as_bytes()[..3].iter().all(u8::is_ascii_digit);
-    if is_reply {
+/// `Diagnostic-Code:` with the upstream's reply when there was one, else our reason.
+fn diagnostic(problem: Option<&Problem>, reason: &str) -> String {
+    if problem.is_some_and(|p| p.smtp) {
         format!("Diagnostic-Code: smtp; {reason}")
     } else {
         format!("Diagnostic-Code: X-dkim-relay; {reason}")
@@ -217,22 +205,33 @@ fn diagnostic(reason: &str) -> String {
 mod tests {
     use super::*;
 
+    fn problem(status: Option<&str>, text: &str, smtp: bool) -> Problem {
+        Problem {
+            status: status.map(str::to_string),
+            text: text.into(),
+            smtp,
+        }
+    }
+
     #[test]
-    fn status_comes_from_the_reply_or_a_generic_code() {
-        assert_eq!(
-            status_code(DsnKind::Failed, "550 5.1.1 no such user"),
-            "5.1.1"
+    fn status_comes_from_the_recorded_problem_or_a_generic_code() {
+        let p = problem(Some("5.1.1"), "550 5.1.1 no such user", true);
+        assert_eq!(status_code(DsnKind::Failed, Some(&p)), "5.1.1");
+        assert!(diagnostic(Some(&p), &p.text).starts_with("Diagnostic-Code: smtp; 550"));
+        let p = problem(None, "554 rejected", true);
+        assert_eq!(status_code(DsnKind::Failed, Some(&p)), "5.0.0");
+        let p = problem(
+            Some("4.4.7"),
+            "expired after 9 attempts; last error: 451 4.3.0 x",
+            false,
         );
-        assert_eq!(status_code(DsnKind::Failed, "554 rejected"), "5.0.0");
-        assert_eq!(
-            status_code(
-                DsnKind::Failed,
-                "expired after 9 attempts; last error: 451 4.3.0 x"
-            ),
-            "4.4.7"
-        );
-        assert_eq!(status_code(DsnKind::Delayed, "451 4.3.0 later"), "4.3.0");
-        assert_eq!(status_code(DsnKind::Delayed, "connection error"), "4.0.0");
+        assert_eq!(status_code(DsnKind::Failed, Some(&p)), "4.4.7");
+        assert!(diagnostic(Some(&p), &p.text).starts_with("Diagnostic-Code: X-dkim-relay; "));
+        let p = problem(Some("4.3.0"), "451 4.3.0 later", true);
+        assert_eq!(status_code(DsnKind::Delayed, Some(&p)), "4.3.0");
+        let p = problem(None, "connection error", false);
+        assert_eq!(status_code(DsnKind::Delayed, Some(&p)), "4.0.0");
+        assert_eq!(status_code(DsnKind::Delayed, None), "4.0.0");
     }
 
     #[test]

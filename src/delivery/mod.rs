@@ -7,24 +7,24 @@
 //!
 //! Files: `attempt` (one attempt of one message), `router` (which upstreams, in which
 //! order), `upstream` (one server: pool, connect, AUTH), `transaction` (MAIL/RCPT/DATA),
-//! `outcome` (reply classification), `bounce` (RFC 3464 DSNs), `control` (queue commands
+//! `verdict` (the typed result of an attempt: reply, whose fault, retry or not), `bounce` (RFC 3464 DSNs), `control` (queue commands
 //! inside the runner), `schedule` (retry times), `outbox`.
 
 mod attempt;
 mod bounce;
 mod control;
 mod outbox;
-mod outcome;
 mod router;
 mod schedule;
 mod transaction;
 mod upstream;
+mod verdict;
 
 pub use outbox::Outbox;
-pub use outcome::{AttemptError, RcptOutcome};
 pub use router::Router;
 pub use schedule::{NextStep, RetryPolicy};
 pub use upstream::{FailedAt, SendError, SigningProfile, Upstream};
+pub use verdict::{Cause, Fault, UpstreamReply, Verdict};
 
 use crate::dkim::SharedKeyRing;
 use crate::spool::{QueueId, QueuedMessage, Spool};
@@ -50,12 +50,12 @@ pub enum DeliveryEvent {
     },
     Deferred {
         id: QueueId,
-        reason: String,
+        cause: Cause,
     },
     Failed {
         id: QueueId,
         rcpt: String,
-        reason: String,
+        cause: Cause,
     },
     /// Every recipient is delivered or failed; the message left the spool.
     Done {

@@ -2,8 +2,8 @@
 //! and command by command otherwise, so that each recipient's result is known (DESIGN §7),
 //! and the dot-stuffing DATA writer.
 
-use super::outcome::{AttemptError, RcptOutcome};
 use super::upstream::{Client, Connection};
+use super::verdict::{Cause, Fault, UpstreamReply, Verdict};
 use crate::spool::Envelope;
 use mail_send::SmtpClient;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 /// A failed transaction, and whether the message can safely be tried again on a fresh
 /// connection right away (nothing was committed: the final dot was never sent).
 pub(super) struct TransactError {
-    pub error: AttemptError,
+    pub cause: Cause,
     pub retry_now: bool,
 }
 
@@ -20,7 +20,7 @@ pub(super) async fn transact(
     envelope: &Envelope,
     rcpts: &[usize],
     parts: &[&[u8]],
-) -> Result<Vec<(usize, RcptOutcome)>, TransactError> {
+) -> Result<Outcomes, TransactError> {
     let body = if envelope.eight_bit && conn.eight_bit {
         " BODY=8BITMIME"
     } else {
@@ -37,7 +37,7 @@ pub(super) async fn transact(
 
 fn before_data(e: mail_send::Error) -> TransactError {
     TransactError {
-        error: AttemptError::from_send(&e),
+        cause: Cause::from_send(&e),
         retry_now: true,
     }
 }
@@ -46,12 +46,11 @@ fn before_data(e: mail_send::Error) -> TransactError {
 /// upstream wants. Our configuration's fault: defer and alert, never bounce.
 fn auth_required(reply: &smtp_proto::Response<String>) -> TransactError {
     TransactError {
-        error: AttemptError {
-            reason: format!(
-                "upstream requires AUTH ({} {}): set username and password_file",
-                reply.code, reply.message
-            ),
-            config_fault: true,
+        cause: Cause {
+            fault: Fault::OurConfig,
+            reply: Some(UpstreamReply::from_response(reply)),
+            detail: "upstream requires AUTH: set username and password_file".into(),
+            upstream: None,
         },
         retry_now: false,
     }
@@ -66,11 +65,11 @@ fn rcpt_cmd(envelope: &Envelope, i: usize) -> String {
 }
 
 type Reply = smtp_proto::Response<String>;
-type Outcomes = Vec<(usize, RcptOutcome)>;
+pub(super) type Outcomes = Vec<(usize, Verdict)>;
 
 /// What the replies to MAIL, each RCPT and then DATA settle, however they were sent.
 #[derive(Debug)]
-enum Verdict {
+enum Settled {
     /// DATA got 354: send the message to `accepted`; `outcomes` holds the refused.
     SendData {
         accepted: Vec<usize>,
@@ -85,16 +84,16 @@ enum Verdict {
 /// Settles every recipient in `rcpts` from the MAIL reply and `rest`: the RCPT replies in
 /// order, then the DATA reply. `rest` may end early: after a 421, or without a DATA reply
 /// when no recipient was accepted.
-fn settle(rcpts: &[usize], mail: &Reply, rest: &[Reply]) -> Verdict {
+fn settle(rcpts: &[usize], mail: &Reply, rest: &[Reply]) -> Settled {
     let ok = |r: &Reply| (200..300).contains(&r.code);
     if mail.code == 530 {
-        return Verdict::AuthRequired(mail.clone());
+        return Settled::AuthRequired(mail.clone());
     }
     if !ok(mail) {
-        return Verdict::Done {
+        return Settled::Done {
             outcomes: rcpts
                 .iter()
-                .map(|&i| (i, RcptOutcome::from_response(mail)))
+                .map(|&i| (i, Verdict::from_response(mail)))
                 .collect(),
             closing: mail.code == 421,
         };
@@ -106,11 +105,11 @@ fn settle(rcpts: &[usize], mail: &Reply, rest: &[Reply]) -> Verdict {
             .iter()
             .enumerate()
             .map(|(j, &i)| match rest.get(j) {
-                Some(r) if j < p && !ok(r) => (i, RcptOutcome::from_response(r)),
-                _ => (i, RcptOutcome::from_response(&rest[p])),
+                Some(r) if j < p && !ok(r) => (i, Verdict::from_response(r)),
+                _ => (i, Verdict::from_response(&rest[p])),
             })
             .collect();
-        return Verdict::Done {
+        return Settled::Done {
             outcomes,
             closing: true,
         };
@@ -121,22 +120,22 @@ fn settle(rcpts: &[usize], mail: &Reply, rest: &[Reply]) -> Verdict {
         if ok(r) {
             accepted.push(i);
         } else {
-            outcomes.push((i, RcptOutcome::from_response(r)));
+            outcomes.push((i, Verdict::from_response(r)));
         }
     }
     if accepted.is_empty() {
-        return Verdict::Done {
+        return Settled::Done {
             outcomes,
             closing: false,
         };
     }
     let data = match rest.get(rcpts.len()) {
-        Some(data) if data.code == 354 => return Verdict::SendData { accepted, outcomes },
-        Some(data) => RcptOutcome::from_response(data),
-        None => RcptOutcome::Deferred("no reply to DATA".into()),
+        Some(data) if data.code == 354 => return Settled::SendData { accepted, outcomes },
+        Some(data) => Verdict::from_response(data),
+        None => Verdict::Deferred(Cause::transport("no reply to DATA")),
     };
     outcomes.extend(accepted.iter().map(|&i| (i, data.clone())));
-    Verdict::Done {
+    Settled::Done {
         outcomes,
         closing: false,
     }
@@ -145,21 +144,21 @@ fn settle(rcpts: &[usize], mail: &Reply, rest: &[Reply]) -> Verdict {
 /// Carries out a verdict: RSET after a transaction that ends early, the message after 354.
 async fn conclude<T: AsyncRead + AsyncWrite + Unpin>(
     c: &mut SmtpClient<T>,
-    verdict: Verdict,
+    settled: Settled,
     parts: &[&[u8]],
 ) -> Result<Outcomes, TransactError> {
-    match verdict {
-        Verdict::AuthRequired(reply) => {
+    match settled {
+        Settled::AuthRequired(reply) => {
             let _ = c.rset().await;
             Err(auth_required(&reply))
         }
-        Verdict::Done { outcomes, closing } => {
+        Settled::Done { outcomes, closing } => {
             if !closing {
                 let _ = c.rset().await;
             }
             Ok(outcomes)
         }
-        Verdict::SendData { accepted, outcomes } => send_data(c, parts, &accepted, outcomes).await,
+        Settled::SendData { accepted, outcomes } => send_data(c, parts, &accepted, outcomes).await,
     }
 }
 
@@ -194,14 +193,14 @@ async fn pipelined<T: AsyncRead + AsyncWrite + Unpin>(
     let Some((mail, rest)) = replies.split_first() else {
         return Err(before_data(mail_send::Error::UnparseableReply));
     };
-    let verdict = settle(rcpts, mail, rest);
+    let settled = settle(rcpts, mail, rest);
     let data_started = rest.get(rcpts.len()).is_some_and(|d| d.code == 354);
-    if data_started && !matches!(verdict, Verdict::SendData { .. }) {
+    if data_started && !matches!(settled, Settled::SendData { .. }) {
         // A server may answer DATA with 354 although MAIL or every RCPT failed (RFC 2920
         // §3.1): end the empty message at once; with no recipient it delivers nothing.
         let _ = c.cmd(b".\r\n").await;
     }
-    conclude(c, verdict, parts).await
+    conclude(c, settled, parts).await
 }
 
 /// The transaction command by command, for an upstream without PIPELINING.
@@ -273,8 +272,8 @@ async fn send_data<T: AsyncRead + AsyncWrite + Unpin>(
     c: &mut SmtpClient<T>,
     parts: &[&[u8]],
     accepted: &[usize],
-    mut outcomes: Vec<(usize, RcptOutcome)>,
-) -> Result<Vec<(usize, RcptOutcome)>, TransactError> {
+    mut outcomes: Outcomes,
+) -> Result<Outcomes, TransactError> {
     let timeout = c.timeout;
     let written = tokio::time::timeout(timeout, write_data(&mut c.stream, parts)).await;
     match written {
@@ -289,10 +288,10 @@ async fn send_data<T: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| mail_send::Error::Timeout)
         .and_then(|r| r)
         .map_err(|e| TransactError {
-            error: AttemptError::from_send(&e),
+            cause: Cause::from_send(&e),
             retry_now: false,
         })?;
-    let outcome = RcptOutcome::from_response(&reply);
+    let outcome = Verdict::from_response(&reply);
     outcomes.extend(accepted.iter().map(|&i| (i, outcome.clone())));
     Ok(outcomes)
 }
@@ -345,17 +344,20 @@ mod tests {
         }
     }
 
-    /// (recipient, first letter of the outcome: D, F or R for retry, reply code).
+    /// (recipient, first letter of the verdict: D, F or R for retry, reply code and a
+    /// space, as the upstream's reply starts).
     fn summary(outcomes: &Outcomes) -> Vec<(usize, char, String)> {
+        let code = |c: &Cause| {
+            c.reply
+                .as_ref()
+                .map_or(String::new(), |r| format!("{} ", r.code))
+        };
         outcomes
             .iter()
-            .map(|(i, o)| {
-                let kind = match o {
-                    RcptOutcome::Delivered(_) => 'D',
-                    RcptOutcome::Failed(_) => 'F',
-                    RcptOutcome::Deferred(_) => 'R',
-                };
-                (*i, kind, o.text().chars().take(4).collect())
+            .map(|(i, o)| match o {
+                Verdict::Delivered(said) => (*i, 'D', said.chars().take(4).collect()),
+                Verdict::Failed(c) => (*i, 'F', code(c)),
+                Verdict::Deferred(c) => (*i, 'R', code(c)),
             })
             .collect()
     }
@@ -364,7 +366,7 @@ mod tests {
     fn replies_settle_each_recipient_however_they_were_sent() {
         let rcpts = [0, 1, 2];
         // Mixed RCPT replies, then 354: send to the accepted, keep the refusals.
-        let Verdict::SendData { accepted, outcomes } = settle(
+        let Settled::SendData { accepted, outcomes } = settle(
             &rcpts,
             &reply(250),
             &[reply(250), reply(550), reply(451), reply(354)],
@@ -378,7 +380,7 @@ mod tests {
         );
 
         // MAIL refused: every recipient gets its reply, whatever came after it.
-        let Verdict::Done { outcomes, closing } = settle(
+        let Settled::Done { outcomes, closing } = settle(
             &rcpts,
             &reply(550),
             &[reply(503), reply(503), reply(503), reply(554)],
@@ -391,7 +393,7 @@ mod tests {
             .all(|(_, k, t)| *k == 'F' && t == "550 "));
 
         // 421 at the second RCPT: the refusal before it stands, the rest waits.
-        let Verdict::Done { outcomes, closing } =
+        let Settled::Done { outcomes, closing } =
             settle(&rcpts, &reply(250), &[reply(550), reply(421)])
         else {
             panic!("expected Done")
@@ -407,7 +409,7 @@ mod tests {
         );
 
         // DATA refused: the accepted recipients take its reply.
-        let Verdict::Done { outcomes, .. } = settle(
+        let Settled::Done { outcomes, .. } = settle(
             &rcpts,
             &reply(250),
             &[reply(250), reply(250), reply(550), reply(554)],
@@ -425,7 +427,7 @@ mod tests {
 
         assert!(matches!(
             settle(&rcpts, &reply(530), &[]),
-            Verdict::AuthRequired(_)
+            Settled::AuthRequired(_)
         ));
     }
 

@@ -2,8 +2,8 @@
 //! busy and idle together), reused from message to message and reconnected when they
 //! fail, and the signing profile mail for this upstream gets (DESIGN §5, §7).
 
-use super::outcome::{AttemptError, RcptOutcome};
-use super::transaction::transact;
+use super::transaction::{transact, Outcomes};
+use super::verdict::Cause;
 use crate::config::{SigningProfileName, TlsMode, UpstreamConfig};
 use crate::spool::Envelope;
 use mail_send::{Credentials, SmtpClient, SmtpClientBuilder};
@@ -47,7 +47,7 @@ pub enum FailedAt {
 
 #[derive(Debug, Clone)]
 pub struct SendError {
-    pub error: AttemptError,
+    pub cause: Cause,
     pub at: FailedAt,
 }
 
@@ -176,14 +176,11 @@ impl Upstream {
         envelope: &Envelope,
         rcpts: &[usize],
         parts: &[&[u8]],
-    ) -> Result<Vec<(usize, RcptOutcome)>, SendError> {
+    ) -> Result<Outcomes, SendError> {
         // Closed only if the relay is shutting down, which never happens while we hold it.
         let Ok(_permit) = self.in_use.acquire().await else {
             return Err(SendError {
-                error: AttemptError {
-                    reason: "upstream pool closed".into(),
-                    config_fault: false,
-                },
+                cause: Cause::relay("upstream pool closed"),
                 at: FailedAt::Connect,
             });
         };
@@ -197,10 +194,10 @@ impl Upstream {
                         self.mark(false);
                         conn
                     }
-                    Err(error) => {
+                    Err(cause) => {
                         self.mark(true);
                         return Err(SendError {
-                            error,
+                            cause,
                             at: FailedAt::Connect,
                         });
                     }
@@ -209,7 +206,7 @@ impl Upstream {
             match transact(&mut conn, envelope, rcpts, parts).await {
                 Ok(outcomes) => {
                     // After a 421 the server closes the connection: do not keep it.
-                    let closing = outcomes.iter().any(|(_, o)| o.text().starts_with("421"));
+                    let closing = outcomes.iter().any(|(_, v)| v.closes_connection());
                     if !closing {
                         conn.last_used = Instant::now();
                         self.put_idle(conn);
@@ -218,12 +215,12 @@ impl Upstream {
                 }
                 // A kept-open connection the server had closed: try once on a fresh one.
                 Err(e) if was_reused && e.retry_now => {
-                    tracing::debug!(reason = %e.error.reason, "reused upstream connection failed; reconnecting");
+                    tracing::debug!(reason = %e.cause, "reused upstream connection failed; reconnecting");
                     continue;
                 }
                 Err(e) => {
                     return Err(SendError {
-                        error: e.error,
+                        cause: e.cause,
                         at: FailedAt::Transaction,
                     })
                 }
@@ -259,7 +256,7 @@ impl Upstream {
             .push(conn);
     }
 
-    async fn connect(&self) -> Result<Connection, AttemptError> {
+    async fn connect(&self) -> Result<Connection, Cause> {
         let cfg = &self.config;
         let builder = SmtpClientBuilder::new_with_tls_connector(
             cfg.host.clone(),
@@ -271,7 +268,7 @@ impl Upstream {
         // We say EHLO and AUTH ourselves, to keep the capabilities.
         .say_ehlo(false)
         .timeout(cfg.connect_timeout.0);
-        let fail = |e: mail_send::Error| AttemptError::from_send(&e);
+        let fail = |e: mail_send::Error| Cause::from_send(&e);
         let conn = match cfg.tls {
             TlsMode::Implicit | TlsMode::Starttls => {
                 let mut c = builder.connect().await.map_err(fail)?;
@@ -304,8 +301,8 @@ impl Upstream {
     async fn greet<T: AsyncRead + AsyncWrite + Unpin>(
         &self,
         c: &mut SmtpClient<T>,
-    ) -> Result<(bool, bool), AttemptError> {
-        let fail = |e: mail_send::Error| AttemptError::from_send(&e);
+    ) -> Result<(bool, bool), Cause> {
+        let fail = |e: mail_send::Error| Cause::from_send(&e);
         let caps = c.ehlo(&self.hostname).await.map_err(fail)?;
         if let (Some(user), Some(secret)) = (&self.username, &self.password) {
             let credentials = Credentials::new(user.clone(), secret.0.clone());

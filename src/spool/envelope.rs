@@ -1,5 +1,6 @@
 //! The envelope of a spooled message and its delivery progress.
 
+use super::Problem;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
@@ -99,12 +100,13 @@ pub struct DeliveryState {
     pub attempts: u32,
     /// Unix seconds of the next attempt.
     pub next_attempt: u64,
-    pub last_error: Option<String>,
+    /// Why the last attempt did not deliver the recipients still pending.
+    pub last_error: Option<Problem>,
     /// One entry per envelope recipient, same order.
     pub rcpts: Vec<RcptStatus>,
     /// Why each failed recipient failed (index → reply or reason), for the DSN.
     #[serde(default)]
-    pub failures: std::collections::BTreeMap<usize, String>,
+    pub failures: std::collections::BTreeMap<usize, Problem>,
     /// `queue hold`: not attempted until released.
     #[serde(default)]
     pub held: bool,

@@ -8,8 +8,10 @@
 
 mod envelope;
 mod file;
+mod problem;
 
 pub use envelope::{DeliveryState, Envelope, Origin, QueueId, RcptStatus};
+pub use problem::Problem;
 
 mod recycle;
 

@@ -1,0 +1,308 @@
+//! What one attempt did for one recipient, decided where it was observed and carried as a
+//! type (DESIGN §7): [`Verdict`] is delivered, deferred or failed; a [`Cause`] says whose
+//! fault it was, carries the upstream's parsed reply when there was one, and so decides
+//! whether a retry helps, whether the operator must be alerted, and what a DSN reports.
+//! Retry, bounce, failover, logs and events read these types, never their text.
+
+use crate::spool::Problem;
+
+/// An SMTP reply from the upstream, parsed once, where it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamReply {
+    pub code: u16,
+    /// The RFC 3463 enhanced status code, when the reply had one.
+    pub status: Option<[u8; 3]>,
+    pub text: String,
+}
+
+impl UpstreamReply {
+    pub fn from_response(reply: &smtp_proto::Response<String>) -> UpstreamReply {
+        UpstreamReply {
+            code: reply.code,
+            status: (reply.esc[0] != 0).then_some(reply.esc),
+            text: reply.message.trim().to_string(),
+        }
+    }
+
+    /// 421: the server is closing the connection (RFC 5321 §3.8).
+    pub fn closes_connection(&self) -> bool {
+        self.code == 421
+    }
+
+    fn enhanced(&self) -> Option<String> {
+        self.status.map(|[a, b, c]| format!("{a}.{b}.{c}"))
+    }
+}
+
+impl std::fmt::Display for UpstreamReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.enhanced() {
+            Some(status) => write!(f, "{} {status} {}", self.code, self.text),
+            None => write!(f, "{} {}", self.code, self.text),
+        }
+    }
+}
+
+/// Whose fault a failure is: that decides who is told and whether waiting helps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The upstream answered no; its reply's class says for how long.
+    Upstream,
+    /// The network, TLS or a timeout between us and the upstream.
+    Transport,
+    /// Our own configuration (AUTH refused, STARTTLS missing, a bad TLS name): the
+    /// operator must act. Mail waits; it is never bounced for this.
+    OurConfig,
+    /// The relay itself: no usable key, the spool, the signer.
+    Relay,
+    /// The queue lifetime ran out while every failure was temporary.
+    Expired,
+}
+
+impl Fault {
+    /// A word for log fields.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Upstream => "upstream",
+            Fault::Transport => "transport",
+            Fault::OurConfig => "our-config",
+            Fault::Relay => "relay",
+            Fault::Expired => "expired",
+        }
+    }
+}
+
+/// Why a recipient was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    pub fault: Fault,
+    /// The upstream's reply, when the cause is one.
+    pub reply: Option<UpstreamReply>,
+    /// The relay's own words: the whole reason without a reply, the context with one.
+    pub detail: String,
+    /// The upstream (by its configured name) that answered or could not be reached.
+    pub upstream: Option<String>,
+}
+
+impl Cause {
+    pub fn reply(reply: UpstreamReply) -> Cause {
+        Cause {
+            fault: Fault::Upstream,
+            reply: Some(reply),
+            detail: String::new(),
+            upstream: None,
+        }
+    }
+
+    pub fn transport(detail: impl Into<String>) -> Cause {
+        Cause::of(Fault::Transport, detail)
+    }
+
+    pub fn our_config(detail: impl Into<String>) -> Cause {
+        Cause::of(Fault::OurConfig, detail)
+    }
+
+    pub fn relay(detail: impl Into<String>) -> Cause {
+        Cause::of(Fault::Relay, detail)
+    }
+
+    fn of(fault: Fault, detail: impl Into<String>) -> Cause {
+        Cause {
+            fault,
+            reply: None,
+            detail: detail.into(),
+            upstream: None,
+        }
+    }
+
+    /// The message outlived the queue lifetime; `last` is what its last attempt found.
+    pub fn expired(attempts: u32, last: &Cause) -> Cause {
+        Cause {
+            fault: Fault::Expired,
+            reply: last.reply.clone(),
+            detail: format!("expired after {attempts} attempts; last error: {last}"),
+            upstream: last.upstream.clone(),
+        }
+    }
+
+    /// Classifies a mail-send error on the way to the upstream (connect, TLS, EHLO, AUTH).
+    pub fn from_send(error: &mail_send::Error) -> Cause {
+        use mail_send::Error as E;
+        match error {
+            E::Io(e) => Cause::transport(format!("connection error: {e}")),
+            E::Tls(e) => Cause::transport(format!("TLS error: {e}")),
+            E::Timeout => Cause::transport("timed out"),
+            E::UnparseableReply => Cause::transport("unparseable reply or connection closed"),
+            E::UnexpectedReply(r) => Cause {
+                fault: Fault::Upstream,
+                reply: Some(UpstreamReply::from_response(r)),
+                detail: "unexpected reply".into(),
+                upstream: None,
+            },
+            E::AuthenticationFailed(r) => Cause {
+                fault: Fault::OurConfig,
+                reply: Some(UpstreamReply::from_response(r)),
+                detail: "AUTH refused: check upstream.username and upstream.password_file".into(),
+                upstream: None,
+            },
+            E::MissingCredentials => Cause::our_config("no credentials for AUTH"),
+            E::UnsupportedAuthMechanism => {
+                Cause::our_config("upstream offers no AUTH mechanism we support")
+            }
+            E::Auth(_) => Cause::our_config("AUTH exchange failed"),
+            E::InvalidTLSName => Cause::our_config("upstream.host is not a valid TLS name"),
+            E::MissingStartTls => {
+                Cause::our_config("upstream does not offer STARTTLS, which upstream.tls requires")
+            }
+            E::Base64(_) => Cause::our_config("AUTH encoding error"),
+            E::MissingMailFrom | E::MissingRcptTo => Cause::relay("internal: incomplete envelope"),
+        }
+    }
+
+    /// The record a DSN reports: the reply's own enhanced status when its class fits,
+    /// 4.4.7 for an expired message, otherwise the DSN kind's generic status (`None`).
+    pub fn problem(&self) -> Problem {
+        let status = match (self.fault, &self.reply) {
+            (Fault::Expired, _) => Some("4.4.7".to_string()),
+            (_, Some(reply)) => reply
+                .enhanced()
+                .filter(|s| s.as_bytes().first() == reply.code.to_string().as_bytes().first()),
+            (_, None) => None,
+        };
+        Problem {
+            status,
+            text: self.to_string(),
+            smtp: self.reply.is_some() && self.fault != Fault::Expired,
+        }
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let (Some(name), false) = (&self.upstream, self.fault == Fault::Expired) {
+            write!(f, "{name}: ")?;
+        }
+        match (&self.reply, self.detail.is_empty()) {
+            (Some(reply), true) => write!(f, "{reply}"),
+            (Some(reply), false) if self.fault != Fault::Expired => {
+                write!(f, "{reply} ({})", self.detail)
+            }
+            _ => f.write_str(&self.detail),
+        }
+    }
+}
+
+/// The result for one recipient of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The upstream took responsibility (its reply), or the outbox has the message.
+    Delivered(String),
+    /// Try again later.
+    Deferred(Cause),
+    /// Permanent: bounce to the sender.
+    Failed(Cause),
+}
+
+impl Verdict {
+    /// The one place a reply code becomes a verdict: 2xx delivered, 5xx failed, and
+    /// everything else (4xx, 421 included, and codes out of range from a confused
+    /// server) worth another try. Listed in full so no code falls to a catch-all.
+    pub fn from_reply(reply: UpstreamReply) -> Verdict {
+        match reply.code {
+            200..=299 => Verdict::Delivered(reply.to_string()),
+            500..=599 => Verdict::Failed(Cause::reply(reply)),
+            0..=199 | 300..=499 | 600..=u16::MAX => Verdict::Deferred(Cause::reply(reply)),
+        }
+    }
+
+    pub fn from_response(reply: &smtp_proto::Response<String>) -> Verdict {
+        Verdict::from_reply(UpstreamReply::from_response(reply))
+    }
+
+    /// After this verdict the upstream closes the connection, so it must not be reused.
+    pub fn closes_connection(&self) -> bool {
+        match self {
+            Verdict::Delivered(_) => false,
+            Verdict::Deferred(cause) | Verdict::Failed(cause) => cause
+                .reply
+                .as_ref()
+                .is_some_and(UpstreamReply::closes_connection),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, esc: [u8; 3], text: &str) -> UpstreamReply {
+        UpstreamReply::from_response(&smtp_proto::Response {
+            code,
+            esc,
+            message: text.to_string(),
+        })
+    }
+
+    #[test]
+    fn reply_codes_map_to_verdicts() {
+        assert!(matches!(
+            Verdict::from_reply(reply(250, [2, 0, 0], "ok")),
+            Verdict::Delivered(_)
+        ));
+        assert!(matches!(
+            Verdict::from_reply(reply(451, [4, 3, 0], "later")),
+            Verdict::Deferred(_)
+        ));
+        let bye = Verdict::from_reply(reply(421, [4, 7, 0], "bye"));
+        assert!(matches!(bye, Verdict::Deferred(_)) && bye.closes_connection());
+        assert!(matches!(
+            Verdict::from_reply(reply(550, [5, 1, 1], "no")),
+            Verdict::Failed(_)
+        ));
+        assert!(matches!(
+            Verdict::from_reply(reply(354, [0, 0, 0], "??")),
+            Verdict::Deferred(_)
+        ));
+    }
+
+    #[test]
+    fn auth_failure_is_our_fault_not_the_message() {
+        let e = mail_send::Error::AuthenticationFailed(smtp_proto::Response {
+            code: 535,
+            esc: [5, 7, 8],
+            message: "bad".into(),
+        });
+        let cause = Cause::from_send(&e);
+        assert_eq!(cause.fault, Fault::OurConfig);
+        assert_eq!(cause.reply.as_ref().map(|r| r.code), Some(535));
+    }
+
+    /// What the DSN's Status: says: the reply's own code, a generic one, or 4.4.7.
+    #[test]
+    fn status_comes_from_the_reply_or_a_generic_code() {
+        let status = |c: Cause| c.problem().status;
+        assert_eq!(
+            status(Cause::reply(reply(550, [5, 1, 1], "no such user"))),
+            Some("5.1.1".into())
+        );
+        assert_eq!(
+            status(Cause::reply(reply(554, [0, 0, 0], "rejected"))),
+            None
+        );
+        // A reply whose enhanced code contradicts its class is not trusted.
+        assert_eq!(status(Cause::reply(reply(550, [4, 1, 1], "odd"))), None);
+        let last = Cause::reply(reply(451, [4, 3, 0], "x"));
+        let expired = Cause::expired(9, &last);
+        assert_eq!(status(expired.clone()), Some("4.4.7".into()));
+        assert_eq!(
+            expired.to_string(),
+            "expired after 9 attempts; last error: 451 4.3.0 x"
+        );
+        assert!(!expired.problem().smtp);
+        assert_eq!(status(last), Some("4.3.0".into()));
+        assert_eq!(status(Cause::transport("connection error")), None);
+        let p = Cause::reply(reply(550, [5, 1, 1], "no such user")).problem();
+        assert!(p.smtp);
+        assert_eq!(p.text, "550 5.1.1 no such user");
+    }
+}
