@@ -15,9 +15,11 @@
 //! file), [`keys`] (the key store on disk), [`rotation`] (the pure rotation planner and
 //! its executor: hook, DNS check, lock), [`message`] (header and From parsing),
 //! [`relay`] (wires the stages together), [`watch`] (hot reload of config and keys),
-//! [`control`] (queue commands and the control socket), [`metrics`] (/metrics, /healthz,
-//! /readyz), [`doctor`] (SPF, DKIM and DMARC checks in DNS), [`systemd`] (readiness
-//! notification), [`cli`] (the command line), [`logging`].
+//! [`queue`] (what each queue command means: one implementation, for the running relay
+//! and for the spool alone), [`control`] (how queue commands reach it: the control
+//! socket), [`metrics`] (/metrics, /healthz, /readyz), [`doctor`] (SPF, DKIM and DMARC
+//! checks in DNS), [`systemd`] (readiness notification), [`cli`] (the command line),
+//! [`logging`].
 
 pub mod auth;
 pub mod cli;
@@ -31,6 +33,7 @@ pub mod keys;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod queue;
 pub mod relay;
 pub mod rotation;
 pub mod smtp;

@@ -167,3 +167,29 @@ async fn a_second_relay_on_the_same_spool_refuses_to_start() {
     ));
     first.shutdown().await;
 }
+
+/// Issue 13 item 5: one implementation of each queue command. With no relay running,
+/// `flush ID` on a held message used to say "no message"; it now answers what the running
+/// relay answers: it is held, release it first.
+#[tokio::test]
+async fn with_no_relay_running_flush_of_a_held_message_says_it_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(config(dir.path(), Some(closed_port()))).await;
+    let mut events = relay.subscribe();
+    let a = submit(relay.smtp_addr(), "held-offline").await;
+    wait_for(&mut events, |e| matches!(e, DeliveryEvent::Deferred { .. })).await;
+    relay.shutdown().await;
+
+    let (ok, out) = queue(dir.path(), &["hold", &a]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = queue(dir.path(), &["flush", &a]).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("{a} is held; release it first")),
+        "{out}"
+    );
+    let (ok, out) = queue(dir.path(), &["release", &a]).await;
+    assert!(ok && out.contains("released"), "{out}");
+    let (ok, out) = queue(dir.path(), &["release", &a]).await;
+    assert!(!ok && out.contains("is not held"), "{out}");
+}

@@ -93,8 +93,8 @@ enum Command {
     Flush,
     /// A queue command (`dkim-relay queue …`) and where to send its answer.
     Control(
-        crate::control::Request,
-        oneshot::Sender<crate::control::Response>,
+        crate::queue::Request,
+        oneshot::Sender<crate::queue::Response>,
     ),
     /// An attempt ended; the message comes back if it stays queued, with any bounce.
     Finished(QueueId, Box<attempt::AttemptResult>),
@@ -133,14 +133,13 @@ impl QueueHandle {
     }
 
     /// Runs a queue command in the runner, which owns the queue.
-    pub async fn control(&self, request: crate::control::Request) -> crate::control::Response {
+    pub async fn control(&self, request: crate::queue::Request) -> crate::queue::Response {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Command::Control(request, tx)).is_err() {
-            return crate::control::Response::Error("the relay is shutting down".into());
+            return crate::queue::Response::Error("the relay is shutting down".into());
         }
-        rx.await.unwrap_or_else(|_| {
-            crate::control::Response::Error("the relay is shutting down".into())
-        })
+        rx.await
+            .unwrap_or_else(|_| crate::queue::Response::Error("the relay is shutting down".into()))
     }
 }
 
@@ -190,7 +189,7 @@ struct Runner {
     /// A copy of each message an attempt is running for, so `queue list` shows it.
     in_flight: HashMap<QueueId, QueuedMessage>,
     /// Queue commands that must wait for the running attempt to end.
-    after_attempt: HashMap<QueueId, control::AfterAttempt>,
+    after_attempt: HashMap<QueueId, crate::queue::AfterAttempt>,
     /// One permit per concurrent attempt (= upstream connections in use).
     permits: Arc<Semaphore>,
     workers: usize,
