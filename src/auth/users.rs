@@ -123,6 +123,12 @@ impl Users {
         self.by_name.is_empty()
     }
 
+    /// Whether `name` is a configured user. Only then may a failed AUTH log the name: a
+    /// client that swapped name and password would otherwise put its password in the log.
+    pub fn knows(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
     /// Checks a user name and password; returns the user's domains when they match.
     /// Slow on purpose (argon2): call it from a blocking thread.
     pub fn verify(&self, name: &str, password: &[u8]) -> Option<DomainGrant> {
