@@ -2,10 +2,12 @@
 //! 19 MiB for its duration on a blocking thread; unbounded, 200 parallel AUTHs took 200
 //! threads and gigabytes. At most `workers` checks run at once (sized to the cores: more
 //! would not finish sooner), `queue` more may wait for one, and anything beyond is told
-//! [`Busy`] at once, to be answered 454 4.7.0, instead of piling up.
+//! [`Busy`] at once, to be answered 454 4.7.0, instead of piling up. Each worker's argon2
+//! memory is kept for the next check rather than freed (see [`Scratch`]).
 
+use super::users::Scratch;
 use super::{DomainGrant, Users};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
@@ -19,6 +21,8 @@ pub struct PasswordChecks {
     /// Checks running: `workers` permits, each moved into the blocking task so that a
     /// session that goes away mid-check does not free a worker still hashing.
     running: Arc<Semaphore>,
+    /// argon2 memory of the checks that ran before, one per worker at most.
+    scratch: Arc<Mutex<Vec<Scratch>>>,
 }
 
 impl PasswordChecks {
@@ -27,6 +31,7 @@ impl PasswordChecks {
         PasswordChecks {
             admitted: Arc::new(Semaphore::new(workers + queue)),
             running: Arc::new(Semaphore::new(workers)),
+            scratch: Arc::new(Mutex::new(Vec::with_capacity(workers))),
         }
     }
 
@@ -49,8 +54,12 @@ impl PasswordChecks {
             .acquire_owned()
             .await
             .map_err(|_| Busy)?;
+        let scratch = self.scratch.clone();
         let check = tokio::task::spawn_blocking(move || {
-            let verdict = users.verify(&name, &password);
+            let lock = || scratch.lock().unwrap_or_else(|e| e.into_inner());
+            let mut memory = lock().pop().unwrap_or_default();
+            let verdict = users.verify_with(&name, &password, &mut memory);
+            lock().push(memory);
             drop((running, admitted));
             verdict
         });
