@@ -257,6 +257,8 @@ pub async fn serve(
 }
 
 /// Answers `refusal` in place of the greeting and closes, within `smtp.write_timeout`.
+/// It runs in the accept loop: one short line into a fresh socket's empty send buffer
+/// does not wait, and the deadline makes sure no client can hold the loop if it did.
 async fn refuse_with(mut stream: TcpStream, refusal: Refusal, ctx: &SmtpContext) {
     let mut out = Vec::new();
     refusal.reply().write_to(&mut out);
