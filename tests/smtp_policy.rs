@@ -84,16 +84,20 @@ async fn clients_outside_the_allowed_networks_cannot_relay() {
     let mut config = config(dir.path(), Some(upstream.addr));
     config.smtp.allowed_networks = vec!["192.0.2.0/24".parse().unwrap()];
     let relay = start(config).await;
-    let mut client = Client::greeted(relay.smtp_addr()).await;
-    assert!(client
-        .cmd("MAIL FROM:<a@example.com>")
+    // Without AUTH configured nothing could be accepted from them: refused in the
+    // greeting and closed (with AUTH they get as far as MAIL: inbound_tls_auth.rs).
+    let stream = tokio::net::TcpStream::connect(relay.smtp_addr())
         .await
-        .starts_with("550 5.7.1"));
-    assert!(client
-        .cmd("RCPT TO:<u@example.net>")
+        .unwrap();
+    let mut reader = tokio::io::BufReader::new(stream);
+    let greeting = read_reply_lines(&mut reader).await;
+    assert_eq!(greeting.len(), 1);
+    assert!(greeting[0].starts_with("554 5.7.1"), "{greeting:?}");
+    let mut rest = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut rest)
         .await
-        .starts_with("503 5.5.1"));
-    assert!(client.cmd("DATA").await.starts_with("503 5.5.1"));
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
     assert!(upstream.received().is_empty());
     assert_eq!(queued_files(dir.path()), 0);
     relay.shutdown().await;

@@ -106,6 +106,7 @@ fn session(input: &[u8]) {
             ip: "127.0.0.1".parse().unwrap(),
             grant: Some(dkim_relay::auth::DomainGrant::Any),
             started: tokio::time::Instant::now(),
+            outsider: None,
         };
         let task = tokio::spawn(serve_stream(
             server,

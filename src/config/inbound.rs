@@ -49,6 +49,18 @@ pub struct InboundAuthConfig {
     /// Default 15m.
     #[serde(default = "default_failure_window")]
     pub failure_window: HumanDuration,
+    /// Password checks (argon2id, about 19 MiB each) running at once. Default: the number
+    /// of CPU cores.
+    #[serde(default = "default_check_workers")]
+    pub check_workers: usize,
+    /// Password checks waiting for a worker; an AUTH beyond them gets 454 4.7.0 at once.
+    /// Default 16.
+    #[serde(default = "default_check_queue")]
+    pub check_queue: usize,
+    /// Client addresses (IPv4, IPv6 /64) whose failures are remembered; past it the ones
+    /// idle longest are forgotten first. Default 100000.
+    #[serde(default = "default_max_tracked_clients")]
+    pub max_tracked_clients: usize,
 }
 
 /// `[[smtp.senders]]`: the From domains clients in some networks may send as, for
@@ -78,6 +90,15 @@ fn default_max_failures() -> usize {
 }
 fn default_failure_window() -> HumanDuration {
     HumanDuration(Duration::from_secs(15 * 60))
+}
+fn default_check_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+fn default_check_queue() -> usize {
+    16
+}
+fn default_max_tracked_clients() -> usize {
+    100_000
 }
 
 impl InboundTlsConfig {
@@ -113,11 +134,14 @@ impl InboundAuthConfig {
                 format!("{}: {e}", self.users_file.display()),
             )
         })?;
-        if self.max_failures == 0 {
-            return Err(ConfigError::new(
-                "smtp.auth.max_failures",
-                "must be at least 1",
-            ));
+        for (field, value) in [
+            ("smtp.auth.max_failures", self.max_failures),
+            ("smtp.auth.check_workers", self.check_workers),
+            ("smtp.auth.max_tracked_clients", self.max_tracked_clients),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(field, "must be at least 1"));
+            }
         }
         Ok(())
     }
@@ -186,6 +210,20 @@ pub(super) fn validate_limits(smtp: &mut super::SmtpConfig) -> Result<(), Config
             "must be at least smtp.command_timeout",
         ));
     }
+    if smtp.write_timeout.0 < Duration::from_secs(1) {
+        return Err(ConfigError::new(
+            "smtp.write_timeout",
+            "must be at least 1s",
+        ));
+    }
+    if let Some(n) = smtp.max_outsider_connections {
+        if n == 0 || n > smtp.max_connections {
+            return Err(ConfigError::new(
+                "smtp.max_outsider_connections",
+                "must be between 1 and smtp.max_connections",
+            ));
+        }
+    }
     if let Some(tls) = &smtp.tls {
         tls.validate()?;
     }
@@ -196,4 +234,13 @@ pub(super) fn validate_limits(smtp: &mut super::SmtpConfig) -> Result<(), Config
         policy.validate(i)?;
     }
     Ok(())
+}
+
+impl super::SmtpConfig {
+    /// Connections open at once to clients outside every allowed network that have not
+    /// authenticated: `max_outsider_connections`, or a tenth of `max_connections`.
+    pub fn outsider_budget(&self) -> usize {
+        self.max_outsider_connections
+            .unwrap_or((self.max_connections / 10).max(1))
+    }
 }

@@ -123,6 +123,11 @@ pub struct SmtpConfig {
     /// The upstream carries 8-bit bodies (8BITMIME). When false, 8BITMIME is not
     /// advertised and 8-bit messages get 554 5.6.0. SMTPUTF8 is not offered at all yet.
     pub upstream_8bitmime: bool,
+    /// Longest one write to a client may take; a client that stops reading is dropped.
+    pub write_timeout: HumanDuration,
+    /// Connections shared by clients outside every allowed network that have not
+    /// authenticated (None: a tenth of `max_connections`, at least 1); beyond it 421 4.7.0.
+    pub max_outsider_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -313,6 +318,8 @@ impl Default for SmtpConfig {
             max_session_age: HumanDuration(Duration::from_secs(3600)),
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
             upstream_8bitmime: true,
+            write_timeout: HumanDuration(Duration::from_secs(60)),
+            max_outsider_connections: None,
         }
     }
 }

@@ -2,12 +2,15 @@
 //!
 //! Passwords never reach a log line, a Debug string or a reply: they live in zeroized
 //! buffers from the base64 decode to the argon2 check on a blocking thread. A failure is
-//! answered only after `smtp.auth.failure_delay`, and counted per client address; past
-//! `max_failures` the address gets 454 4.7.0 until the window passes.
+//! answered only after `smtp.auth.failure_delay`, and counted per client address before it
+//! is checked; past `max_failures` the address gets 454 4.7.0 until the window passes.
+//! Checks run on a bounded pool (`crate::auth::checks`); a full pool is 454 4.7.0 at once.
+//! A failed AUTH logs the user name only when it names a configured user.
 
 use super::conn::LineRead;
 use super::reply::{Refusal, Reply};
 use super::session::{line_taint, AuthUser, Flow, Session, State};
+use crate::auth::Busy;
 use base64::Engine;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -57,11 +60,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.user.is_some() {
             return Err(Refusal::BadSequence("already authenticated").into());
         }
-        if self
-            .ctx
-            .auth_failures
-            .blocked(self.client.ip, Instant::now().into_std())
-        {
+        // Cheap early answer for a client already locked out, before it sends a password.
+        let ctx = self.ctx.clone();
+        let now = || Instant::now().into_std();
+        if ctx.auth_failures.blocked(self.client.ip, now()) {
             tracing::warn!(client = %self.client.ip, "AUTH refused: too many recent failures from this address");
             return Err(Refusal::AuthLocked.into());
         }
@@ -75,21 +77,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         } else {
             "LOGIN"
         };
-        let checked_name = name.clone();
-        let verdict =
-            tokio::task::spawn_blocking(move || users.verify(&checked_name, &password)).await;
+        // Counted before the check, so parallel guesses see each other (limiter.rs).
+        let Some(attempt) = ctx.auth_failures.begin(self.client.ip, now()) else {
+            tracing::warn!(client = %self.client.ip, "AUTH refused: too many recent failures from this address");
+            return Err(Refusal::AuthLocked.into());
+        };
+        // A name that is no user may be a password typed in the wrong field: never log it.
+        let shown = if users.knows(&name) {
+            name.clone()
+        } else {
+            "(not a configured user)".to_string()
+        };
+        let verdict = ctx
+            .password_checks
+            .verify(users, name.clone(), password)
+            .await;
         match verdict {
+            Err(Busy) => {
+                attempt.withdraw();
+                tracing::warn!(client = %self.client.ip, mechanism = mech, "AUTH refused: every password check worker is busy and the queue is full (smtp.auth.check_workers, smtp.auth.check_queue)");
+                Err(Refusal::AuthBusy.into())
+            }
             Ok(Some(domains)) => {
+                attempt.withdraw();
                 tracing::info!(user = %name, mechanism = mech, domains = %domains.describe(), "authenticated");
+                // Authenticated: no longer one of the outsiders sharing their small budget.
+                if let Some(slot) = &self.client.outsider {
+                    slot.release();
+                }
                 self.user = Some(AuthUser { name, domains });
                 Ok(Reply::new(235, "2.7.0", "Authentication successful"))
             }
-            Ok(None) | Err(_) => {
-                self.ctx
-                    .auth_failures
-                    .record_failure(self.client.ip, Instant::now().into_std());
-                tracing::warn!(client = %self.client.ip, user = %name, mechanism = mech, "authentication failed");
-                if let Some(auth) = &self.ctx.config.smtp.auth {
+            Ok(None) => {
+                attempt.failed(now());
+                tracing::warn!(client = %self.client.ip, user = %shown, mechanism = mech, "authentication failed");
+                if let Some(auth) = &ctx.config.smtp.auth {
                     tokio::time::sleep(auth.failure_delay.0).await;
                 }
                 Err(Refusal::AuthFailed.into())

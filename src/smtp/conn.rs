@@ -1,10 +1,13 @@
 //! Buffered line I/O for one SMTP connection. Replies are collected and flushed only when
 //! the client has no more pipelined commands waiting (RFC 2920 §3.2), so a pipelined
-//! batch costs one write.
+//! batch costs one write. Every write has a deadline (`smtp.write_timeout`): a client that
+//! pipelines and never reads would otherwise hold its slot for ever once the socket's
+//! send buffer is full.
 
 use super::data::DataParser;
 use super::pace::Pace;
 use super::reply::Reply;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -29,15 +32,22 @@ pub struct Conn<S> {
     buf: Vec<u8>,
     start: usize,
     out: Vec<u8>,
+    /// Longest one flush may take.
+    write_timeout: Duration,
+    /// A write failed or ran out of time: the stream is unusable, later flushes fail at
+    /// once instead of waiting out the deadline again.
+    broken: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    pub fn new(stream: S) -> Self {
+    pub fn new(stream: S, write_timeout: Duration) -> Self {
         Conn {
             stream,
             buf: Vec::with_capacity(READ_CHUNK),
             start: 0,
             out: Vec::with_capacity(512),
+            write_timeout,
+            broken: false,
         }
     }
 
@@ -60,12 +70,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     pub async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.stream.flush().await?;
-            self.out.clear();
+        if self.broken {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "an earlier write failed",
+            ));
         }
-        Ok(())
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await
+        };
+        let result = match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::info!(
+                    "the client did not read its replies within smtp.write_timeout; closing"
+                );
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "write deadline passed",
+                ))
+            }
+        };
+        self.out.clear();
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
     }
 
     /// Reads more bytes from the client, flushing pending replies first: the client may be

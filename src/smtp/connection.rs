@@ -7,6 +7,7 @@
 //! and the TLS session starts from a fresh [`Session`], so nothing said before the
 //! handshake can carry over.
 
+use super::outsiders::OutsiderSlot;
 use super::server::SmtpContext;
 use super::session::{End, Phase, Session};
 use crate::auth::DomainGrant;
@@ -25,6 +26,9 @@ pub struct ClientInfo {
     pub grant: Option<DomainGrant>,
     /// When the TCP connection was accepted: the session age counts from here.
     pub started: Instant,
+    /// The outsiders' budget slot of a client outside every allowed network; None for
+    /// the relay's own hosts.
+    pub outsider: Option<OutsiderSlot>,
 }
 
 pub(super) async fn run(

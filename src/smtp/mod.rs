@@ -9,6 +9,7 @@ mod conn;
 pub mod connection;
 pub mod data;
 mod envelope;
+pub mod outsiders;
 pub mod pace;
 pub mod reply;
 pub mod server;

@@ -134,6 +134,15 @@ pub enum Refusal {
     TooManyMessages,
     /// `max_session_age` reached.
     SessionTooOld,
+
+    // Hostile clients (issue "Hostile clients", items 3 and 4).
+    /// Every password-check worker is busy and the queue is full.
+    AuthBusy,
+    /// AUTH is not configured and the client is outside every allowed network: nothing
+    /// it could do here would be accepted, so it is told in the greeting.
+    ClientNotAllowed,
+    /// `max_outsider_connections` clients outside the allowed networks are connected.
+    TooManyOutsiders,
 }
 
 impl Refusal {
@@ -246,6 +255,21 @@ impl Refusal {
             Refusal::SessionTooOld => {
                 Reply::new(421, "4.4.2", "Session too long; closing connection")
             }
+            Refusal::AuthBusy => Reply::new(
+                454,
+                "4.7.0",
+                "Too many authentications in progress; try again in a moment",
+            ),
+            Refusal::ClientNotAllowed => Reply::new(
+                554,
+                "5.7.1",
+                "This relay serves only its own networks; add this host to smtp.allowed_networks",
+            ),
+            Refusal::TooManyOutsiders => Reply::new(
+                421,
+                "4.7.0",
+                "Too many connections from outside the allowed networks; try again later",
+            ),
         }
     }
 }

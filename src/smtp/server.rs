@@ -2,9 +2,10 @@
 //! whether the client may relay, and runs one session task per connection.
 
 use super::connection::{self, ClientInfo};
+use super::outsiders::OutsiderSlot;
 use super::reply::Refusal;
 use super::tls::{TlsError, TlsStore};
-use crate::auth::{FailureLimiter, Grants, UserError, Users};
+use crate::auth::{FailureLimiter, Grants, PasswordChecks, UserError, Users};
 use crate::config::Config;
 use crate::delivery::QueueHandle;
 use crate::dkim::SharedKeyRing;
@@ -34,6 +35,8 @@ pub struct SmtpContext {
     pub users: Option<Arc<Users>>,
     /// Failed AUTHs per client address, shared by all sessions.
     pub auth_failures: FailureLimiter,
+    /// The bounded pool AUTH password checks run on.
+    pub password_checks: PasswordChecks,
 }
 
 /// Why the inbound side cannot start.
@@ -61,18 +64,24 @@ impl SmtpContext {
             Some(auth) => Some(Arc::new(Users::load(&auth.users_file)?)),
             None => None,
         };
-        let (max, window) = config
+        let (max, window, tracked) = config
             .smtp
             .auth
             .as_ref()
-            .map_or((usize::MAX, std::time::Duration::ZERO), |a| {
-                (a.max_failures, a.failure_window.0)
+            .map_or((usize::MAX, std::time::Duration::ZERO, 1), |a| {
+                (a.max_failures, a.failure_window.0, a.max_tracked_clients)
             });
+        let (workers, waiting) = config
+            .smtp
+            .auth
+            .as_ref()
+            .map_or((1, 0), |a| (a.check_workers, a.check_queue));
         Ok(SmtpContext {
             grants: Grants::from_config(&config.smtp),
             tls,
             users,
-            auth_failures: FailureLimiter::new(max, window),
+            auth_failures: FailureLimiter::new(max, window, tracked),
+            password_checks: PasswordChecks::new(workers, waiting),
             config,
             keys,
             spool,
@@ -146,6 +155,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let total = Arc::new(Semaphore::new(ctx.config.smtp.max_connections));
+    let outsiders = Arc::new(Semaphore::new(ctx.config.smtp.outsider_budget()));
     let per_client = Arc::new(PerClient::default());
     let mut sessions = JoinSet::new();
     if let (Some(store), Some(tls)) = (&ctx.tls, &ctx.config.smtp.tls) {
@@ -169,17 +179,34 @@ pub async fn serve(
             }
         };
         let ip = normalise(peer.ip());
+        let grant = ctx.grants.for_client(ip).cloned();
+        if grant.is_none() && ctx.users.is_none() {
+            // No AUTH to offer: nothing this client could send would be accepted.
+            tracing::warn!(client = %ip, "connection refused: outside smtp.allowed_networks and AUTH is not configured");
+            refuse_with(stream, Refusal::ClientNotAllowed, &ctx).await;
+            continue;
+        }
         let Ok(permit) = total.clone().try_acquire_owned() else {
             tracing::warn!(client = %ip, "connection refused: smtp.max_connections reached");
-            refuse(stream).await;
+            refuse_with(stream, Refusal::TooManyConnections, &ctx).await;
             continue;
         };
         let Some(slot) = per_client.take(ip, ctx.config.smtp.max_connections_per_client) else {
             tracing::warn!(client = %ip, "connection refused: smtp.max_connections_per_client reached");
-            refuse(stream).await;
+            refuse_with(stream, Refusal::TooManyConnections, &ctx).await;
             continue;
         };
-        let grant = ctx.grants.for_client(ip).cloned();
+        let outsider = match &grant {
+            Some(_) => None,
+            None => match OutsiderSlot::take(&outsiders) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::warn!(client = %ip, "connection refused: smtp.max_outsider_connections reached by clients outside the allowed networks");
+                    refuse_with(stream, Refusal::TooManyOutsiders, &ctx).await;
+                    continue;
+                }
+            },
+        };
         match &grant {
             Some(g) => {
                 tracing::info!(client = %peer, tls = implicit_tls, domains = %g.describe(), "connection accepted")
@@ -193,6 +220,7 @@ pub async fn serve(
             ip,
             grant,
             started: tokio::time::Instant::now(),
+            outsider,
         };
         let session_ctx = ctx.clone();
         let stop = shutdown.clone();
@@ -228,9 +256,15 @@ pub async fn serve(
     }
 }
 
-async fn refuse(mut stream: TcpStream) {
+/// Answers `refusal` in place of the greeting and closes, within `smtp.write_timeout`.
+/// It runs in the accept loop: one short line into a fresh socket's empty send buffer
+/// does not wait, and the deadline makes sure no client can hold the loop if it did.
+async fn refuse_with(mut stream: TcpStream, refusal: Refusal, ctx: &SmtpContext) {
     let mut out = Vec::new();
-    Refusal::TooManyConnections.reply().write_to(&mut out);
-    let _ = stream.write_all(&out).await;
-    let _ = stream.shutdown().await;
+    refusal.reply().write_to(&mut out);
+    let _ = tokio::time::timeout(ctx.config.smtp.write_timeout.0, async {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }

@@ -113,7 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         phase: Phase,
     ) -> Self {
         Session {
-            conn: Conn::new(stream),
+            conn: Conn::new(stream, ctx.config.smtp.write_timeout.0),
             ctx,
             client,
             phase,

@@ -76,6 +76,9 @@ pub fn with_tls_and_auth(config: &mut Config, pki: &TestPki, users: Option<std::
         failure_delay: HumanDuration(Duration::from_millis(300)),
         max_failures: 3,
         failure_window: HumanDuration(Duration::from_secs(600)),
+        check_workers: 2,
+        check_queue: 16,
+        max_tracked_clients: 100_000,
     });
     config.validate().unwrap();
 }
