@@ -602,7 +602,7 @@ fn activate(config: &Config, store: &KeyStore, args: ActivateArgs) -> anyhow::Re
     ));
     store.save(&state)?;
     for tr in transitions {
-        tracing::warn!(domain = %domain, selector = %tr.selector, to = ?tr.to, reason = %tr.reason, "key activated by the operator");
+        tracing::warn!(domain = %domain, selector = %tr.selector, to = %tr.to, reason = %tr.reason, "key activated by the operator");
         println!(
             "{domain} {}: -> {} (forced)",
             tr.selector,
