@@ -62,6 +62,7 @@ pub struct DoctorArgs {
     /// Only this domain.
     #[arg(long)]
     pub domain: Option<String>,
+    /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }

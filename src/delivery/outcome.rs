@@ -61,6 +61,14 @@ impl AttemptError {
             E::Timeout => ("timed out".to_string(), false),
             E::UnparseableReply => ("unparseable reply or connection closed".to_string(), false),
             E::UnexpectedReply(r) => (format!("unexpected reply: {} {}", r.code, r.message), false),
+            // A 2xx here is no refusal: the upstream took AUTH as some other command.
+            E::AuthenticationFailed(r) if r.code < 300 => (
+                format!(
+                    "the upstream answered AUTH with {} {} instead of 235, so it does not take AUTH there: check upstream.host, port and tls, or remove upstream.username if it needs no AUTH",
+                    r.code, r.message
+                ),
+                true,
+            ),
             E::AuthenticationFailed(r) => (
                 format!(
                     "AUTH refused ({} {}): check upstream.username and upstream.password_file",
