@@ -20,11 +20,17 @@ smtp_port=46001
 
 echo "== tools"
 command -v systemd-analyze >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends systemd
-python3 -c 'import kubernetes_validate, yaml' 2>/dev/null || python3 -m pip install -q kubernetes-validate
+if ! python3 -c 'import kubernetes_validate, yaml' 2>/dev/null; then
+    python3 -m pip --version >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-pip
+    # Debian's own python3 refuses a plain pip install (PEP 668); a pyenv one does not.
+    python3 -m pip install -q kubernetes-validate 2>/dev/null \
+        || python3 -m pip install -q --break-system-packages kubernetes-validate
+fi
 command -v kubernetes-validate >/dev/null || { echo "kubernetes-validate is not on PATH"; exit 1; }
 
 echo "== kubernetes manifests against the schemas (offline)"
-kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
+# In a network namespace of its own: the schemas come with the package, nothing is fetched.
+unshare --net kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 
 echo "== kubernetes and compose: the relay with exactly the mounted files"
 python3 tests/deploy/pods.py "$bin" "$repo"
