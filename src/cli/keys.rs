@@ -447,7 +447,7 @@ async fn check(config: &Config, store: &KeyStore, args: DomainArgs) -> anyhow::R
                 "{:<24} {:<9} {:<9} {:<18} {}",
                 r.domain,
                 r.selector,
-                format!("{:?}", r.state).to_lowercase(),
+                r.state.to_string(),
                 r.result,
                 r.detail
             );
@@ -481,16 +481,8 @@ async fn rotate(config: &Config, store: &KeyStore, args: RotateArgs) -> anyhow::
         for t in &report.transitions {
             out.push(serde_json::json!({"domain": domain, "selector": t.selector, "from": t.from, "to": t.to, "reason": t.reason}));
             if !args.json {
-                let from = t
-                    .from
-                    .map(|f| format!("{f:?}").to_lowercase())
-                    .unwrap_or_else(|| "-".into());
-                println!(
-                    "{domain} {}: {from} -> {} ({})",
-                    t.selector,
-                    format!("{:?}", t.to).to_lowercase(),
-                    t.reason
-                );
+                let from = t.from.map_or("-", SlotState::as_str);
+                println!("{domain} {}: {from} -> {} ({})", t.selector, t.to, t.reason);
             }
         }
         for r in &report.to_publish {
