@@ -62,8 +62,26 @@ pub struct DoctorArgs {
     /// Only this domain.
     #[arg(long)]
     pub domain: Option<String>,
+    /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The error and its causes on one line, each said once: an error whose message already
+/// ends with its cause's text (thiserror's `{source}`) does not repeat it.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// An error that carries its own exit status; other errors exit 1. `doctor` exits 2 for
@@ -150,6 +168,7 @@ fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Res
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let mut relay = crate::relay::start(config).await?;
+        relay.log_summary(config_path.as_deref());
         if let Err(e) = relay.watch(config_path) {
             // Without events the relay still works; changes need a restart.
             tracing::warn!(error = %e, "hot reload is off");

@@ -16,6 +16,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+mod summary;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("spool {path}: {source}")]
@@ -28,7 +30,7 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source} (another program holds it? stop that one or change the listen address in the config)")]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
@@ -37,12 +39,14 @@ pub enum StartError {
     Upstream(String),
     #[error("key store: {0}")]
     Keys(#[from] KeyError),
-    #[error("spool {0} is locked: another dkim-relay is using it")]
+    #[error("the spool directory {0} is locked: another dkim-relay is using it (stop that one, or give this one its own spool.dir)")]
     SpoolLocked(String),
     #[error("rotation: {0}")]
     Rotation(String),
     #[error("inbound: {0}")]
     Inbound(String),
+    #[error("{field} = {path} is a file, not a directory: move the file away or point {field} at a directory")]
+    NotADirectory { field: &'static str, path: String },
 }
 
 /// Binds the implicit-TLS listener when one is configured.
@@ -211,6 +215,12 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
             source,
         })?
         .ok_or_else(|| StartError::SpoolLocked(config.spool.dir.display().to_string()))?;
+    if std::fs::metadata(&config.keys.dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(StartError::NotADirectory {
+            field: "keys.dir",
+            path: config.keys.dir.display().to_string(),
+        });
+    }
     let store = KeyStore::new(&config.keys.dir);
     // One rotation pass before accepting mail: first keys for new domains, and whatever
     // became due while the relay was down.
@@ -246,7 +256,8 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
                     path: dir.display().to_string(),
                     source,
                 })?;
-            tracing::warn!(outbox = %dir.display(), "NO UPSTREAM CONFIGURED: signed messages are written to the outbox directory and NOT sent anywhere");
+            // `serve` says so loudly in its start summary (summary.rs).
+            tracing::debug!(outbox = %dir.display(), "no upstream: writing to the outbox");
             Transport::Outbox(outbox)
         }
     };
@@ -444,7 +455,7 @@ async fn watch_task(
                     reload = true;
                     tracing::info!(config = %path.display(), "config reloaded: domains, keys and rotation settings apply now");
                     if !restart.is_empty() {
-                        tracing::warn!(sections = ?restart, "these config changes take effect after a restart");
+                        tracing::warn!(sections = %restart.join(", "), "these config changes take effect after a restart");
                     }
                 }
                 Err(e) => {
@@ -470,7 +481,7 @@ fn load_keys(store: &KeyStore, config: &Config) -> KeyRing {
     for (domain, keys) in ring.summary() {
         match keys {
             Ok(selectors) => {
-                tracing::info!(domain = %domain, keys = %selectors.join(", "), "signing for domain")
+                tracing::debug!(domain = %domain, keys = %selectors.join(", "), "signing for domain")
             }
             Err(reason) => {
                 tracing::error!(domain = %domain, reason = %reason, "cannot sign for domain; its mail will wait in the queue")

@@ -90,7 +90,7 @@ pub fn reread_config(path: &Path, last_text: &mut String) -> Result<Option<Confi
     if text == *last_text {
         return Ok(None);
     }
-    let config = Config::from_toml(&text).map_err(|e| e.to_string())?;
+    let config = Config::from_file_text(path, &text).map_err(|e| e.to_string())?;
     *last_text = text;
     Ok(Some(config))
 }

@@ -114,3 +114,116 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         "systemd-analyze verify:\n{text}"
     );
 }
+
+/// README "Two commands": `cargo run --release -- serve` in a fresh folder, no config file.
+/// The first screen says where it listens, what it signs, where mail goes and what to run
+/// next, in words (no Rust Debug forms); a message sent to it lands signed in `./outbox`.
+#[test]
+fn serve_on_the_embedded_defaults_prints_a_first_screen_and_signs_into_the_outbox() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Everything up to the swaks hint, the summary's last line.
+    let mut screen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+        let last = line.contains("send a test message");
+        screen.push(line);
+        if last {
+            break;
+        }
+    }
+    let text = screen.join("\n");
+    let kill = |child: &mut std::process::Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    if !text.contains("listen=127.0.0.1:2525") {
+        kill(&mut child);
+        panic!("no 'accepting mail' on 127.0.0.1:2525 (is the port taken?):\n{text}");
+    }
+    for want in [
+        "dkim-relay is accepting mail listen=127.0.0.1:2525",
+        "signing domain=example.com selectors=s1 (rsa), e1 (ed25519)",
+        "NO UPSTREAM CONFIGURED",
+        "command=dkim-relay keys dns",
+        "command=swaks --server 127.0.0.1:2525 --from someone@example.com --to you@example.net",
+    ] {
+        assert!(text.contains(want), "first screen lacks {want:?}:\n{text}");
+    }
+    for debug_form in ["Some(", "None", "Pending", "Active", "Published"] {
+        assert!(
+            !text.contains(debug_form),
+            "Debug form {debug_form:?} in:\n{text}"
+        );
+    }
+    assert!(
+        screen.len() <= 12,
+        "first screen is {} lines:\n{text}",
+        screen.len()
+    );
+    assert!(
+        screen.iter().all(|l| l.len() <= 200),
+        "a long line in:\n{text}"
+    );
+
+    // The swaks line, spoken by hand.
+    let mut smtp = std::net::TcpStream::connect("127.0.0.1:2525").unwrap();
+    smtp.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let reply = |smtp: &mut std::net::TcpStream| {
+        let mut buf = [0u8; 4096];
+        let n = smtp.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    assert!(reply(&mut smtp).starts_with("220"));
+    for (command, code) in [
+        ("EHLO test.example\r\n", "250"),
+        ("MAIL FROM:<someone@example.com>\r\n", "250"),
+        ("RCPT TO:<you@example.net>\r\n", "250"),
+        ("DATA\r\n", "354"),
+        (
+            "From: someone@example.com\r\nTo: you@example.net\r\nSubject: test\r\n\r\nhello\r\n.\r\n",
+            "250",
+        ),
+    ] {
+        smtp.write_all(command.as_bytes()).unwrap();
+        let got = reply(&mut smtp);
+        assert!(got.starts_with(code), "{command:?} -> {got}");
+    }
+    smtp.write_all(b"QUIT\r\n").unwrap();
+    let outbox = dir.path().join("outbox");
+    let mut signed = None;
+    for _ in 0..300 {
+        if let Some(entry) = std::fs::read_dir(&outbox)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        {
+            signed = Some(std::fs::read_to_string(entry.path()).unwrap());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill(&mut child);
+    let signed = signed.expect("no .eml in ./outbox");
+    assert!(signed.contains("DKIM-Signature:") && signed.contains("s=s1"));
+    assert!(dir.path().join("keys/example.com").is_dir());
+    assert!(dir.path().join("spool").is_dir());
+}

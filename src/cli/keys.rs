@@ -35,13 +35,16 @@ pub enum KeysCommand {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
+    /// The From domain to make keys for.
     #[arg(long)]
     pub domain: String,
     /// Comma-separated: rsa, ed25519.
     #[arg(long, default_value = "rsa", value_delimiter = ',')]
     pub algorithms: Vec<String>,
+    /// RSA key size in bits (at least 2048).
     #[arg(long, default_value_t = 2048)]
     pub rsa_bits: usize,
+    /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -51,6 +54,7 @@ pub struct DomainArgs {
     /// Only this domain.
     #[arg(long)]
     pub domain: Option<String>,
+    /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -63,8 +67,10 @@ pub enum DnsFormat {
 
 #[derive(Debug, Args)]
 pub struct DnsArgs {
+    /// Only this domain.
     #[arg(long)]
     pub domain: Option<String>,
+    /// "zone" (zone-file lines) or "json".
     #[arg(long, value_enum, default_value = "zone")]
     pub format: DnsFormat,
     /// Same as --format json.
@@ -74,6 +80,7 @@ pub struct DnsArgs {
 
 #[derive(Debug, Args)]
 pub struct RotateArgs {
+    /// Only this domain.
     #[arg(long)]
     pub domain: Option<String>,
     /// Do what the schedule says is due (for a cron job or Kubernetes CronJob).
@@ -85,12 +92,14 @@ pub struct RotateArgs {
     /// The active key is compromised: stop using it at once, retire it, make a new one.
     #[arg(long, requires = "domain")]
     pub emergency: bool,
+    /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct ActivateArgs {
+    /// The domain whose pending keys to activate.
     #[arg(long)]
     pub domain: String,
     /// Required: activation without DNS confirmation is the operator's decision.
@@ -100,8 +109,10 @@ pub struct ActivateArgs {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
+    /// OpenDKIM's KeyTable (`name domain:selector:keyfile` per line).
     #[arg(long, value_name = "FILE")]
     pub key_table: std::path::PathBuf,
+    /// OpenDKIM's SigningTable (which key signs which From address or domain).
     #[arg(long, value_name = "FILE")]
     pub signing_table: std::path::PathBuf,
 }
@@ -157,7 +168,12 @@ fn planning_rotator(config: &Config) -> anyhow::Result<Rotator> {
 fn existing(store: &KeyStore, domain: &str) -> anyhow::Result<DomainState> {
     store
         .load(domain)?
-        .with_context(|| format!("{domain}: no keys in {}", store.dir().display()))
+        .with_context(|| {
+            format!(
+                "{domain}: the key store {} has no keys for this domain (make them: dkim-relay keys generate --domain {domain})",
+                store.dir().display()
+            )
+        })
 }
 
 fn lock(store: &KeyStore) -> anyhow::Result<StoreLock> {
@@ -298,10 +314,16 @@ fn status(config: &Config, store: &KeyStore, args: DomainArgs) -> anyhow::Result
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!(
-        "{:<24} {:<9} {:<8} {:<5} {:<9} {:<27} NEXT",
-        "DOMAIN", "SELECTOR", "ALG", "BITS", "STATE", "ACTIVE SINCE"
-    );
+    let mut table = vec![[
+        "DOMAIN",
+        "SELECTOR",
+        "ALG",
+        "BITS",
+        "STATE",
+        "ACTIVE SINCE",
+        "NEXT",
+    ]
+    .map(String::from)];
     for r in rows {
         let when = r
             .next_at
@@ -312,20 +334,44 @@ fn status(config: &Config, store: &KeyStore, args: DomainArgs) -> anyhow::Result
             .as_ref()
             .map(|c| format!(" [dns {:?} {}]", c.outcome, rfc5322_date(c.at)).to_lowercase())
             .unwrap_or_default();
-        println!(
-            "{:<24} {:<9} {:<8} {:<5} {:<9} {:<27} {}{when}{dns}",
+        table.push([
             r.domain,
             r.selector,
             r.algorithm.to_string(),
             r.bits.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
-            format!("{:?}", r.state).to_lowercase(),
+            r.state.to_string(),
             r.active_since
                 .map(rfc5322_date)
                 .unwrap_or_else(|| "-".into()),
-            r.next
-        );
+            format!("{}{when}{dns}", r.next),
+        ]);
     }
+    print!("{}", aligned(&table));
     Ok(())
+}
+
+/// Columns as wide as their widest cell (dates vary in length), two spaces apart.
+fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 fn dns(store: &KeyStore, args: DnsArgs) -> anyhow::Result<()> {
@@ -401,7 +447,7 @@ async fn check(config: &Config, store: &KeyStore, args: DomainArgs) -> anyhow::R
                 "{:<24} {:<9} {:<9} {:<18} {}",
                 r.domain,
                 r.selector,
-                format!("{:?}", r.state).to_lowercase(),
+                r.state.to_string(),
                 r.result,
                 r.detail
             );
@@ -435,16 +481,8 @@ async fn rotate(config: &Config, store: &KeyStore, args: RotateArgs) -> anyhow::
         for t in &report.transitions {
             out.push(serde_json::json!({"domain": domain, "selector": t.selector, "from": t.from, "to": t.to, "reason": t.reason}));
             if !args.json {
-                let from = t
-                    .from
-                    .map(|f| format!("{f:?}").to_lowercase())
-                    .unwrap_or_else(|| "-".into());
-                println!(
-                    "{domain} {}: {from} -> {} ({})",
-                    t.selector,
-                    format!("{:?}", t.to).to_lowercase(),
-                    t.reason
-                );
+                let from = t.from.map_or("-", SlotState::as_str);
+                println!("{domain} {}: {from} -> {} ({})", t.selector, t.to, t.reason);
             }
         }
         for r in &report.to_publish {
@@ -602,7 +640,7 @@ fn activate(config: &Config, store: &KeyStore, args: ActivateArgs) -> anyhow::Re
     ));
     store.save(&state)?;
     for tr in transitions {
-        tracing::warn!(domain = %domain, selector = %tr.selector, to = ?tr.to, reason = %tr.reason, "key activated by the operator");
+        tracing::warn!(domain = %domain, selector = %tr.selector, to = %tr.to, reason = %tr.reason, "key activated by the operator");
         println!(
             "{domain} {}: -> {} (forced)",
             tr.selector,
@@ -610,4 +648,24 @@ fn activate(config: &Config, store: &KeyStore, args: ActivateArgs) -> anyhow::Re
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn status_columns_line_up_whatever_the_date_length() {
+        let row = |a: &str, b: &str, c: &str| [a, b, c].map(String::from);
+        let table = [
+            row("DOMAIN", "ACTIVE SINCE", "NEXT"),
+            row(
+                "example.net",
+                "Wed, 25 Nov 2026 17:57:48 +0000",
+                "replaced later",
+            ),
+            row("a.example", "-", "x"),
+        ];
+        let text = super::aligned(&table);
+        let starts: Vec<usize> = text.lines().map(|l| l.rfind("  ").unwrap() + 2).collect();
+        assert!(starts.windows(2).all(|w| w[0] == w[1]), "{text}");
+    }
 }

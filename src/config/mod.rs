@@ -7,6 +7,7 @@
 
 mod inbound;
 mod metrics;
+mod paths;
 mod rotation;
 mod units;
 mod upstreams;
@@ -368,19 +369,25 @@ impl Config {
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
-        Self::from_toml(&text)
+        Self::from_file_text(path, &text)
     }
 
+    /// Parses and validates config text; relative paths stay relative to the current
+    /// directory (a file's are resolved by [`Config::from_file_text`]).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
+        let mut config = Self::parse(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
             let field = e
                 .span()
                 .map(|s| format!("line {}", line_of(text, s.start)))
                 .unwrap_or_else(|| "config".into());
             ConfigError::new(field, e.message().to_string())
-        })?;
-        config.validate()?;
-        Ok(config)
+        })
     }
 
     /// Checks every field for values that would make the relay unsafe or unusable, and

@@ -15,28 +15,36 @@ use std::time::Duration;
 pub enum QueueCommand {
     /// Queued messages: id, age, sender, recipients, attempts, next attempt, last error.
     List {
+        /// One JSON array instead of the table.
         #[arg(long)]
         json: bool,
     },
     /// One message: its envelope, each recipient's status, and its header.
     Show {
+        /// The queue id (from `queue list` or the log).
         id: String,
+        /// JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Retry now: one message, or every message that is not held.
     Flush {
+        /// The queue id; without it, every message that is not held.
         id: Option<String>,
     },
     /// Delete a message from the queue. No bounce is sent.
     Remove {
+        /// The queue id.
         id: String,
     },
     /// Stop attempting a message until it is released (kept across restarts).
     Hold {
+        /// The queue id.
         id: String,
     },
+    /// Attempt a held message again, at once.
     Release {
+        /// The queue id.
         id: String,
     },
 }

@@ -192,7 +192,7 @@ async fn queue_dsn(
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("spool: {e}"))?;
     let dsn_id = dsn.envelope.id.clone();
-    tracing::info!(queue_id = %env.id, dsn_id = %dsn_id, kind = ?kind, to = %env.mail_from, "bounce queued");
+    tracing::info!(queue_id = %env.id, dsn_id = %dsn_id, kind = match kind { DsnKind::Failed => "failed", DsnKind::Delayed => "delayed" }, to = %env.mail_from, "bounce queued");
     ctx.emit(DeliveryEvent::BounceQueued {
         id: env.id.clone(),
         dsn: dsn_id,

@@ -293,7 +293,7 @@ impl Upstream {
                 }
             }
         };
-        tracing::info!(upstream = %self.describe(), tls = ?cfg.tls, pool_size = cfg.pool_size, "connected to upstream");
+        tracing::info!(upstream = %self.describe(), tls = match cfg.tls { TlsMode::Starttls => "starttls", TlsMode::Implicit => "implicit", TlsMode::None => "none" }, pool_size = cfg.pool_size, "connected to upstream");
         Ok(conn)
     }
 

@@ -139,6 +139,13 @@ impl Cause {
                 detail: "unexpected reply".into(),
                 upstream: None,
             },
+            // A 2xx here is no refusal: the upstream took AUTH as some other command.
+            E::AuthenticationFailed(r) if r.code < 300 => Cause {
+                fault: Fault::OurConfig,
+                reply: Some(UpstreamReply::from_response(r)),
+                detail: "the upstream answered AUTH with this instead of 235, so it does not take AUTH there: check upstream.host, port and tls, or remove upstream.username if it needs no AUTH".into(),
+                upstream: None,
+            },
             E::AuthenticationFailed(r) => Cause {
                 fault: Fault::OurConfig,
                 reply: Some(UpstreamReply::from_response(r)),

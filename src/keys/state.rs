@@ -19,6 +19,25 @@ pub enum SlotState {
     Retired,
 }
 
+impl SlotState {
+    /// The state as a word, as in the state file and `keys status` (never a Debug form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotState::Pending => "pending",
+            SlotState::Published => "published",
+            SlotState::Active => "active",
+            SlotState::Retiring => "retiring",
+            SlotState::Retired => "retired",
+        }
+    }
+}
+
+impl std::fmt::Display for SlotState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
     pub selector: String,

@@ -188,8 +188,13 @@ pub fn readiness(
     for domain in &config.domains {
         match ring.lookup(&domain.name) {
             KeyLookup::Ready(_) => {}
-            KeyLookup::Unusable(why) => problems.push(format!("{}: {why}", domain.name)),
-            KeyLookup::Unknown => problems.push(format!("{}: no keys loaded", domain.name)),
+            // "no active key for D" first: the words an operator (or a probe) looks for.
+            KeyLookup::Unusable(why) => {
+                problems.push(format!("no active key for {}: {why}", domain.name))
+            }
+            KeyLookup::Unknown => {
+                problems.push(format!("no active key for {}: no keys loaded", domain.name))
+            }
         }
     }
     // Upstream: unready only while deliveries keep being deferred and nothing has gone

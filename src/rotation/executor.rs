@@ -6,7 +6,7 @@ use super::dns::DnsChecker;
 use super::hook::{run_hook, HookAction};
 use super::{apply, plan, record_dns_check, Policy, Step, Transition};
 use crate::config::{Config, DomainConfig};
-use crate::keys::{generate, Algorithm, DnsRecord, DomainState, KeyStore, StoreLock};
+use crate::keys::{generate, Algorithm, DnsRecord, DomainState, KeyStore, SlotState, StoreLock};
 
 pub struct Rotator {
     store: KeyStore,
@@ -135,11 +135,17 @@ impl Rotator {
                 break;
             }
         }
+        // One line per domain and run at info (a first start walks several states at
+        // once); each step, and the full record, at debug.
         for t in &report.transitions {
-            tracing::info!(domain, selector = %t.selector, from = ?t.from, to = ?t.to, reason = %t.reason, "key transition");
+            tracing::debug!(domain, selector = %t.selector, from = t.from.map_or("none", SlotState::as_str), to = %t.to, reason = %t.reason, "key transition");
+        }
+        if !report.transitions.is_empty() {
+            tracing::info!(domain, changes = %transition_summary(&report.transitions), "keys changed");
         }
         for record in &report.to_publish {
-            tracing::warn!(domain, record = %record.zone_line(), "publish this DNS record");
+            tracing::debug!(domain, record = %record.zone_line(), "record to publish");
+            tracing::warn!(domain, name = %record.name, "publish the DNS record at this name; `dkim-relay keys dns` prints it");
         }
         for why in &report.waiting {
             tracing::info!(domain, reason = %why, "rotation waiting");
@@ -244,4 +250,24 @@ impl Rotator {
         report.transitions.extend(transitions);
         Ok(())
     }
+}
+
+/// "s1 new -> active, e1 pending -> published": where each selector started and ended.
+fn transition_summary(transitions: &[Transition]) -> String {
+    let mut out: Vec<(&str, Option<SlotState>, SlotState)> = Vec::new();
+    for t in transitions {
+        match out.iter_mut().find(|(s, _, _)| *s == t.selector) {
+            Some(entry) => entry.2 = t.to,
+            None => out.push((&t.selector, t.from, t.to)),
+        }
+    }
+    out.iter()
+        .map(|(selector, from, to)| {
+            format!(
+                "{selector} {} -> {to}",
+                from.map_or("new", SlotState::as_str)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

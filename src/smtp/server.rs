@@ -240,6 +240,8 @@ pub async fn serve(
     drop(implicit);
     // Sessions see the same signal: idle ones answer 421 at once, a transaction in
     // progress gets `shutdown_grace` to finish. The margin covers the final spool write.
+    // Sessions that ended since the last accept are not open.
+    while sessions.try_join_next().is_some() {}
     let open = sessions.len();
     tracing::info!(open, "SMTP listener stopped; waiting for open sessions");
     let wait = ctx.config.smtp.shutdown_grace.0 + std::time::Duration::from_secs(5);

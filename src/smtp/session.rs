@@ -264,11 +264,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.conn.queue_reply(&Reply::new(221, "2.0.0", "Bye"));
                 Flow::Close
             }
-            Request::Help { .. } => self.answer(Ok(Reply::new(
-                214,
-                "2.0.0",
-                "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY STARTTLS AUTH",
-            ))),
+            Request::Help { .. } => {
+                // Only what this session offers, as EHLO says it.
+                let mut text =
+                    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY".to_string();
+                if self.offers_starttls() {
+                    text.push_str(" STARTTLS");
+                }
+                if self.offers_auth() {
+                    text.push_str(" AUTH");
+                }
+                self.answer(Ok(Reply::owned(214, "2.0.0", text)))
+            }
             Request::Vrfy { .. } => self.answer(Ok(Reply::new(
                 252,
                 "2.1.5",
@@ -307,6 +314,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.user.as_ref().map_or("-", |u| u.name.as_str())
     }
 
+    /// STARTTLS is offered with a certificate, until TLS is on (EHLO and HELP).
+    fn offers_starttls(&self) -> bool {
+        self.ctx.tls.is_some() && !self.phase.tls()
+    }
+
+    /// AUTH only inside TLS (DESIGN §3), so a password never crosses in clear text.
+    fn offers_auth(&self) -> bool {
+        self.ctx.users.is_some() && self.phase.tls()
+    }
+
     fn ehlo(&mut self, host: &str, extended: bool) -> Reply {
         self.helo = sanitize_helo(host);
         self.state = State::Ready;
@@ -322,11 +339,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if smtp.upstream_8bitmime {
             lines.push_str("250-8BITMIME\r\n");
         }
-        if self.ctx.tls.is_some() && !self.phase.tls() {
+        if self.offers_starttls() {
             lines.push_str("250-STARTTLS\r\n");
         }
-        // AUTH only inside TLS (DESIGN §3), so a password never crosses in clear text.
-        if self.ctx.users.is_some() && self.phase.tls() {
+        if self.offers_auth() {
             lines.push_str("250-AUTH PLAIN LOGIN\r\n");
         }
         // Multi-line reply: written raw, with the final line as the Reply. ENHANCEDSTATUSCODES
