@@ -227,3 +227,66 @@ fn serve_on_the_embedded_defaults_prints_a_first_screen_and_signs_into_the_outbo
     assert!(dir.path().join("keys/example.com").is_dir());
     assert!(dir.path().join("spool").is_dir());
 }
+
+/// What an operator sees when the first start goes wrong: each problem said once, with the
+/// field or the fix, never the laptop defaults run silently from an empty file.
+#[test]
+fn start_errors_name_the_problem_once_and_an_empty_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |config: &std::path::Path, command: &str| {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .arg(command)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // A port someone else holds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let busy = dir.path().join("busy.toml");
+    std::fs::write(
+        &busy,
+        format!("[smtp]\nlisten = \"127.0.0.1:{port}\"\n[rotation]\ndns_check = false\n"),
+    )
+    .unwrap();
+    let (ok, err) = run(&busy, "serve");
+    assert!(!ok);
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    assert!(err.contains("change the listen address"), "{err}");
+    // keys.dir that is a file; relative, so it is next to the config file.
+    let file_keys = dir.path().join("file-keys.toml");
+    std::fs::write(dir.path().join("notadir"), "").unwrap();
+    std::fs::write(
+        &file_keys,
+        "[smtp]\nlisten = \"127.0.0.1:0\"\n[spool]\ndir = \"spool2\"\n[keys]\ndir = \"notadir\"\n",
+    )
+    .unwrap();
+    let (ok, err) = run(&file_keys, "serve");
+    assert!(!ok);
+    assert!(
+        err.contains("keys.dir = ") && err.contains("notadir is a file, not a directory"),
+        "{err}"
+    );
+    assert!(!err.contains("File exists"), "{err}");
+    // An empty file.
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "# nothing yet\n\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&empty)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the file is empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -70,7 +70,7 @@ async fn answer(stream: UnixStream, queue: QueueHandle) {
     }
     let response = match serde_json::from_str::<Request>(line.trim()) {
         Ok(request) => {
-            tracing::info!(request = ?request, "queue command");
+            tracing::info!(request = %request, "queue command");
             queue.control(request).await
         }
         Err(e) => Response::Error(format!("bad request: {e}")),

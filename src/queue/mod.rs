@@ -32,6 +32,21 @@ pub enum Request {
     },
 }
 
+impl std::fmt::Display for Request {
+    /// The command as the operator typed it (`hold ID`), for the log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::List => f.write_str("list"),
+            Request::Show { id } => write!(f, "show {id}"),
+            Request::Flush { id: Some(id) } => write!(f, "flush {id}"),
+            Request::Flush { id: None } => f.write_str("flush all"),
+            Request::Remove { id } => write!(f, "remove {id}"),
+            Request::Hold { id } => write!(f, "hold {id}"),
+            Request::Release { id } => write!(f, "release {id}"),
+        }
+    }
+}
+
 /// The runner's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
