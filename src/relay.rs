@@ -197,6 +197,25 @@ pub fn listen_addr_in_log(line: &str) -> Option<SocketAddr> {
         .ok()
 }
 
+/// What `config check` proves before `serve` would start: the files the config names load
+/// the way `start` loads them (TLS certificate and key, users file, upstream password and
+/// CA, the rotation resolver). Uses the constructors `start` uses, so the two cannot
+/// disagree about what is valid. Binds nothing and touches neither spool nor key store.
+pub fn preflight(config: &Config) -> Result<(), StartError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let inbound = |e: &dyn std::fmt::Display| StartError::Inbound(e.to_string());
+    if let Some(tls) = &config.smtp.tls {
+        smtp::tls::TlsStore::open(tls).map_err(|e| inbound(&smtp::InboundError::from(e)))?;
+    }
+    if let Some(auth) = &config.smtp.auth {
+        crate::auth::Users::load(&auth.users_file)
+            .map_err(|e| inbound(&smtp::InboundError::from(e)))?;
+    }
+    Router::from_config(config).map_err(StartError::Upstream)?;
+    Rotator::new(config).map_err(StartError::Rotation)?;
+    Ok(())
+}
+
 /// Starts every stage. Fails only for problems the operator must fix before the relay can
 /// do anything useful (spool not writable, port taken, upstream password unreadable).
 pub async fn start(config: Config) -> Result<RelayHandle, StartError> {

@@ -7,6 +7,7 @@
 
 mod inbound;
 mod metrics;
+mod relay_space;
 mod rotation;
 mod units;
 mod upstreams;
@@ -123,6 +124,14 @@ pub struct SmtpConfig {
     /// The upstream carries 8-bit bodies (8BITMIME). When false, 8BITMIME is not
     /// advertised and 8-bit messages get 554 5.6.0. SMTPUTF8 is not offered at all yet.
     pub upstream_8bitmime: bool,
+    /// Open-relay guard: the most public IPv4 space that `allowed_networks` and every
+    /// `[[smtp.senders]]` entry may grant together, as a prefix length (8: as many
+    /// addresses as one /8). Overlaps count once; loopback, RFC 1918, CGNAT and
+    /// link-local do not count; IPv6 ranges that embed IPv4 (::ffff:0:0/96, 64:ff9b::/96,
+    /// 2002::/16) count here. 1 to 32; the whole space is refused whatever the value.
+    pub public_relay_limit_ipv4: u8,
+    /// The same for native IPv6 (ULA, link-local and ::1 do not count). 1 to 128.
+    pub public_relay_limit_ipv6: u8,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -313,6 +322,8 @@ impl Default for SmtpConfig {
             max_session_age: HumanDuration(Duration::from_secs(3600)),
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
             upstream_8bitmime: true,
+            public_relay_limit_ipv4: 8,
+            public_relay_limit_ipv6: 32,
         }
     }
 }
@@ -379,8 +390,16 @@ impl Config {
     /// Checks every field for values that would make the relay unsafe or unusable, and
     /// normalises domain names to lower case.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
-        if self.hostname.trim().is_empty() {
-            return Err(ConfigError::new("hostname", "must not be empty"));
+        // It is written into the greeting, EHLO and every Received and Message-ID field:
+        // a CR or LF here would inject header fields into every message.
+        if !is_dns_name(self.hostname.trim_end_matches('.')) {
+            return Err(ConfigError::new(
+                "hostname",
+                format!(
+                    "\"{}\" is not a host name (letters, digits, hyphens and dots only)",
+                    self.hostname.escape_default()
+                ),
+            ));
         }
         self.smtp.validate()?;
         self.smtp.validate_inbound()?;
@@ -417,14 +436,6 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 impl SmtpConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        for (i, net) in self.allowed_networks.iter().enumerate() {
-            if net.prefix_len() == 0 {
-                return Err(ConfigError::new(
-                    format!("smtp.allowed_networks[{i}]"),
-                    format!("{net} allows every address: that is an open relay"),
-                ));
-            }
-        }
         let positive = [
             ("smtp.max_message_size", self.max_message_size.0 as usize),
             ("smtp.max_recipients", self.max_recipients),
