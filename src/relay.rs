@@ -133,14 +133,7 @@ impl RelayHandle {
 
     /// Starts hot reload: watches the key store and (if given) the config file's folder.
     pub fn watch(&mut self, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
-        let config_dir = config_path.as_ref().and_then(|p| p.parent()).map(|parent| {
-            if parent.as_os_str().is_empty() {
-                std::path::Path::new(".")
-            } else {
-                parent
-            }
-        });
-        let (guard, wake, events) = crate::watch::watch(self.store.dir(), config_dir)?;
+        let (guard, wake, events) = crate::watch::watch(self.store.dir(), config_path.as_deref())?;
         self.reload = Some(wake);
         let task = tokio::spawn(watch_task(
             guard,

@@ -13,7 +13,7 @@ pub use envelope::{DeliveryState, Envelope, Origin, QueueId, RcptStatus};
 
 mod recycle;
 
-use crate::fsutil::{ensure_dir, sync_dir, write_atomic, write_atomic_via};
+use crate::fsutil::{ensure_dir, read_nofollow, sync_dir, write_atomic, write_atomic_via};
 use recycle::Recycler;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -151,7 +151,7 @@ impl Spool {
     }
 
     pub fn read(&self, id: &QueueId) -> io::Result<SpooledMessage> {
-        let bytes = std::fs::read(self.queue.join(msg_name(id)))?;
+        let bytes = read_nofollow(&self.queue.join(msg_name(id)))?;
         let (_, offset) =
             file::decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok(SpooledMessage { bytes, offset })
@@ -213,7 +213,7 @@ impl Spool {
 
     fn load_one(&self, id: &str) -> Result<QueuedMessage, String> {
         let bytes =
-            std::fs::read(self.queue.join(format!("{id}.msg"))).map_err(|e| e.to_string())?;
+            read_nofollow(&self.queue.join(format!("{id}.msg"))).map_err(|e| e.to_string())?;
         let (envelope, _) = file::decode(&bytes)?;
         if envelope.id.as_str() != id {
             return Err(format!(
@@ -221,7 +221,7 @@ impl Spool {
                 envelope.id
             ));
         }
-        let state = match std::fs::read(self.queue.join(format!("{id}.state"))) {
+        let state = match read_nofollow(&self.queue.join(format!("{id}.state"))) {
             Ok(json) => match serde_json::from_slice::<DeliveryState>(&json) {
                 Ok(state) if state.rcpts.len() == envelope.rcpts.len() => state,
                 _ => {
