@@ -82,9 +82,12 @@ pub fn watch(
     Ok((debouncer, wake, rx))
 }
 
-/// A cheap summary of the key store (names, sizes, modification times), to tell whether
-/// anything changed since the last look.
-pub fn store_fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+/// A cheap summary of the key store (names, sizes, modification times, modes), to tell
+/// whether anything changed since the last look. The mode is in it because a `chmod` does
+/// not change the modification time: a key made group-readable must stop signing at once,
+/// and one fixed back to 0600 must sign again, without a restart.
+pub fn store_fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -100,7 +103,12 @@ pub fn store_fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> 
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with('.'))
             {
-                out.push((path, meta.len(), meta.modified().ok()));
+                out.push((
+                    path,
+                    meta.len(),
+                    meta.modified().ok(),
+                    meta.permissions().mode(),
+                ));
             }
         }
     }
