@@ -15,6 +15,7 @@ mod bounce;
 mod control;
 mod outbox;
 mod outcome;
+mod redact;
 mod router;
 mod schedule;
 mod transaction;
