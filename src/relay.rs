@@ -332,6 +332,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
                 store: store.clone(),
                 spool_dir: config.spool.dir.clone(),
                 queue_dir: spool_handle.queue_dir().to_path_buf(),
+                spool: spool_handle.clone(),
             });
             tasks.push(tokio::spawn(crate::metrics::serve(
                 listener,

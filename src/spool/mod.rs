@@ -150,6 +150,19 @@ impl Spool {
         )
     }
 
+    /// Whether a message could be stored now: a small file goes into the queue folder the
+    /// way a message does (fault switch included) and is removed. For /readyz, which must
+    /// not say ready while `queue/` is read-only or the disk is full.
+    pub fn probe(&self) -> io::Result<()> {
+        const NAME: &str = ".ready-probe";
+        let tmp = self.queue.join(format!("{NAME}.tmp"));
+        let block = [0u8; 4096];
+        write_atomic_via(&tmp, &self.queue, NAME, &[&block], 0o600, false, || {
+            self.full.check()
+        })?;
+        std::fs::remove_file(self.queue.join(NAME))
+    }
+
     pub fn read(&self, id: &QueueId) -> io::Result<SpooledMessage> {
         let bytes = read_nofollow(&self.queue.join(msg_name(id)))?;
         let (_, offset) =
