@@ -134,20 +134,40 @@ impl Spool {
         let name = msg_name(&envelope.id);
         // A delivered message's file, when one is free, saves creating a file: on ext4
         // that (finding a free inode) was the largest single cost of accepting a message.
-        let tmp = self
-            .recycler
-            .as_ref()
-            .and_then(Recycler::take)
-            .unwrap_or_else(|| format!(".{name}.tmp"));
-        write_atomic_via(
-            &self.queue.join(tmp),
-            &self.queue,
-            &name,
-            &parts,
-            0o600,
-            self.fsync,
-            || self.full.check(),
-        )
+        let write = |tmp: String| {
+            write_atomic_via(
+                &self.queue.join(tmp),
+                &self.queue,
+                &name,
+                &parts,
+                0o600,
+                self.fsync,
+                || self.full.check(),
+            )
+        };
+        let tmp = self.recycler.as_ref().and_then(Recycler::take);
+        match write(tmp.unwrap_or_else(|| format!(".{name}.tmp"))) {
+            // Out of space while delivered messages' files wait for reuse: give them back
+            // and try once more, so an empty queue never refuses mail.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                match self.recycler.as_ref().map(|r| r.give_back(&self.queue)) {
+                    Some(n) if n > 0 => {
+                        tracing::info!(
+                            files = n,
+                            "spool out of space: freed the files kept for reuse"
+                        );
+                        write(format!(".{name}.tmp"))
+                    }
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Whether a message could be stored now: a small file goes into the queue folder the
