@@ -152,6 +152,26 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 mod tests {
     use super::*;
 
+    /// Hot reload refuses what `config check` refuses: the two halves of the address space.
+    #[test]
+    fn a_reload_to_an_open_relay_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        let mut last = String::new();
+        for nets in [
+            "[smtp]\nallowed_networks = [\"0.0.0.0/1\", \"128.0.0.0/1\"]\n",
+            "[[smtp.senders]]\nnetworks = [\"::/1\", \"8000::/1\"]\nfrom_domains = [\"*\"]\n",
+        ] {
+            std::fs::write(&path, nets).unwrap();
+            let err = reread_config(&path, &mut last).unwrap_err();
+            assert!(err.contains("open relay"), "{err}");
+            assert!(
+                last.is_empty(),
+                "the refused text was taken as the current one"
+            );
+        }
+    }
+
     /// Reading watched files (as every reload does), writing below the config folder (a
     /// spool kept beside it) and writing the log beside it are not changes; editing the
     /// config file is.

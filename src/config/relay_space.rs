@@ -110,13 +110,14 @@ impl Space {
         )
     }
 
-    /// Whether every address of a family is granted, private ones included.
-    fn whole(&self) -> Option<&'static str> {
+    /// Whether every address of a family is granted, private ones included; with
+    /// whether that family is IPv6.
+    fn whole(&self) -> Option<(&'static str, bool)> {
         let covers = |ranges: &[Range], max: u128| merge(ranges.to_vec()) == [(0, max)];
         if covers(&self.v4, u32::MAX.into()) {
-            Some("every IPv4 address")
+            Some(("every IPv4 address", false))
         } else if covers(&self.v6_written, u128::MAX) {
-            Some("every IPv6 address")
+            Some(("every IPv6 address", true))
         } else {
             None
         }
@@ -215,15 +216,17 @@ pub(super) fn check(smtp: &SmtpConfig) -> Result<(), ConfigError> {
     for (_, net) in &nets {
         all.add(net);
     }
-    // Name the entries that bring public space, so the operator knows what to narrow.
-    let culprits = || {
+    // Name the entries that bring the most public space of the family at fault, so the
+    // operator knows what to narrow.
+    let culprits = |ipv6: bool| {
         let mut named: Vec<(u128, String)> = nets
             .iter()
             .filter_map(|(field, net)| {
                 let mut one = Space::default();
                 one.add(net);
                 let (v4, v6) = one.public();
-                (v4 > 0 || v6 > 0).then(|| (v4.saturating_add(v6), format!("{field} = {net}")))
+                let size = if ipv6 { v6 } else { v4 };
+                (size > 0).then(|| (size, format!("{field} = {net}")))
             })
             .collect();
         named.sort_by_key(|n| std::cmp::Reverse(n.0));
@@ -231,29 +234,45 @@ pub(super) fn check(smtp: &SmtpConfig) -> Result<(), ConfigError> {
         list.join(", ")
     };
     let field = "smtp.allowed_networks and smtp.senders";
-    if let Some(what) = all.whole() {
+    if let Some((what, ipv6)) = all.whole() {
+        // The private ranges count here: name the entries that reach the family.
+        let named: Vec<String> = nets
+            .iter()
+            .filter(|(_, net)| {
+                let mut one = Space::default();
+                one.add(net);
+                if ipv6 {
+                    !one.v6_written.is_empty()
+                } else {
+                    !one.v4.is_empty()
+                }
+            })
+            .take(4)
+            .map(|(field, net)| format!("{field} = {net}"))
+            .collect();
         return Err(ConfigError::new(
             field,
             format!(
                 "together they let {what} relay: that is an open relay ({}); list your own networks or use AUTH",
-                culprits()
+                named.join(", ")
             ),
         ));
     }
     let (v4, v6) = all.public();
-    for (family, got, limit, bits, limit_field) in [
-        ("IPv4", v4, smtp.public_relay_limit_ipv4, 32u8, "ipv4"),
-        ("IPv6", v6, smtp.public_relay_limit_ipv6, 128, "ipv6"),
+    for (family, got, limit, bits, ipv6) in [
+        ("IPv4", v4, smtp.public_relay_limit_ipv4, 32u8, false),
+        ("IPv6", v6, smtp.public_relay_limit_ipv6, 128, true),
     ] {
         if got > 1u128 << (bits - limit) {
             return Err(ConfigError::new(
                 field,
                 format!(
                     "together they let {got} public {family} addresses relay (as many as a {}), more than one /{limit} \
-                     (smtp.public_relay_limit_{limit_field}): that is close to an open relay ({}); \
+                     (smtp.public_relay_limit_{}): that is close to an open relay ({}); \
                      list your own networks or use AUTH",
                     as_prefix(got, bits),
-                    culprits()
+                    if ipv6 { "ipv6" } else { "ipv4" },
+                    culprits(ipv6)
                 ),
             ));
         }
