@@ -128,7 +128,8 @@ pub struct SmtpConfig {
     /// `[[smtp.senders]]` entry may grant together, as a prefix length (8: as many
     /// addresses as one /8). Overlaps count once; loopback, RFC 1918, CGNAT and
     /// link-local do not count; IPv6 ranges that embed IPv4 (::ffff:0:0/96, 64:ff9b::/96,
-    /// 2002::/16) count here. 1 to 32; the whole space is refused whatever the value.
+    /// 2002::/16, 2001::/32) count here. 1 to 32; the whole space is refused whatever
+    /// the value.
     pub public_relay_limit_ipv4: u8,
     /// The same for native IPv6 (ULA, link-local and ::1 do not count). 1 to 128.
     pub public_relay_limit_ipv6: u8,

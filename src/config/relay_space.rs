@@ -4,7 +4,7 @@
 //! networks are merged (overlaps count once), the non-public ranges are taken out, and
 //! what is left is compared with a budget per family.
 //!
-//! IPv6 ranges that carry an IPv4 address (IPv4-mapped, SIIT, NAT64, 6to4) are counted as
+//! IPv6 ranges that carry an IPv4 address (IPv4-mapped, SIIT, NAT64, 6to4, Teredo) count as
 //! the IPv4 space they stand for: `::ffff:0:0/96` grants every IPv4 host, not "a /96".
 //!
 //! Non-public, so "all private networks" stays a valid config: loopback, RFC 1918,
@@ -31,12 +31,16 @@ const PRIVATE_V6: [(u128, u8); 3] = [
     (0xfc00_u128 << 112, 7),  // fc00::/7
 ];
 
-/// IPv6 prefixes that embed an IPv4 address, with the bit where that address starts.
-const EMBEDS_V4: [(u128, u8, u8); 4] = [
-    (0xffff_u128 << 32, 96, 96),      // ::ffff:0:0/96, IPv4-mapped (RFC 4291)
-    (0xffff_u128 << 48, 96, 96),      // ::ffff:0:0:0/96, SIIT translated (RFC 2765)
-    (0x0064_ff9b_u128 << 96, 96, 96), // 64:ff9b::/96, NAT64 well-known prefix (RFC 6052)
-    (0x2002_u128 << 112, 16, 16),     // 2002::/16, 6to4 (RFC 3056)
+/// IPv6 prefixes that embed an IPv4 address: (prefix, length, the bit where that address
+/// starts, whether it is stored inverted).
+const EMBEDS_V4: [(u128, u8, u8, bool); 5] = [
+    (0xffff_u128 << 32, 96, 96, false), // ::ffff:0:0/96, IPv4-mapped (RFC 4291)
+    (0xffff_u128 << 48, 96, 96, false), // ::ffff:0:0:0/96, SIIT translated (RFC 2765)
+    (0x0064_ff9b_u128 << 96, 96, 96, false), // 64:ff9b::/96, NAT64 well-known (RFC 6052)
+    (0x2002_u128 << 112, 16, 16, false), // 2002::/16, 6to4 (RFC 3056)
+    // 2001::/32, Teredo (RFC 4380): the client's IPv4 address, inverted, in the last 32
+    // bits, so any network of 2^32 or more Teredo addresses reaches every IPv4 host.
+    (0x2001_0000_u128 << 96, 32, 96, true),
 ];
 
 /// An inclusive range of addresses; IPv4 ones use the low 32 bits.
@@ -75,7 +79,7 @@ impl Space {
                 let r = block(u128::from(n.network()), n.prefix_len(), 128);
                 self.v6_written.push(r);
                 let mut native = vec![r];
-                for (prefix, len, at) in EMBEDS_V4 {
+                for (prefix, len, at, inverted) in EMBEDS_V4 {
                     let e = block(prefix, len, 128);
                     // Two CIDR blocks are disjoint or one holds the other.
                     let inner = if r.0 >= e.0 && r.1 <= e.1 {
@@ -86,7 +90,10 @@ impl Space {
                         None
                     };
                     if let Some((start, p)) = inner {
-                        let v4 = (start >> (96 - u32::from(at))) & 0xffff_ffff;
+                        let mut v4 = (start >> (96 - u32::from(at))) & 0xffff_ffff;
+                        if inverted {
+                            v4 = !v4 & 0xffff_ffff;
+                        }
                         let v4_prefix = p.saturating_sub(at).min(32);
                         self.v4.push(block(v4, v4_prefix, 32));
                         native = subtract(native, &[e]);
@@ -317,6 +324,8 @@ mod tests {
             (&["::ffff:0.0.0.0/95"], &[]),
             (&["64:ff9b::/96"], &[]),
             (&["2002::/16"], &[]),
+            (&["2001::/32"], &[]),
+            (&["2001:0:4136:e378::/64"], &[]),
             (&["::ffff:11.0.0.0/104", "12.0.0.0/8"], &[]),
             // A /31 of native IPv6 is far more than a /32.
             (&["2001:db8::/31"], &[]),
@@ -352,6 +361,8 @@ mod tests {
             ),
             (&["2001:db8::/32"], &[&["2001:db8:1::/48"]]),
             (&["198.51.100.0/24", "::ffff:198.51.100.0/120"], &[]),
+            // One Teredo client: one IPv4 address (inverted in the last 32 bits).
+            (&["2001:0:4136:e378:8000:63bf:3ccd:9bf8/128"], &[]),
         ];
         for (allowed, senders) in fine {
             let r = check(&smtp(allowed, senders));
