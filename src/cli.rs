@@ -132,6 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Health { check } => health(&config, &check),
         Command::Doctor(args) => doctor(&config, args),
         Command::Config(ConfigCommand::Check) => {
+            crate::relay::preflight(&config)?;
             let source = cli
                 .config
                 .as_ref()

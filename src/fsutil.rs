@@ -41,6 +41,9 @@ pub fn write_atomic_via(
             .create(true)
             .truncate(false)
             .mode(mode)
+            // A symlink planted under the temp name (or a recycled `.free-N`) must not
+            // make the relay write a message or state through it to another file.
+            .custom_flags(libc::O_NOFOLLOW)
             .open(tmp)?;
         let mut len = 0;
         for part in parts {
@@ -66,6 +69,19 @@ pub fn write_atomic_via(
     result
 }
 
+/// Reads a whole file, refusing a symlink (ELOOP): a link planted in the queue must not
+/// make the relay load, and deliver, a file from elsewhere on the host.
+pub fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// fsyncs a directory so that entries created or renamed in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -78,4 +94,33 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
         .recursive(true)
         .mode(mode)
         .create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A symlink under the temp name or the final name is neither written nor read through.
+    #[test]
+    fn symlinks_in_the_queue_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let queue = dir.path().join("queue");
+        std::fs::create_dir(&queue).unwrap();
+        let tmp = queue.join(".free-0");
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let r = write_atomic_via(&tmp, &queue, "A.msg", &[b"attacker"], 0o600, false, || {
+            Ok(())
+        });
+        assert!(r.is_err(), "wrote through a symlink");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        std::os::unix::fs::symlink(&victim, queue.join("B.msg")).unwrap();
+        assert!(
+            read_nofollow(&queue.join("B.msg")).is_err(),
+            "read through a symlink"
+        );
+        std::fs::write(queue.join("C.msg"), "mail").unwrap();
+        assert_eq!(read_nofollow(&queue.join("C.msg")).unwrap(), b"mail");
+    }
 }

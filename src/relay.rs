@@ -137,14 +137,7 @@ impl RelayHandle {
 
     /// Starts hot reload: watches the key store and (if given) the config file's folder.
     pub fn watch(&mut self, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
-        let config_dir = config_path.as_ref().and_then(|p| p.parent()).map(|parent| {
-            if parent.as_os_str().is_empty() {
-                std::path::Path::new(".")
-            } else {
-                parent
-            }
-        });
-        let (guard, wake, events) = crate::watch::watch(self.store.dir(), config_dir)?;
+        let (guard, wake, events) = crate::watch::watch(self.store.dir(), config_path.as_deref())?;
         self.reload = Some(wake);
         let task = tokio::spawn(watch_task(
             guard,
@@ -199,6 +192,25 @@ pub fn listen_addr_in_log(line: &str) -> Option<SocketAddr> {
         .next()?
         .parse()
         .ok()
+}
+
+/// What `config check` proves before `serve` would start: the files the config names load
+/// the way `start` loads them (TLS certificate and key, users file, upstream password and
+/// CA, the rotation resolver). Uses the constructors `start` uses, so the two cannot
+/// disagree about what is valid. Binds nothing and touches neither spool nor key store.
+pub fn preflight(config: &Config) -> Result<(), StartError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let inbound = |e: &dyn std::fmt::Display| StartError::Inbound(e.to_string());
+    if let Some(tls) = &config.smtp.tls {
+        smtp::tls::TlsStore::open(tls).map_err(|e| inbound(&smtp::InboundError::from(e)))?;
+    }
+    if let Some(auth) = &config.smtp.auth {
+        crate::auth::Users::load(&auth.users_file)
+            .map_err(|e| inbound(&smtp::InboundError::from(e)))?;
+    }
+    Router::from_config(config).map_err(StartError::Upstream)?;
+    Rotator::new(config).map_err(StartError::Rotation)?;
+    Ok(())
 }
 
 /// Starts every stage. Fails only for problems the operator must fix before the relay can
@@ -331,6 +343,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
                 store: store.clone(),
                 spool_dir: config.spool.dir.clone(),
                 queue_dir: spool_handle.queue_dir().to_path_buf(),
+                spool: spool_handle.clone(),
             });
             tasks.push(tokio::spawn(crate::metrics::serve(
                 listener,

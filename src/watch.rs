@@ -18,9 +18,13 @@ pub const RECHECK_EVERY: Duration = Duration::from_secs(60);
 /// message arrives on the returned channel after each burst of changes; the returned guard
 /// stops watching when dropped. Also returns a sender of the same wake-ups, for a reload
 /// asked by signal.
+///
+/// In the config folder only the config file itself counts (and Kubernetes' `..data`
+/// swaps): the relay's own log kept beside it would otherwise wake a reload with every
+/// line, and a broken config logs a line at every reload, for ever.
 pub fn watch(
     key_store: &Path,
-    config_dir: Option<&Path>,
+    config_file: Option<&Path>,
 ) -> Result<
     (
         impl Send,
@@ -29,6 +33,21 @@ pub fn watch(
     ),
     String,
 > {
+    let config_dir = config_file.map(|file| match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    });
+    let config_name = config_file
+        .and_then(|f| f.file_name())
+        .map(|n| n.to_owned());
+    let dir = config_dir.clone();
+    // Whether a path is another entry of the config folder (a log, a backup, a spool).
+    let beside_config = move |path: &Path| {
+        dir.as_deref().is_some_and(|d| path.parent() == Some(d))
+            && path.file_name().is_some_and(|name| {
+                Some(name) != config_name.as_deref() && !name.to_string_lossy().starts_with("..")
+            })
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     let wake = tx.clone();
     let mut debouncer = new_debouncer(
@@ -38,9 +57,10 @@ pub fn watch(
             // Opening and reading are not changes, and the reload itself reads every file
             // it watches: counting those would wake it again, for ever.
             let changed = result.is_ok_and(|events| {
-                events
-                    .iter()
-                    .any(|e| !matches!(e.event.kind, notify::EventKind::Access(_)))
+                events.iter().any(|e| {
+                    !matches!(e.event.kind, notify::EventKind::Access(_))
+                        && !e.event.paths.iter().all(|p| beside_config(p))
+                })
             });
             if changed {
                 let _ = tx.send(());
@@ -49,7 +69,11 @@ pub fn watch(
     )
     .map_err(|e| format!("file watcher: {e}"))?;
     let mut targets = vec![(key_store, RecursiveMode::Recursive)];
-    targets.extend(config_dir.map(|d| (d, RecursiveMode::NonRecursive)));
+    targets.extend(
+        config_dir
+            .as_deref()
+            .map(|d| (d, RecursiveMode::NonRecursive)),
+    );
     for (dir, mode) in targets {
         debouncer
             .watch(dir, mode)
@@ -58,9 +82,12 @@ pub fn watch(
     Ok((debouncer, wake, rx))
 }
 
-/// A cheap summary of the key store (names, sizes, modification times), to tell whether
-/// anything changed since the last look.
-pub fn store_fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+/// A cheap summary of the key store (names, sizes, modification times, modes), to tell
+/// whether anything changed since the last look. The mode is in it because a `chmod` does
+/// not change the modification time: a key made group-readable must stop signing at once,
+/// and one fixed back to 0600 must sign again, without a restart.
+pub fn store_fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -76,7 +103,12 @@ pub fn store_fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> 
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with('.'))
             {
-                out.push((path, meta.len(), meta.modified().ok()));
+                out.push((
+                    path,
+                    meta.len(),
+                    meta.modified().ok(),
+                    meta.permissions().mode(),
+                ));
             }
         }
     }
@@ -120,8 +152,29 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 mod tests {
     use super::*;
 
-    /// Reading watched files (as every reload does) and writing below the config folder
-    /// (a spool kept beside it) are not changes; editing the config file is.
+    /// Hot reload refuses what `config check` refuses: the two halves of the address space.
+    #[test]
+    fn a_reload_to_an_open_relay_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        let mut last = String::new();
+        for nets in [
+            "[smtp]\nallowed_networks = [\"0.0.0.0/1\", \"128.0.0.0/1\"]\n",
+            "[[smtp.senders]]\nnetworks = [\"::/1\", \"8000::/1\"]\nfrom_domains = [\"*\"]\n",
+        ] {
+            std::fs::write(&path, nets).unwrap();
+            let err = reread_config(&path, &mut last).unwrap_err();
+            assert!(err.contains("open relay"), "{err}");
+            assert!(
+                last.is_empty(),
+                "the refused text was taken as the current one"
+            );
+        }
+    }
+
+    /// Reading watched files (as every reload does), writing below the config folder (a
+    /// spool kept beside it) and writing the log beside it are not changes; editing the
+    /// config file is.
     #[tokio::test]
     async fn reads_and_spool_writes_do_not_wake_a_reload() {
         let dir = tempfile::tempdir().unwrap();
@@ -132,13 +185,21 @@ mod tests {
         std::fs::write(keys.join("example.com/state.json"), "{}").unwrap();
         let config = dir.path().join("relay.toml");
         std::fs::write(&config, "# v1\n").unwrap();
-        let (_guard, _wake, mut rx) = watch(&keys, Some(dir.path())).unwrap();
+        let (_guard, _wake, mut rx) = watch(&keys, Some(&config)).unwrap();
 
-        for _ in 0..3 {
+        for i in 0..3 {
             let _ = store_fingerprint(&keys);
             let _ = std::fs::read(keys.join("example.com/state.json")).unwrap();
             let _ = std::fs::read(&config).unwrap();
             std::fs::write(spool.join("queued.msg"), "x").unwrap();
+            // The relay's own log beside its config (systemd `append:`): each reload that
+            // logs an error would otherwise wake the next one.
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.path().join("relay.log"))
+                .unwrap();
+            std::io::Write::write_all(&mut log, format!("ERROR line {i}\n").as_bytes()).unwrap();
         }
         // Absence can only be observed over a while: a few debounce periods.
         let woke = tokio::time::timeout(Duration::from_millis(1500), rx.recv()).await;

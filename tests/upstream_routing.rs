@@ -373,3 +373,58 @@ async fn a_route_by_client_network_takes_precedence_in_order() {
     assert!(general.received().is_empty());
     relay.shutdown().await;
 }
+
+/// An upstream that repeats our AUTH token (or the password) in its replies: the reason
+/// logged, sent as an event and stored in the queue state as `last_error` holds neither.
+#[tokio::test]
+async fn an_upstream_reply_echoing_our_credentials_is_redacted_everywhere() {
+    use base64::Engine;
+    let secret = "Upstream-S3cret";
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0relay\0{secret}"));
+    for at_mail in [false, true] {
+        let upstream = FakeUpstream::start().await;
+        if at_mail {
+            // AUTH works; the MAIL reply repeats the token.
+            upstream.reply_to_mail(Some(&format!("451 4.7.0 session {token} throttled")));
+        } else {
+            upstream.refuse_auth_echoing();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("password");
+        std::fs::write(&password, format!("{secret}\n")).unwrap();
+        let mut config = config(dir.path(), Some(upstream.addr));
+        let u = config.upstream.as_mut().unwrap();
+        u.username = Some("relay".into());
+        u.password_file = Some(password);
+        let spool = config.spool.dir.clone();
+        let relay = start(config).await;
+        let mut events = relay.subscribe();
+        send_one(&relay, "someone@example.com", &["u@example.net"], "echo").await;
+        let e = wait_for(&mut events, |e| matches!(e, DeliveryEvent::Deferred { .. })).await;
+        let DeliveryEvent::Deferred { cause, .. } = e else {
+            unreachable!()
+        };
+        let reason = cause.to_string();
+        assert!(reason.contains("[redacted]"), "{reason}");
+        assert!(
+            !reason.contains(secret) && !reason.contains(&token[..16]),
+            "{reason}"
+        );
+        // The queue state on disk (last_error) holds no credential either.
+        let states: Vec<String> = std::fs::read_dir(spool.join("queue"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "state"))
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect();
+        assert!(!states.is_empty());
+        for state in states {
+            assert!(state.contains("[redacted]"), "{state}");
+            assert!(
+                !state.contains(secret) && !state.contains(&token[..16]),
+                "{state}"
+            );
+        }
+        relay.shutdown().await;
+    }
+}

@@ -96,9 +96,9 @@ impl Users {
             if entry.name.is_empty() || entry.name.chars().any(|c| c.is_control()) {
                 return Err(err("the name must be non-empty without control characters"));
             }
-            if PasswordHash::new(&entry.password_hash).is_err() {
+            if !is_argon2_hash(&entry.password_hash) {
                 return Err(err(
-                    "password_hash is not a PHC string; make one with `dkim-relay auth hash-password`",
+                    "password_hash is not an argon2 PHC string; make one with `dkim-relay auth hash-password`",
                 ));
             }
             let mut domains = entry.from_domains.clone();
@@ -193,6 +193,18 @@ fn matches(password: &[u8], hash: &PasswordHash, scratch: &mut Scratch) -> bool 
     });
     // Output's equality is constant-time.
     computed.is_ok_and(|c| c == *expected)
+}
+
+/// Whether `hash` is an argon2 PHC string that can verify a password: any other
+/// algorithm, bad parameters or a missing hash would make the user unable to log in for
+/// ever, so the file is refused instead of failing every AUTH.
+fn is_argon2_hash(hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        argon2::Algorithm::try_from(parsed.algorithm).is_ok()
+            && argon2::Params::try_from(&parsed).is_ok()
+            && parsed.salt.is_some()
+            && parsed.hash.is_some()
+    })
 }
 
 /// Hashes a password with argon2id and a random salt, as a PHC string for the users file.

@@ -169,14 +169,6 @@ impl SenderPolicyConfig {
                 "must list at least one network",
             ));
         }
-        for (j, net) in self.networks.iter().enumerate() {
-            if net.prefix_len() == 0 {
-                return Err(ConfigError::new(
-                    format!("smtp.senders[{i}].networks[{j}]"),
-                    format!("{net} allows every address: that is an open relay"),
-                ));
-            }
-        }
         normalise_domains(
             &format!("smtp.senders[{i}].from_domains"),
             &mut self.from_domains,
@@ -233,7 +225,7 @@ pub(super) fn validate_limits(smtp: &mut super::SmtpConfig) -> Result<(), Config
     for (i, policy) in smtp.senders.iter_mut().enumerate() {
         policy.validate(i)?;
     }
-    Ok(())
+    super::relay_space::check(smtp)
 }
 
 impl super::SmtpConfig {

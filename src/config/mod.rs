@@ -8,6 +8,7 @@
 mod inbound;
 mod metrics;
 mod paths;
+mod relay_space;
 mod rotation;
 mod units;
 mod upstreams;
@@ -129,6 +130,15 @@ pub struct SmtpConfig {
     /// Connections shared by clients outside every allowed network that have not
     /// authenticated (None: a tenth of `max_connections`, at least 1); beyond it 421 4.7.0.
     pub max_outsider_connections: Option<usize>,
+    /// Open-relay guard: the most public IPv4 space that `allowed_networks` and every
+    /// `[[smtp.senders]]` entry may grant together, as a prefix length (8: as many
+    /// addresses as one /8). Overlaps count once; loopback, RFC 1918, CGNAT and
+    /// link-local do not count; IPv6 ranges that embed IPv4 (::ffff:0:0/96, 64:ff9b::/96,
+    /// 2002::/16, 2001::/32) count here. 1 to 32; the whole space is refused whatever
+    /// the value.
+    pub public_relay_limit_ipv4: u8,
+    /// The same for native IPv6 (ULA, link-local and ::1 do not count). 1 to 128.
+    pub public_relay_limit_ipv6: u8,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -321,6 +331,8 @@ impl Default for SmtpConfig {
             upstream_8bitmime: true,
             write_timeout: HumanDuration(Duration::from_secs(60)),
             max_outsider_connections: None,
+            public_relay_limit_ipv4: 8,
+            public_relay_limit_ipv6: 32,
         }
     }
 }
@@ -393,8 +405,16 @@ impl Config {
     /// Checks every field for values that would make the relay unsafe or unusable, and
     /// normalises domain names to lower case.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
-        if self.hostname.trim().is_empty() {
-            return Err(ConfigError::new("hostname", "must not be empty"));
+        // It is written into the greeting, EHLO and every Received and Message-ID field:
+        // a CR or LF here would inject header fields into every message.
+        if !is_dns_name(self.hostname.trim_end_matches('.')) {
+            return Err(ConfigError::new(
+                "hostname",
+                format!(
+                    "\"{}\" is not a host name (letters, digits, hyphens and dots only)",
+                    self.hostname.escape_default()
+                ),
+            ));
         }
         self.smtp.validate()?;
         self.smtp.validate_inbound()?;
@@ -431,14 +451,6 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 impl SmtpConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        for (i, net) in self.allowed_networks.iter().enumerate() {
-            if net.prefix_len() == 0 {
-                return Err(ConfigError::new(
-                    format!("smtp.allowed_networks[{i}]"),
-                    format!("{net} allows every address: that is an open relay"),
-                ));
-            }
-        }
         let positive = [
             ("smtp.max_message_size", self.max_message_size.0 as usize),
             ("smtp.max_recipients", self.max_recipients),

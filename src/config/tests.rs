@@ -30,7 +30,11 @@ fn unknown_keys_are_refused_with_their_name() {
 #[test]
 fn an_open_relay_network_is_refused() {
     let err = Config::from_toml("[smtp]\nallowed_networks = [\"0.0.0.0/0\"]\n").unwrap_err();
-    assert_eq!(err.field, "smtp.allowed_networks[0]");
+    assert!(err.problem.contains("open relay"), "{err}");
+    assert!(
+        err.problem.contains("smtp.allowed_networks[0] = 0.0.0.0/0"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -70,4 +74,21 @@ fn a_file_without_domains_signs_for_none_by_default() {
     let config = Config::from_toml("[smtp]\nmax_errors = 5\n").unwrap();
     assert!(config.domains.is_empty());
     assert_eq!(Config::default().domains[0].name, DEFAULT_DOMAIN);
+}
+
+#[test]
+fn a_hostname_that_is_not_a_host_name_is_refused() {
+    for bad in [
+        "relay.example\r\nBcc: victim@example.net",
+        "relay example",
+        "",
+        "relay.example\n",
+    ] {
+        let text = format!("hostname = {bad:?}\n");
+        let err = Config::from_toml(&text).unwrap_err();
+        assert_eq!(err.field, "hostname", "{bad:?}");
+    }
+    for good in ["relay.internal", "localhost", "mx-1.example.com."] {
+        Config::from_toml(&format!("hostname = {good:?}\n")).unwrap();
+    }
 }

@@ -14,6 +14,7 @@ mod attempt;
 mod bounce;
 mod control;
 mod outbox;
+mod redact;
 mod router;
 mod schedule;
 mod transaction;

@@ -2,6 +2,7 @@
 //! busy and idle together), reused from message to message and reconnected when they
 //! fail, and the signing profile mail for this upstream gets (DESIGN §5, §7).
 
+use super::redact::Redactor;
 use super::transaction::{transact, Outcomes};
 use super::verdict::Cause;
 use crate::config::{SigningProfileName, TlsMode, UpstreamConfig};
@@ -89,6 +90,8 @@ pub struct Upstream {
     connector: TlsConnector,
     username: Option<String>,
     password: Option<Secret>,
+    /// Takes our credentials out of the upstream's replies before anyone sees them.
+    redactor: Redactor,
     profile: SigningProfile,
     /// Connections not in use, most recently used last.
     idle: Mutex<Vec<Connection>>,
@@ -135,6 +138,10 @@ impl Upstream {
             config: config.clone(),
             hostname: hostname.to_string(),
             username: config.username.clone(),
+            redactor: Redactor::new(
+                config.username.as_deref(),
+                password.as_ref().map(|p: &Secret| p.0.as_str()),
+            ),
             password,
             profile: SigningProfile::from_config(config.profile, &config.unsigned_headers),
             idle: Mutex::new(Vec::new()),
@@ -171,7 +178,26 @@ impl Upstream {
 
     /// Sends one message to the recipients `rcpts` (indexes into the envelope). `parts`
     /// are written one after the other: the signature fields, then the spooled message.
+    /// Every reply text in the result has our credentials taken out.
     pub async fn send(
+        &self,
+        envelope: &Envelope,
+        rcpts: &[usize],
+        parts: &[&[u8]],
+    ) -> Result<Outcomes, SendError> {
+        match self.send_unredacted(envelope, rcpts, parts).await {
+            Ok(outcomes) => Ok(outcomes
+                .into_iter()
+                .map(|(i, v)| (i, self.redactor.verdict(v)))
+                .collect()),
+            Err(SendError { cause, at }) => Err(SendError {
+                cause: self.redactor.cause(cause),
+                at,
+            }),
+        }
+    }
+
+    async fn send_unredacted(
         &self,
         envelope: &Envelope,
         rcpts: &[usize],
@@ -215,7 +241,7 @@ impl Upstream {
                 }
                 // A kept-open connection the server had closed: try once on a fresh one.
                 Err(e) if was_reused && e.retry_now => {
-                    tracing::debug!(reason = %e.cause, "reused upstream connection failed; reconnecting");
+                    tracing::debug!(reason = %self.redactor.cause(e.cause.clone()), "reused upstream connection failed; reconnecting");
                     continue;
                 }
                 Err(e) => {

@@ -16,6 +16,8 @@ pub struct HttpContext {
     pub store: KeyStore,
     pub spool_dir: PathBuf,
     pub queue_dir: PathBuf,
+    /// For the readiness probe: a test write into the queue, as a message would be stored.
+    pub spool: crate::spool::Spool,
 }
 
 pub async fn serve(
@@ -54,7 +56,7 @@ async fn handle(mut stream: TcpStream, ctx: &HttpContext) -> std::io::Result<()>
     let config = ctx.live.current();
     let (status, content_type, body) = match (method, path) {
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/readyz") => match readiness(&config, &ctx.keys, &ctx.spool_dir, now) {
+        ("GET", "/readyz") => match readiness(&config, &ctx.keys, &ctx.spool, now) {
             Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
             Err(problems) => (
                 "503 Service Unavailable",

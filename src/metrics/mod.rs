@@ -30,6 +30,9 @@ pub struct Registry {
     /// Unix time of the last delivery the upstream (or outbox) took, and of the last deferral.
     pub last_delivered: AtomicU64,
     pub last_deferred: AtomicU64,
+    /// Unix time of the first deferral since the last delivery; 0 while deliveries go
+    /// through. /readyz reads it.
+    pub deferring_since: AtomicU64,
     /// Time to compute a message's DKIM signatures (all algorithms together).
     pub signing: Histogram,
     /// Time from taking an upstream connection to the end of its transaction for a message.
@@ -97,11 +100,18 @@ pub async fn count_deliveries(
                 Registry::add(&r.delivered);
                 r.last_delivered
                     .store(crate::delivery::now_unix(), Ordering::Relaxed);
+                r.deferring_since.store(0, Ordering::Relaxed);
             }
             Ok(E::Deferred { .. }) => {
                 Registry::add(&r.deferred);
-                r.last_deferred
-                    .store(crate::delivery::now_unix(), Ordering::Relaxed);
+                let now = crate::delivery::now_unix();
+                r.last_deferred.store(now, Ordering::Relaxed);
+                let _ = r.deferring_since.compare_exchange(
+                    0,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
             }
             Ok(E::Failed { .. }) => Registry::add(&r.failed),
             Ok(_) => {}

@@ -173,16 +173,15 @@ pub fn render(config: &Config, store: &KeyStore, queue_dir: &Path, now: u64) -> 
 pub fn readiness(
     config: &Config,
     keys: &SharedKeyRing,
-    spool_dir: &Path,
+    spool: &crate::spool::Spool,
     now: u64,
 ) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
-    let probe = spool_dir.join(".ready-probe");
-    match std::fs::write(&probe, b"ok") {
-        Ok(()) => {
-            let _ = std::fs::remove_file(&probe);
-        }
-        Err(e) => problems.push(format!("spool not writable: {e}")),
+    if let Err(e) = spool.probe() {
+        problems.push(format!(
+            "spool queue {} cannot store mail: {e}",
+            spool.queue_dir().display()
+        ));
     }
     let ring = keys.current();
     for domain in &config.domains {
@@ -197,16 +196,14 @@ pub fn readiness(
             }
         }
     }
-    // Upstream: unready only while deliveries keep being deferred and nothing has gone
-    // through for `metrics.upstream_within`.
-    let r = global();
-    let delivered = r.last_delivered.load(Ordering::Relaxed);
-    let deferred = r.last_deferred.load(Ordering::Relaxed);
+    // Upstream: unready only once deliveries have been deferred, without one success,
+    // for `metrics.upstream_within`. Counted from the first deferral of the streak, not
+    // from the last delivery: a relay just started (or quiet all night) has none.
+    let since = global().deferring_since.load(Ordering::Relaxed);
     let within = config.metrics.upstream_within.0.as_secs();
-    if deferred > delivered && now.saturating_sub(delivered) > within {
+    if since != 0 && now.saturating_sub(since) > within {
         problems.push(format!(
-            "no successful delivery for over {}s while deliveries are deferred",
-            within
+            "deliveries deferred for over {within}s without one success"
         ));
     }
     if problems.is_empty() {

@@ -15,7 +15,7 @@ pub use problem::Problem;
 
 mod recycle;
 
-use crate::fsutil::{ensure_dir, sync_dir, write_atomic, write_atomic_via};
+use crate::fsutil::{ensure_dir, read_nofollow, sync_dir, write_atomic, write_atomic_via};
 use recycle::Recycler;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -136,24 +136,57 @@ impl Spool {
         let name = msg_name(&envelope.id);
         // A delivered message's file, when one is free, saves creating a file: on ext4
         // that (finding a free inode) was the largest single cost of accepting a message.
-        let tmp = self
-            .recycler
-            .as_ref()
-            .and_then(Recycler::take)
-            .unwrap_or_else(|| format!(".{name}.tmp"));
-        write_atomic_via(
-            &self.queue.join(tmp),
-            &self.queue,
-            &name,
-            &parts,
-            0o600,
-            self.fsync,
-            || self.full.check(),
-        )
+        let write = |tmp: String| {
+            write_atomic_via(
+                &self.queue.join(tmp),
+                &self.queue,
+                &name,
+                &parts,
+                0o600,
+                self.fsync,
+                || self.full.check(),
+            )
+        };
+        let tmp = self.recycler.as_ref().and_then(Recycler::take);
+        match write(tmp.unwrap_or_else(|| format!(".{name}.tmp"))) {
+            // Out of space while delivered messages' files wait for reuse: give them back
+            // and try once more, so an empty queue never refuses mail.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                match self.recycler.as_ref().map(|r| r.give_back(&self.queue)) {
+                    Some(n) if n > 0 => {
+                        tracing::info!(
+                            files = n,
+                            "spool out of space: freed the files kept for reuse"
+                        );
+                        write(format!(".{name}.tmp"))
+                    }
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Whether a message could be stored now: a small file goes into the queue folder the
+    /// way a message does (fault switch included) and is removed. For /readyz, which must
+    /// not say ready while `queue/` is read-only or the disk is full.
+    pub fn probe(&self) -> io::Result<()> {
+        const NAME: &str = ".ready-probe";
+        let tmp = self.queue.join(format!("{NAME}.tmp"));
+        let block = [0u8; 4096];
+        write_atomic_via(&tmp, &self.queue, NAME, &[&block], 0o600, false, || {
+            self.full.check()
+        })?;
+        std::fs::remove_file(self.queue.join(NAME))
     }
 
     pub fn read(&self, id: &QueueId) -> io::Result<SpooledMessage> {
-        let bytes = std::fs::read(self.queue.join(msg_name(id)))?;
+        let bytes = read_nofollow(&self.queue.join(msg_name(id)))?;
         let (_, offset) =
             file::decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         Ok(SpooledMessage { bytes, offset })
@@ -215,7 +248,7 @@ impl Spool {
 
     fn load_one(&self, id: &str) -> Result<QueuedMessage, String> {
         let bytes =
-            std::fs::read(self.queue.join(format!("{id}.msg"))).map_err(|e| e.to_string())?;
+            read_nofollow(&self.queue.join(format!("{id}.msg"))).map_err(|e| e.to_string())?;
         let (envelope, _) = file::decode(&bytes)?;
         if envelope.id.as_str() != id {
             return Err(format!(
@@ -223,7 +256,7 @@ impl Spool {
                 envelope.id
             ));
         }
-        let state = match std::fs::read(self.queue.join(format!("{id}.state"))) {
+        let state = match read_nofollow(&self.queue.join(format!("{id}.state"))) {
             Ok(json) => match serde_json::from_slice::<DeliveryState>(&json) {
                 Ok(state) if state.rcpts.len() == envelope.rcpts.len() => state,
                 _ => {

@@ -3,7 +3,8 @@
 //! renamed to a hidden `.free-N` name instead of being deleted, and the next message is
 //! written into it: overwritten from the start, cut to length, fsynced and renamed into
 //! place like a new temp file. Only small files are kept, and only a bounded number, so
-//! the spool never holds much disk for messages already gone. Free files are deleted at
+//! the spool never holds much disk for messages already gone; when a write runs out of
+//! space they are all given back and the write is tried again. Free files are deleted at
 //! start; a crash in the middle of a reuse leaves one, which never got its 250.
 
 use std::path::Path;
@@ -60,6 +61,17 @@ impl Recycler {
                 self.inner.next.fetch_add(1, Ordering::Relaxed)
             )
         })
+    }
+
+    /// Deletes every free file waiting for reuse; returns how many. Called when a write
+    /// ran out of space: disk held for messages already delivered must never be the
+    /// reason the spool refuses a new one.
+    pub fn give_back(&self, dir: &Path) -> usize {
+        let names = std::mem::take(&mut *self.inner.free.lock().unwrap_or_else(|e| e.into_inner()));
+        for name in &names {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+        names.len()
     }
 
     /// The file renamed to `name` is ready for reuse.

@@ -49,6 +49,8 @@ struct Script {
     mail_reply: Option<String>,
     /// Answer AUTH with 535, as for a wrong password.
     refuse_auth: bool,
+    /// With `refuse_auth`: the 535 echoes the AUTH token and the password it decoded.
+    echo_auth: bool,
     /// Every MAIL FROM seen (a transaction started), delivered or not.
     transactions: usize,
     /// Leave PIPELINING out of the EHLO reply, so the relay sends command by command.
@@ -153,6 +155,13 @@ impl FakeUpstream {
         self.script.lock().unwrap().no_pipelining = !offer;
     }
 
+    /// Refuse AUTH with a 535 that repeats the client's token and password.
+    pub fn refuse_auth_echoing(&self) {
+        let mut s = self.script.lock().unwrap();
+        s.refuse_auth = true;
+        s.echo_auth = true;
+    }
+
     pub fn refuse_auth(&self, refuse: bool) {
         self.script.lock().unwrap().refuse_auth = refuse;
     }
@@ -237,7 +246,17 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 .split(|&b| b == 0)
                 .map(|p| String::from_utf8_lossy(p).into_owned())
                 .collect();
-            if script.lock().unwrap().refuse_auth {
+            let (refuse, echo) = {
+                let s = script.lock().unwrap();
+                (s.refuse_auth, s.echo_auth)
+            };
+            if refuse && echo {
+                format!(
+                    "535 5.7.8 authentication failed for {} (password {})",
+                    line[11..].trim(),
+                    parts.get(2).map_or("", |p| p.as_str())
+                )
+            } else if refuse {
                 "535 5.7.8 authentication credentials invalid".to_string()
             } else if parts.len() == 3 {
                 script
