@@ -463,12 +463,16 @@ async fn watch_task(
             match crate::watch::reread_config(path, &mut config_text) {
                 Ok(None) => {}
                 Ok(Some(new)) => {
-                    let restart = crate::watch::needs_restart(&live.current(), &new);
+                    let effect = crate::watch::reload_effect(&live.current(), &new);
                     live.replace(new);
                     reload = true;
-                    tracing::info!(config = %path.display(), "config reloaded: domains, keys and rotation settings apply now");
-                    if !restart.is_empty() {
-                        tracing::warn!(sections = %restart.join(", "), "these config changes take effect after a restart");
+                    let applied = match effect.live.is_empty() {
+                        true => "none".to_string(),
+                        false => effect.live.join(", "),
+                    };
+                    tracing::info!(config = %path.display(), applied = %applied, "config reloaded");
+                    if !effect.restart.is_empty() {
+                        tracing::warn!(sections = %effect.restart.join(", "), "these config changes take effect after a restart; the running relay keeps the old values");
                     }
                 }
                 Err(e) => {

@@ -127,30 +127,87 @@ pub fn reread_config(path: &Path, last_text: &mut String) -> Result<Option<Confi
     Ok(Some(config))
 }
 
-/// What changed that only a restart applies (the listener and sessions keep their settings).
-pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if format!("{:?}", old.smtp) != format!("{:?}", new.smtp) {
-        out.push("smtp");
-    }
-    if format!("{:?}", old.spool) != format!("{:?}", new.spool) {
-        out.push("spool");
-    }
-    if format!("{:?}", old.delivery) != format!("{:?}", new.delivery) {
-        out.push("delivery");
-    }
-    if format!("{:?}", old.upstream) != format!("{:?}", new.upstream) {
-        out.push("upstream");
-    }
-    if old.keys.dir != new.keys.dir {
-        out.push("keys.dir");
-    }
-    out
+/// What a config reload changed, by how each change takes effect.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadEffect {
+    /// Applied now: read by key loading and rotation from the reloaded config.
+    pub live: Vec<&'static str>,
+    /// Read once at start (listener, sessions, spool, delivery workers, upstream clients,
+    /// metrics listener): kept as they were until a restart, and logged by name.
+    pub restart: Vec<&'static str>,
+}
+
+/// Sorts every change between `old` and `new` into live or restart-only. The config is
+/// taken apart field by field with no `..`: a field added to [`Config`] that is not
+/// classified here does not compile, so a reload can never claim to apply what it ignores.
+pub fn reload_effect(old: &Config, new: &Config) -> ReloadEffect {
+    let Config {
+        hostname,
+        smtp,
+        spool,
+        keys,
+        domains,
+        delivery,
+        upstream,
+        upstreams,
+        routes,
+        rotation,
+        metrics,
+    } = new;
+    let crate::config::KeysConfig {
+        dir: keys_dir,
+        generate_missing,
+    } = keys;
+    let mut effect = ReloadEffect::default();
+    let mut note = |changed: bool, live: bool, name: &'static str| match (changed, live) {
+        (false, _) => {}
+        (true, true) => effect.live.push(name),
+        (true, false) => effect.restart.push(name),
+    };
+    note(*hostname != old.hostname, false, "hostname");
+    note(*smtp != old.smtp, false, "smtp");
+    note(*spool != old.spool, false, "spool");
+    note(*keys_dir != old.keys.dir, false, "keys.dir");
+    note(
+        *generate_missing != old.keys.generate_missing,
+        true,
+        "keys.generate_missing",
+    );
+    note(*domains != old.domains, true, "domains");
+    note(*delivery != old.delivery, false, "delivery");
+    note(*upstream != old.upstream, false, "upstream");
+    note(*upstreams != old.upstreams, false, "upstreams");
+    note(*routes != old.routes, false, "routes");
+    note(*rotation != old.rotation, true, "rotation");
+    note(*metrics != old.metrics, false, "metrics");
+    effect
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 13: a reload that changed `[[upstreams]]`, `[[routes]]`, `[metrics]` or
+    /// `hostname` used to log "config reloaded" and say nothing of them; every change is
+    /// now named as live or restart-only.
+    #[test]
+    fn every_changed_field_is_named_live_or_restart_only() {
+        let base = "hostname = \"relay.test\"\n[[domains]]\nname = \"example.com\"\n";
+        let old = Config::from_toml(base).unwrap();
+        assert_eq!(reload_effect(&old, &old), ReloadEffect::default());
+        let text =
+            "hostname = \"other.test\"\n[[domains]]\nname = \"example.com\"\ned25519 = true\n\
+            [[upstreams]]\nname = \"a\"\nhost = \"127.0.0.1\"\nport = 2525\ntls = \"none\"\n\
+            [[routes]]\nfrom_domains = [\"example.com\"]\nupstreams = [\"a\"]\n\
+            [metrics]\nlisten = \"127.0.0.1:9100\"\n[rotation]\ninterval = \"60d\"\n";
+        let new = Config::from_toml(text).unwrap();
+        let effect = reload_effect(&old, &new);
+        assert_eq!(effect.live, ["domains", "rotation"]);
+        assert_eq!(
+            effect.restart,
+            ["hostname", "upstreams", "routes", "metrics"]
+        );
+    }
 
     /// Hot reload refuses what `config check` refuses: the two halves of the address space.
     #[test]

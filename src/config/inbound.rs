@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// `[smtp.tls]`: the certificate the relay presents to its clients.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundTlsConfig {
     /// PEM certificate chain, leaf first. Re-read when its modification time changes.
@@ -33,7 +33,7 @@ pub struct InboundTlsConfig {
 }
 
 /// `[smtp.auth]`: SMTP AUTH (PLAIN, LOGIN) for clients, offered only over TLS.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundAuthConfig {
     /// TOML file of `[[users]]` with `name`, `password_hash` (argon2 PHC string, made with
@@ -65,7 +65,7 @@ pub struct InboundAuthConfig {
 
 /// `[[smtp.senders]]`: the From domains clients in some networks may send as, for
 /// networks that must not use every domain the relay signs for.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SenderPolicyConfig {
     /// Client networks (CIDR) this entry covers; they may relay (no need to repeat them in

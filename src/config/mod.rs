@@ -43,7 +43,7 @@ impl ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Name used in the SMTP greeting, in EHLO to the upstream and in Received/Message-ID.
@@ -75,7 +75,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     /// Address and port of the inbound SMTP listener.
@@ -141,7 +141,7 @@ pub struct SmtpConfig {
     pub public_relay_limit_ipv6: u8,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     /// Directory of the durable queue (created if missing).
@@ -150,7 +150,7 @@ pub struct SpoolConfig {
     pub fsync: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysConfig {
     /// Key store directory: one folder per domain, a PEM file per selector, a state file.
@@ -160,7 +160,7 @@ pub struct KeysConfig {
     pub generate_missing: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainConfig {
     /// The domain of the From header this entry signs for (d= of the signature).
@@ -184,7 +184,7 @@ fn default_ed25519_selectors() -> [String; 2] {
     ["e1".into(), "e2".into()]
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Concurrent delivery workers; each keeps its own upstream connection open.
@@ -213,7 +213,7 @@ pub enum TlsMode {
     None,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Name used by `[[routes]]` and in logs.

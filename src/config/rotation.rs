@@ -16,7 +16,7 @@ pub enum SigningMode {
     AllPublished,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RotationConfig {
     /// Run rotation inside `serve`. Off where one central job runs `keys rotate --due`.

@@ -31,7 +31,7 @@ impl SigningProfileName {
 }
 
 /// Sends matching mail to named upstreams instead of the whole priority list.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// From header domains (exact, lower case) this route takes.
