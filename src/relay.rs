@@ -3,7 +3,8 @@
 
 use crate::config::{Config, DomainConfig};
 use crate::delivery::{
-    self, DeliveryContext, DeliveryEvent, Outbox, QueueHandle, RetryPolicy, Router, Transport,
+    self, DeliveryContext, DeliveryEvent, Outbox, QueueHandle, RetryPolicy, Router,
+    SharedTransport, Transport,
 };
 use crate::dkim::{KeyRing, SharedKeyRing};
 use crate::keys::{Algorithm, KeyError, KeyStore, SlotState};
@@ -89,6 +90,8 @@ pub struct RelayHandle {
     keys: Arc<SharedKeyRing>,
     store: KeyStore,
     live: Arc<LiveConfig>,
+    /// The upstreams and routes in force; a reload that changes them swaps it.
+    transport: Arc<SharedTransport>,
     shutdown_rx: watch::Receiver<bool>,
     /// Wakes the rotation scheduler (`keys rotate` on a running relay, tests).
     rotate_now: Arc<tokio::sync::Notify>,
@@ -147,6 +150,7 @@ impl RelayHandle {
             self.keys.clone(),
             self.store.clone(),
             self.queue.clone(),
+            self.transport.clone(),
             self.shutdown_rx.clone(),
         ));
         self.tasks.push(task);
@@ -273,13 +277,14 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
             Transport::Outbox(outbox)
         }
     };
+    let transport = Arc::new(SharedTransport::new(transport));
 
     let (events, _) = broadcast::channel(4096);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let delivery_ctx = Arc::new(DeliveryContext {
         spool: spool.clone(),
         keys: keys.clone(),
-        transport,
+        transport: transport.clone(),
         retry: RetryPolicy {
             initial: config.delivery.retry_initial.0,
             max: config.delivery.retry_max.0,
@@ -367,6 +372,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         keys,
         store,
         live,
+        transport,
         shutdown_rx,
         rotate_now,
         reload: None,
@@ -444,6 +450,7 @@ async fn watch_task(
     keys: Arc<SharedKeyRing>,
     store: KeyStore,
     queue: QueueHandle,
+    transport: Arc<SharedTransport>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _guard = guard; // watching stops when this task ends
@@ -464,6 +471,13 @@ async fn watch_task(
                 Ok(None) => {}
                 Ok(Some(new)) => {
                     let effect = crate::watch::reload_effect(&live.current(), &new);
+                    if effect
+                        .live
+                        .iter()
+                        .any(|f| crate::watch::UPSTREAM_FIELDS.contains(f))
+                    {
+                        replace_upstreams(&transport, &new);
+                    }
                     live.replace(new);
                     reload = true;
                     let applied = match effect.live.is_empty() {
@@ -489,6 +503,23 @@ async fn watch_task(
         if reload {
             keys.replace(load_keys(&store, &live.current()));
             queue.flush();
+        }
+    }
+}
+
+/// A reload changed the upstreams or routes: new attempts use a router built from the
+/// new config; attempts already running finish on the old one. A router that cannot be
+/// built (an unreadable password file) leaves the old one in force.
+fn replace_upstreams(transport: &SharedTransport, config: &Config) {
+    match Router::from_config(config) {
+        Ok(Some(router)) => {
+            tracing::info!(upstreams = %router.describe(), "upstreams and routes reloaded; new attempts use them");
+            transport.replace(Transport::Upstreams(Arc::new(router)));
+        }
+        // reload_effect makes a switch to or from the outbox restart-only.
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "new upstream settings refused; the previous ones stay in force")
         }
     }
 }

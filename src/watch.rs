@@ -127,10 +127,14 @@ pub fn reread_config(path: &Path, last_text: &mut String) -> Result<Option<Confi
     Ok(Some(config))
 }
 
+/// The fields that make up the delivery router: live, applied by building a new one.
+pub const UPSTREAM_FIELDS: &[&str] = &["upstream", "upstreams", "routes"];
+
 /// What a config reload changed, by how each change takes effect.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReloadEffect {
-    /// Applied now: read by key loading and rotation from the reloaded config.
+    /// Applied now: read by key loading and rotation from the reloaded config, or (the
+    /// [`UPSTREAM_FIELDS`]) by a delivery router built anew.
     pub live: Vec<&'static str>,
     /// Read once at start (listener, sessions, spool, delivery workers, upstream clients,
     /// metrics listener): kept as they were until a restart, and logged by name.
@@ -175,9 +179,13 @@ pub fn reload_effect(old: &Config, new: &Config) -> ReloadEffect {
     );
     note(*domains != old.domains, true, "domains");
     note(*delivery != old.delivery, false, "delivery");
-    note(*upstream != old.upstream, false, "upstream");
-    note(*upstreams != old.upstreams, false, "upstreams");
-    note(*routes != old.routes, false, "routes");
+    // A new router replaces the old one; going from the outbox to upstreams or back
+    // changes what the relay is, and waits for a restart.
+    let has_upstreams = |c: &Config| c.upstream.is_some() || !c.upstreams.is_empty();
+    let router_live = has_upstreams(old) == (upstream.is_some() || !upstreams.is_empty());
+    note(*upstream != old.upstream, router_live, "upstream");
+    note(*upstreams != old.upstreams, router_live, "upstreams");
+    note(*routes != old.routes, router_live, "routes");
     note(*rotation != old.rotation, true, "rotation");
     note(*metrics != old.metrics, false, "metrics");
     effect
@@ -189,7 +197,8 @@ mod tests {
 
     /// Issue 13: a reload that changed `[[upstreams]]`, `[[routes]]`, `[metrics]` or
     /// `hostname` used to log "config reloaded" and say nothing of them; every change is
-    /// now named as live or restart-only.
+    /// now named as live or restart-only. Upstreams are live between two upstream
+    /// configs; from the outbox to an upstream, a restart.
     #[test]
     fn every_changed_field_is_named_live_or_restart_only() {
         let base = "hostname = \"relay.test\"\n[[domains]]\nname = \"example.com\"\n";
@@ -207,6 +216,11 @@ mod tests {
             effect.restart,
             ["hostname", "upstreams", "routes", "metrics"]
         );
+        // Between two upstream configs, the router is rebuilt.
+        let other = text.replace("port = 2525", "port = 2526");
+        let effect = reload_effect(&new, &Config::from_toml(&other).unwrap());
+        assert_eq!(effect.live, ["upstreams"]);
+        assert!(effect.restart.is_empty());
     }
 
     /// Hot reload refuses what `config check` refuses: the two halves of the address space.

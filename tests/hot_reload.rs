@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::upstream::FakeUpstream;
 use common::*;
 use dkim_relay::keys::KeyStore;
 use std::time::{Duration, Instant};
@@ -93,5 +94,73 @@ async fn new_domains_and_keys_apply_without_restart_and_bad_config_is_refused() 
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    relay.shutdown().await;
+}
+
+/// Issue 13: a reload that changes `[[upstreams]]` takes effect without a restart. Before,
+/// it logged "config reloaded" and kept sending to the old upstream.
+#[tokio::test]
+async fn a_reload_that_changes_the_upstreams_sends_new_mail_to_the_new_one() {
+    let first = FakeUpstream::start().await;
+    let second = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), None);
+    let path = dir.path().join("relay.toml");
+    let toml = |upstream: std::net::SocketAddr| {
+        format!(
+            "hostname = \"relay.test\"\n[smtp]\nlisten = \"127.0.0.1:0\"\n[spool]\ndir = \"{}\"\nfsync = false\n[keys]\ndir = \"{}\"\ngenerate_missing = false\n[rotation]\ndns_check = false\npropagation_wait = \"0s\"\n[[domains]]\nname = \"example.com\"\n[[upstreams]]\nname = \"primary\"\nhost = \"{}\"\nport = {}\ntls = \"none\"\n",
+            config.spool.dir.display(),
+            config.keys.dir.display(),
+            upstream.ip(),
+            upstream.port()
+        )
+    };
+    std::fs::write(&path, toml(first.addr)).unwrap();
+    let mut relay = start(dkim_relay::config::Config::from_file(&path).unwrap()).await;
+    relay.watch(Some(path.clone())).unwrap();
+    let mut events = relay.subscribe();
+    let mut client = Client::greeted(relay.smtp_addr()).await;
+    let r = client
+        .send(
+            "a@host",
+            &["u@example.net"],
+            &message("a@example.com", "one"),
+        )
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    wait_done(&mut events, 1).await;
+    assert_eq!(first.received().len(), 1);
+
+    std::fs::write(&path, toml(second.addr)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while second.received().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the new upstream got nothing after the reload; the old one got {}",
+            first.received().len()
+        );
+        let r = client
+            .send(
+                "a@host",
+                &["u@example.net"],
+                &message("a@example.com", "two"),
+            )
+            .await;
+        assert!(r.starts_with("250"), "{r}");
+        wait_done(&mut events, 1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // From then on mail goes to the new upstream only.
+    let before = first.received().len();
+    let r = client
+        .send(
+            "a@host",
+            &["u@example.net"],
+            &message("a@example.com", "three"),
+        )
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    wait_done(&mut events, 1).await;
+    assert_eq!(first.received().len(), before);
     relay.shutdown().await;
 }

@@ -267,7 +267,8 @@ async fn prepare_and_send(
             Ok::<String, Cause>(headers)
         }
     };
-    match &ctx.transport {
+    let transport = ctx.transport.current();
+    match &transport {
         Transport::Outbox(outbox) => {
             let headers = sign_for(&SigningProfile::standard()).await?;
             let outbox = outbox.clone();

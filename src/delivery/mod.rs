@@ -69,11 +69,32 @@ pub enum DeliveryEvent {
     },
 }
 
+/// The transport in force, swapped whole when a reload changes the upstreams or routes
+/// (DESIGN §6: upstreams are read per delivery). An attempt takes the current one when it
+/// starts and keeps it to its end, so a message in flight finishes on the upstream it
+/// started with; the old connection pools close when their last attempt ends.
+#[derive(Debug)]
+pub struct SharedTransport(std::sync::RwLock<Transport>);
+
+impl SharedTransport {
+    pub fn new(transport: Transport) -> SharedTransport {
+        SharedTransport(std::sync::RwLock::new(transport))
+    }
+
+    pub fn current(&self) -> Transport {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn replace(&self, transport: Transport) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = transport;
+    }
+}
+
 /// Everything an attempt needs.
 pub struct DeliveryContext {
     pub spool: Spool,
     pub keys: Arc<SharedKeyRing>,
-    pub transport: Transport,
+    pub transport: Arc<SharedTransport>,
     pub retry: RetryPolicy,
     pub events: broadcast::Sender<DeliveryEvent>,
     /// Our name: Reporting-MTA and MAILER-DAEMON@ of bounces.
