@@ -123,6 +123,12 @@ pub struct SmtpConfig {
     /// The upstream carries 8-bit bodies (8BITMIME). When false, 8BITMIME is not
     /// advertised and 8-bit messages get 554 5.6.0. SMTPUTF8 is not offered at all yet.
     pub upstream_8bitmime: bool,
+    /// Memory for the buffers of all messages being received at once (header blocks and
+    /// data on its way to the spool file; the body itself streams to disk). A DATA that
+    /// cannot get its share within `data_memory_wait` gets 452 4.3.1. Restart-only.
+    pub max_data_memory: ByteSize,
+    /// How long a DATA command waits for its share of `max_data_memory` before 452 4.3.1.
+    pub data_memory_wait: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -313,6 +319,8 @@ impl Default for SmtpConfig {
             max_session_age: HumanDuration(Duration::from_secs(3600)),
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
             upstream_8bitmime: true,
+            max_data_memory: ByteSize(64 << 20),
+            data_memory_wait: HumanDuration(Duration::from_secs(10)),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod connection;
 pub mod data;
 mod envelope;
 pub mod pace;
+mod receive;
 pub mod reply;
 pub mod server;
 mod session;

@@ -132,6 +132,10 @@ pub enum Refusal {
     TooManyMessages,
     /// `max_session_age` reached.
     SessionTooOld,
+
+    // Memory under load (issue "Hostile clients" 5).
+    /// No share of `max_data_memory` for this message (at DATA, or while its header grew).
+    NoDataMemory,
 }
 
 impl Refusal {
@@ -236,6 +240,11 @@ impl Refusal {
             Refusal::SessionTooOld => {
                 Reply::new(421, "4.4.2", "Session too long; closing connection")
             }
+            Refusal::NoDataMemory => Reply::new(
+                452,
+                "4.3.1",
+                "Too many messages in transfer at once; try again later",
+            ),
         }
     }
 }
