@@ -57,8 +57,14 @@ async fn a_25mb_header_block_is_refused_with_552_without_being_buffered() {
     let before = kib_field(relay.pid(), "VmHWM:");
 
     let mut client = Client::greeted(addr).await;
-    assert!(client.cmd("MAIL FROM:<a@example.com>").await.starts_with("250"));
-    assert!(client.cmd("RCPT TO:<b@example.net>").await.starts_with("250"));
+    assert!(client
+        .cmd("MAIL FROM:<a@example.com>")
+        .await
+        .starts_with("250"));
+    assert!(client
+        .cmd("RCPT TO:<b@example.net>")
+        .await
+        .starts_with("250"));
     assert!(client.cmd("DATA").await.starts_with("354"));
     // Just under 25 MB of tiny fields: within max_message_size (25 MB by default), far
     // over the header limit (100 KiB).
@@ -81,8 +87,14 @@ async fn the_body_streams_to_a_temp_file_as_it_arrives_and_a_disconnect_removes_
     let (relay, upstream, root) = relay_with(|_| {}).await;
     let spool = root.path().join("spool");
     let mut client = Client::greeted(relay.smtp_addr()).await;
-    assert!(client.cmd("MAIL FROM:<a@example.com>").await.starts_with("250"));
-    assert!(client.cmd("RCPT TO:<b@example.net>").await.starts_with("250"));
+    assert!(client
+        .cmd("MAIL FROM:<a@example.com>")
+        .await
+        .starts_with("250"));
+    assert!(client
+        .cmd("RCPT TO:<b@example.net>")
+        .await
+        .starts_with("250"));
     assert!(client.cmd("DATA").await.starts_with("354"));
     client
         .send_raw(message("a@example.com", "streamed").as_bytes())
@@ -93,7 +105,8 @@ async fn the_body_streams_to_a_temp_file_as_it_arrives_and_a_disconnect_removes_
 
     // The end of data has not been sent, yet most of the message is on disk already.
     let files = until_queue(&spool, |f| {
-        f.iter().any(|(name, len)| name.starts_with('.') && *len > 1_500_000)
+        f.iter()
+            .any(|(name, len)| name.starts_with('.') && *len > 1_500_000)
     })
     .await;
     assert_eq!(files.len(), 1, "{files:?}");
@@ -103,7 +116,11 @@ async fn the_body_streams_to_a_temp_file_as_it_arrives_and_a_disconnect_removes_
     // And the relay still serves.
     let mut client = Client::greeted(relay.smtp_addr()).await;
     let r = client
-        .send("a@example.com", &["b@example.net"], &message("a@example.com", "after"))
+        .send(
+            "a@example.com",
+            &["b@example.net"],
+            &message("a@example.com", "after"),
+        )
         .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
     relay.shutdown().await;
@@ -137,7 +154,9 @@ async fn a_message_written_in_tiny_pieces_arrives_byte_for_byte_and_signed() {
     }
     wire.extend_from_slice(b".\r\n");
 
-    let stream = tokio::net::TcpStream::connect(relay.smtp_addr()).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(relay.smtp_addr())
+        .await
+        .unwrap();
     stream.set_nodelay(true).unwrap();
     let (r, mut w) = stream.into_split();
     let mut r = tokio::io::BufReader::new(r);
@@ -146,9 +165,15 @@ async fn a_message_written_in_tiny_pieces_arrives_byte_for_byte_and_signed() {
         read_reply_lines(r).await.pop().unwrap()
     };
     assert!(read_reply_lines(&mut r).await[0].starts_with("220"));
-    assert!(say(&mut w, &mut r, "EHLO client.test\r\n").await.starts_with("250"));
-    assert!(say(&mut w, &mut r, "MAIL FROM:<a@example.com>\r\n").await.starts_with("250"));
-    assert!(say(&mut w, &mut r, "RCPT TO:<b@example.net>\r\n").await.starts_with("250"));
+    assert!(say(&mut w, &mut r, "EHLO client.test\r\n")
+        .await
+        .starts_with("250"));
+    assert!(say(&mut w, &mut r, "MAIL FROM:<a@example.com>\r\n")
+        .await
+        .starts_with("250"));
+    assert!(say(&mut w, &mut r, "RCPT TO:<b@example.net>\r\n")
+        .await
+        .starts_with("250"));
     assert!(say(&mut w, &mut r, "DATA\r\n").await.starts_with("354"));
     // Pieces of 1 to 13 bytes, so every boundary (CRLF, the empty line, a stuffed dot, the
     // final dot) falls inside a piece somewhere.
@@ -183,13 +208,25 @@ async fn data_waits_for_its_share_of_the_memory_budget_then_gets_452() {
     })
     .await;
     let mut first = Client::greeted(relay.smtp_addr()).await;
-    assert!(first.cmd("MAIL FROM:<a@example.com>").await.starts_with("250"));
-    assert!(first.cmd("RCPT TO:<b@example.net>").await.starts_with("250"));
+    assert!(first
+        .cmd("MAIL FROM:<a@example.com>")
+        .await
+        .starts_with("250"));
+    assert!(first
+        .cmd("RCPT TO:<b@example.net>")
+        .await
+        .starts_with("250"));
     assert!(first.cmd("DATA").await.starts_with("354"));
 
     let mut second = Client::greeted(relay.smtp_addr()).await;
-    assert!(second.cmd("MAIL FROM:<a@example.com>").await.starts_with("250"));
-    assert!(second.cmd("RCPT TO:<b@example.net>").await.starts_with("250"));
+    assert!(second
+        .cmd("MAIL FROM:<a@example.com>")
+        .await
+        .starts_with("250"));
+    assert!(second
+        .cmd("RCPT TO:<b@example.net>")
+        .await
+        .starts_with("250"));
     assert_eq!(
         second.cmd("DATA").await,
         "452 4.3.1 Too many messages in transfer at once; try again later"

@@ -164,7 +164,11 @@ async fn a_streamed_message_reads_back_byte_for_byte_and_loads_with_its_final_en
     stream(
         &spool,
         &mut env,
-        &[b"Received: x\r\n", b"From: a@example.com\r\n\r\n", b"hello\r\n"],
+        &[
+            b"Received: x\r\n",
+            b"From: a@example.com\r\n\r\n",
+            b"hello\r\n",
+        ],
     )
     .await;
     let message = b"Received: x\r\nFrom: a@example.com\r\n\r\nhello\r\n";
@@ -189,7 +193,12 @@ async fn a_streamed_message_reuses_a_free_file_and_is_cut_to_its_length() {
     assert_eq!(names(&queue), vec![".free-0".to_string()]);
 
     let mut env = envelope("aa22", b"");
-    stream(&spool, &mut env, &[b"From: a@example.com\r\n\r\n", b"short\r\n"]).await;
+    stream(
+        &spool,
+        &mut env,
+        &[b"From: a@example.com\r\n\r\n", b"short\r\n"],
+    )
+    .await;
     assert_eq!(names(&queue), vec!["aa22.msg".to_string()]);
     assert_eq!(
         spool.read(&env.id).unwrap().message(),
@@ -205,7 +214,9 @@ async fn a_stream_dropped_or_failing_before_its_commit_leaves_nothing() {
     let queue = dir.path().join("queue");
     let env = envelope("aa23", b"");
     let mut file = spool.begin(&env).await.unwrap();
-    file.write(b"From: a@example.com\r\n\r\npartial").await.unwrap();
+    file.write(b"From: a@example.com\r\n\r\npartial")
+        .await
+        .unwrap();
     assert_eq!(names(&queue), vec![".aa23.msg.tmp".to_string()]);
     drop(file);
     assert!(names(&queue).is_empty());
@@ -214,7 +225,9 @@ async fn a_stream_dropped_or_failing_before_its_commit_leaves_nothing() {
     spool.disk_full_switch().set(true);
     let mut env = envelope("aa24", b"");
     let mut file = spool.begin(&env).await.unwrap();
-    file.write(b"From: a@example.com\r\n\r\nx\r\n").await.unwrap();
+    file.write(b"From: a@example.com\r\n\r\nx\r\n")
+        .await
+        .unwrap();
     env.size = file.written();
     let err = file.commit(&env).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::StorageFull);
