@@ -124,10 +124,13 @@ pub struct SmtpConfig {
     /// advertised and 8-bit messages get 554 5.6.0. SMTPUTF8 is not offered at all yet.
     pub upstream_8bitmime: bool,
     /// Memory for the buffers of all messages being received at once (header blocks and
-    /// data on its way to the spool file; the body itself streams to disk). A DATA that
-    /// cannot get its share within `data_memory_wait` gets 452 4.3.1. Restart-only.
+    /// data on its way to the spool file; the body itself streams to disk): about 384KiB
+    /// per DATA, more for a header block over 64KiB. A DATA that cannot get its share
+    /// within `data_memory_wait` gets 452 4.3.1. Default 128MiB (max_connections DATA
+    /// transfers at once with room to spare). Restart-only.
     pub max_data_memory: ByteSize,
     /// How long a DATA command waits for its share of `max_data_memory` before 452 4.3.1.
+    /// Default 10s.
     pub data_memory_wait: HumanDuration,
 }
 
@@ -319,7 +322,7 @@ impl Default for SmtpConfig {
             max_session_age: HumanDuration(Duration::from_secs(3600)),
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
             upstream_8bitmime: true,
-            max_data_memory: ByteSize(64 << 20),
+            max_data_memory: ByteSize(128 << 20),
             data_memory_wait: HumanDuration(Duration::from_secs(10)),
         }
     }

@@ -8,9 +8,10 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What one transfer holds besides its header block: the DATA reader's output waiting to
-/// be written (64KiB and one 16KiB read), the write in flight (as much again), the read
-/// buffer, with room to spare.
-pub const TRANSFER_BASE: u32 = 192 * 1024;
+/// be written (up to 128KiB: its buffer doubles once past 64KiB), the copy in the file
+/// write in flight (up to 128KiB), and the connection's read buffer (32KiB), with room to
+/// spare.
+pub const TRANSFER_BASE: u32 = 320 * 1024;
 /// A header block's memory is taken in steps of this as it grows.
 pub const HEADER_STEP: u32 = 64 * 1024;
 
