@@ -10,7 +10,7 @@ use crate::dkim::{KeyRing, SharedKeyRing};
 use crate::keys::{Algorithm, KeyError, KeyStore, SlotState};
 use crate::rotation::Rotator;
 use crate::smtp::{self, SmtpContext};
-use crate::spool::Spool;
+use crate::spool::{MemoryBudget, Spool};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -251,7 +251,9 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         path: config.spool.dir.display().to_string(),
         source,
     };
-    let spool = Spool::open(&config.spool.dir, config.spool.fsync).map_err(spool_err)?;
+    let spool = Spool::open(&config.spool.dir, config.spool.fsync)
+        .map_err(spool_err)?
+        .with_memory_budget(MemoryBudget::new(config.smtp.max_data_memory.0));
     let initial = spool.load_all().map_err(spool_err)?;
     if !initial.is_empty() {
         tracing::info!(

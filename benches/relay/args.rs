@@ -12,13 +12,18 @@ cargo bench --bench relay -- [flags]
   --domains K        signing domains with keys, From spread over them (default 1)
   --idle K           before the load, hold K idle sessions (after EHLO) and report the relay's RSS
   --workers W        relay delivery workers and upstream pool size (default 4, the relay's default)
+  --header-bomb      each message's header block is --size bytes of tiny fields (X: y), then a
+                     short body: the relay must refuse it (552 5.3.4) without buffering it
   --no-fsync         spool.fsync = false: only to see what fsync costs (the issue's numbers are with fsync)
   --target HOST:PORT drive an external MTA (e.g. Postfix) instead of starting dkim-relay
   --sink-port P      port of the in-process sink (default: any free port; needed with --target)
   --watch TEXT       with --target: measure CPU/RSS of processes whose command line or
                      environment contains TEXT (e.g. the Postfix instance's config directory)
   --label NAME       name printed in the results (default dkim-relay, or target)
-  --timeout SECS     give up waiting for delivery after this long (default 600)";
+  --timeout SECS     give up waiting for delivery after this long (default 600)
+
+Environment: BENCH_RELAY_BIN=PATH runs that dkim-relay binary instead of this build's
+(e.g. a release build of the code before a change).";
 
 #[derive(Debug, Clone)]
 pub struct Args {
@@ -30,6 +35,7 @@ pub struct Args {
     pub idle: usize,
     pub workers: usize,
     pub fsync: bool,
+    pub header_bomb: bool,
     pub target: Option<SocketAddr>,
     pub sink_port: u16,
     pub watch: Option<String>,
@@ -48,6 +54,7 @@ impl Args {
             idle: 0,
             workers: 4,
             fsync: true,
+            header_bomb: false,
             target: None,
             sink_port: 0,
             watch: None,
@@ -62,6 +69,10 @@ impl Args {
             }
             if flag == "--no-fsync" {
                 args.fsync = false;
+                continue;
+            }
+            if flag == "--header-bomb" {
+                args.header_bomb = true;
                 continue;
             }
             if flag == "--help" || flag == "-h" {

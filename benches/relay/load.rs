@@ -22,6 +22,8 @@ pub struct Plan {
     pub rate: Option<f64>,
     /// From domains; message i is from domains[i % len].
     pub domains: Arc<Vec<String>>,
+    /// The message is a header block of `size` bytes of tiny fields and a short body.
+    pub header_bomb: bool,
 }
 
 #[derive(Debug, Default)]
@@ -45,7 +47,7 @@ struct SessionResult {
 
 pub async fn run(plan: Plan) -> std::io::Result<Outcome> {
     let plan = Arc::new(plan);
-    let body = Arc::new(body_lines(plan.size));
+    let body = Arc::new(body_lines(plan.size, line(&plan)));
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -169,9 +171,18 @@ impl Client {
             std::process::id()
         );
         let w = self.io.get_mut();
-        w.write_all(headers.as_bytes()).await?;
         let want = plan.size.saturating_sub(headers.len()).min(body.len());
-        w.write_all(&body[..want - want % LINE.len()]).await?;
+        let want = want - want % line(plan).len();
+        if plan.header_bomb {
+            // The fields go before the empty line that ends the header block.
+            w.write_all(&headers.as_bytes()[..headers.len() - 2])
+                .await?;
+            w.write_all(&body[..want]).await?;
+            w.write_all(b"\r\nbody\r\n").await?;
+        } else {
+            w.write_all(headers.as_bytes()).await?;
+            w.write_all(&body[..want]).await?;
+        }
         let t0 = Instant::now();
         w.write_all(b".\r\n").await?;
         let reply = self.reply().await?;
@@ -212,10 +223,19 @@ fn expect(reply: String, code: &str) -> std::io::Result<()> {
     }
 }
 
-/// A body of 76-character lines ending in CRLF, at least `size` long; a message takes a
-/// prefix cut at a line end, so the data always ends in CRLF before the final ".".
-fn body_lines(size: usize) -> Vec<u8> {
-    LINE.repeat(size / LINE.len() + 1)
+/// A body of `line`s, at least `size` long; a message takes a prefix cut at a line end,
+/// so the data always ends in CRLF before the final ".".
+fn body_lines(size: usize, line: &[u8]) -> Vec<u8> {
+    line.repeat(size / line.len() + 1)
+}
+
+/// The line a message is made of: text, or a tiny header field for a header bomb.
+fn line(plan: &Plan) -> &'static [u8] {
+    if plan.header_bomb {
+        b"X: y\r\n"
+    } else {
+        LINE
+    }
 }
 
 const LINE: &[u8] =

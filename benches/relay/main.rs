@@ -85,6 +85,7 @@ async fn run(args: Args) -> Result<(), String> {
         concurrency: args.concurrency,
         rate: args.rate,
         domains: domains.clone(),
+        header_bomb: args.header_bomb,
     })
     .await
     .map_err(|e| format!("load against {target}: {e}"))?;

@@ -9,6 +9,12 @@ use std::time::Duration;
 
 pub const RELAY: &str = env!("CARGO_BIN_EXE_dkim-relay");
 
+/// The relay binary to run: `BENCH_RELAY_BIN` if set (e.g. a build of the code before a
+/// change, to compare the two under the same load), else this build's.
+pub fn relay_bin() -> String {
+    std::env::var("BENCH_RELAY_BIN").unwrap_or_else(|_| RELAY.to_string())
+}
+
 /// The signing domains: bench.test, then d1.bench.test, d2.bench.test, ...
 pub fn domain_names(k: usize) -> Vec<String> {
     (0..k)
@@ -76,12 +82,13 @@ enabled = false
 }
 
 fn cli(config: &Path, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(RELAY)
+    let relay = relay_bin();
+    let out = Command::new(&relay)
         .arg("--config")
         .arg(config)
         .args(args)
         .output()
-        .map_err(|e| format!("{RELAY}: {e}"))?;
+        .map_err(|e| format!("{relay}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -164,14 +171,15 @@ impl Drop for RelayProcess {
 /// Starts `dkim-relay serve`, copies its log to `log`, and waits (up to `deadline`) for the
 /// line saying it accepts mail, which names the address it is bound to.
 pub fn spawn(config: &Path, log: &Path, deadline: Duration) -> Result<RelayProcess, String> {
-    let mut child = Command::new(RELAY)
+    let relay = relay_bin();
+    let mut child = Command::new(&relay)
         .arg("--config")
         .arg(config)
         .arg("serve")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("{RELAY}: {e}"))?;
+        .map_err(|e| format!("{relay}: {e}"))?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
     let mut file = std::fs::File::create(log).map_err(|e| e.to_string())?;
     let (tx, rx) = std::sync::mpsc::channel();

@@ -196,6 +196,15 @@ pub(super) fn validate_limits(smtp: &mut super::SmtpConfig) -> Result<(), Config
             "must be at least 1KB",
         ));
     }
+    let largest = crate::spool::largest_transfer(smtp.max_header_size.0);
+    if smtp.max_data_memory.0 < largest {
+        return Err(ConfigError::new(
+            "smtp.max_data_memory",
+            format!(
+                "must hold at least one message with the largest header block: {largest} bytes"
+            ),
+        ));
+    }
     if smtp.max_session_age.0 < smtp.command_timeout.0 {
         return Err(ConfigError::new(
             "smtp.max_session_age",

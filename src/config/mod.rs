@@ -139,6 +139,15 @@ pub struct SmtpConfig {
     pub public_relay_limit_ipv4: u8,
     /// The same for native IPv6 (ULA, link-local and ::1 do not count). 1 to 128.
     pub public_relay_limit_ipv6: u8,
+    /// Memory for the buffers of all messages being received at once (header blocks and
+    /// data on its way to the spool file; the body itself streams to disk): about 384KiB
+    /// per DATA, more for a header block over 64KiB. A DATA that cannot get its share
+    /// within `data_memory_wait` gets 452 4.3.1. Default 128MiB (max_connections DATA
+    /// transfers at once with room to spare). Restart-only.
+    pub max_data_memory: ByteSize,
+    /// How long a DATA command waits for its share of `max_data_memory` before 452 4.3.1.
+    /// Default 10s.
+    pub data_memory_wait: HumanDuration,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -333,6 +342,8 @@ impl Default for SmtpConfig {
             max_outsider_connections: None,
             public_relay_limit_ipv4: 8,
             public_relay_limit_ipv6: 32,
+            max_data_memory: ByteSize(128 << 20),
+            data_memory_wait: HumanDuration(Duration::from_secs(10)),
         }
     }
 }

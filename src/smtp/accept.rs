@@ -1,14 +1,18 @@
 //! DATA and the end of a transaction: read the message, apply the message policy
-//! (DESIGN §4), store it durably, and only then answer 250.
+//! (DESIGN §4) to its header block as soon as that is complete, stream the rest to the
+//! spool file (`receive.rs`), and only after the file is durable answer 250.
 
 use super::conn::DataRead;
 use super::data::DataParser;
 use super::pace::Pace;
+use super::receive::{Receiver, Refused, Spooling, Stage, Taken};
 use super::reply::{Refusal, Reply};
 use super::session::{stopping, Flow, Session, State, Transaction};
 use crate::dkim::KeyLookup;
 use crate::message::{from_domain, merge_address_lists, repeated_field, HeaderBlock};
-use crate::spool::{DeliveryState, Envelope, Origin, QueueId, QueuedMessage};
+use crate::spool::{
+    DeliveryState, Envelope, Origin, QueueId, QueuedMessage, HEADER_STEP, TRANSFER_BASE,
+};
 use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -25,9 +29,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return self.respond(Refusal::BadSequence("send MAIL and RCPT first").reply());
             }
         };
+        let smtp = &self.ctx.config.smtp;
+        // The buffers of this transfer come out of the global budget before the 354, so a
+        // flood of concurrent transfers waits here (or gets 452) instead of growing memory.
+        let share = TRANSFER_BASE + HEADER_STEP;
+        let budget = self.ctx.spool.memory().clone();
+        let Some(lease) = budget.reserve(share, smtp.data_memory_wait.0).await else {
+            tracing::warn!(client = %self.client.ip, sender = %txn.mail_from, "no in-flight message memory left (smtp.max_data_memory); DATA refused with 452");
+            self.state = State::Transaction(txn);
+            return self.respond(Refusal::NoDataMemory.reply());
+        };
+        let mut rx = Receiver::new(lease, HEADER_STEP as usize, smtp.max_header_size.0 as usize);
         self.conn
             .queue_reply(&Reply::new(354, "", "End data with <CR><LF>.<CR><LF>"));
-        let smtp = &self.ctx.config.smtp;
         let mut parser = DataParser::new(
             smtp.max_message_size.0 as usize,
             smtp.max_line_length,
@@ -37,11 +51,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let cap = (now + smtp.data_timeout.0).min(self.client.started + smtp.max_session_age.0);
         let mut pace = Pace::new(now, smtp.command_timeout.0, cap, smtp.min_data_rate);
         let grace = smtp.shutdown_grace.0;
+        let mut shutdown = self.shutdown.clone();
         // At shutdown a transfer in progress may still finish within the grace period;
         // then the client gets 421 and nothing is stored, so it will retry elsewhere.
+        // Every early return drops `rx`, whose spool temp file is then removed.
         let read = tokio::select! {
-            read = self.conn.read_data(&mut parser, &mut pace) => read,
-            _ = async { stopping(&mut self.shutdown).await; tokio::time::sleep(grace).await } => {
+            read = self.receive(&txn, &mut parser, &mut pace, &mut rx) => read,
+            _ = async { stopping(&mut shutdown).await; tokio::time::sleep(grace).await } => {
                 tracing::info!(sender = %txn.mail_from, "shutdown grace ran out during DATA; nothing stored");
                 return self.respond(Refusal::ShuttingDown.reply());
             }
@@ -59,10 +75,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 tracing::info!("client closed the connection during DATA; nothing stored");
                 return Flow::Close;
             }
-            Ok(DataRead::Done) => {}
+            Ok(DataRead::Done | DataRead::Drain) => {}
         }
         let end_of_data = std::time::Instant::now();
-        let reply = match self.accept(txn, parser).await {
+        let reply = match self.accept(txn, parser, rx).await {
             Ok(id) => {
                 crate::metrics::global()
                     .accept
@@ -75,72 +91,128 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.respond(reply)
     }
 
-    /// Checks a complete message and stores it; returns its queue id.
-    async fn accept(&mut self, txn: Transaction, parser: DataParser) -> Result<QueueId, Refusal> {
-        let log_refusal = |why: &str, refusal: Refusal| {
-            tracing::info!(sender = %txn.mail_from, rcpts = txn.rcpts.len(), reason = why, "message refused");
-            refusal
+    /// Reads the data to its end, handing it to `rx` as it comes: the header block to the
+    /// policy ([`Session::open_message`]), the rest into the spool file.
+    async fn receive(
+        &mut self,
+        txn: &Transaction,
+        parser: &mut DataParser,
+        pace: &mut Pace,
+        rx: &mut Receiver,
+    ) -> std::io::Result<DataRead> {
+        loop {
+            let read = self.conn.read_data(parser, pace).await?;
+            if parser.taint.is_some() || parser.too_big || parser.long_line {
+                // Refused at the end whatever follows: keep nothing more.
+                if !matches!(rx.stage, Stage::Discard(_)) {
+                    rx.discard(None);
+                }
+            }
+            let piece = parser.output();
+            let body = match rx.take(piece) {
+                Taken::Used => &[][..],
+                Taken::Body => piece,
+                Taken::HeaderEnded(at) => {
+                    self.open_message(txn, rx).await;
+                    &piece[at..]
+                }
+            };
+            if !body.is_empty() {
+                write_body(rx, body).await;
+            }
+            parser.clear_output();
+            match read {
+                DataRead::Drain => continue,
+                DataRead::Done if matches!(rx.stage, Stage::Header) => {
+                    // Data without an empty line is all header block.
+                    self.open_message(txn, rx).await;
+                    return Ok(DataRead::Done);
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// The message policy on the complete header block (DESIGN §4); when it passes, opens
+    /// the spool file and writes what the relay adds, then the header block.
+    async fn open_message(&mut self, txn: &Transaction, rx: &mut Receiver) {
+        match self.check_header(txn, &rx.header) {
+            Err(refused) => rx.drop_all(refused),
+            Ok(Admitted {
+                envelope,
+                prefix,
+                header,
+            }) => {
+                let stored = async {
+                    let mut file = self.ctx.spool.begin(&envelope).await?;
+                    file.write(&prefix).await?;
+                    file.write(header.as_deref().unwrap_or(&rx.header)).await?;
+                    Ok::<_, std::io::Error>(file)
+                };
+                match stored.await {
+                    Ok(file) => {
+                        // Written: the policy needs nothing more of it.
+                        rx.header = Vec::new();
+                        rx.stage = Stage::Body(Box::new(Spooling { file, envelope }));
+                    }
+                    Err(e) => rx.drop_all(spool_refusal(&envelope.id, &e)),
+                }
+            }
+        }
+    }
+
+    /// Checks a header block; returns the envelope (size still 0) and the fields the relay
+    /// adds before it.
+    fn check_header(&self, txn: &Transaction, header: &[u8]) -> Result<Admitted, Refused> {
+        let parsed = HeaderBlock::parse(header)
+            .map_err(|e| Refused::new(Refusal::MalformedHeader, e.to_string(), false))?;
+        // Repeated To/Cc fields are joined (lossless, see message::unique): the rewritten
+        // header block is what is stored and signed.
+        let merged = merge_address_lists(header, &parsed).map(|m| {
+            let mut block = m.section;
+            block.extend_from_slice(&header[parsed.body_offset..]);
+            (block, m.fields)
+        });
+        let headers = match &merged {
+            Some((block, _)) => HeaderBlock::parse(block)
+                .map_err(|e| Refused::new(Refusal::MalformedHeader, e.to_string(), false))?,
+            None => parsed,
         };
-        if let Some(taint) = parser.taint {
-            return Err(log_refusal(taint.name(), Refusal::TaintedData(taint)));
-        }
-        if parser.too_big {
-            return Err(log_refusal("too big", Refusal::MessageTooBig));
-        }
-        if parser.long_line {
-            return Err(log_refusal(
-                "line over the length limit",
-                Refusal::LineTooLong,
-            ));
-        }
-        let eight_bit = parser.eight_bit;
-        let mut data = parser.into_message();
-        let mut headers = HeaderBlock::parse(&data)
-            .map_err(|e| log_refusal(&e.to_string(), Refusal::MalformedHeader))?;
-        // Repeated To/Cc fields are joined (lossless, see message::unique); the rewritten
-        // message is what is stored and signed.
-        let mut joined: Vec<&'static str> = Vec::new();
-        if let Some(merged) = merge_address_lists(&data, &headers) {
-            let mut rewritten = merged.section;
-            rewritten.extend_from_slice(&data[headers.body_offset..]);
-            joined = merged.fields;
-            data = rewritten;
-            headers = HeaderBlock::parse(&data)
-                .map_err(|e| log_refusal(&e.to_string(), Refusal::MalformedHeader))?;
-        }
-        let smtp = &self.ctx.config.smtp;
-        if headers.body_offset as u64 > smtp.max_header_size.0 {
-            return Err(log_refusal("header block too big", Refusal::HeaderTooBig));
-        }
         // SMTPUTF8 is not offered, so UTF-8 in header fields cannot be relayed (RFC 6532
-        // needs it end to end); an 8-bit body needs an upstream that carries 8BITMIME.
-        if !data[..headers.body_offset].is_ascii() {
-            return Err(log_refusal("non-ASCII header field", Refusal::Utf8Headers));
-        }
-        if eight_bit && !smtp.upstream_8bitmime {
-            return Err(log_refusal(
-                "8-bit body; the upstream does not carry 8BITMIME",
-                Refusal::EightBitNotCarried,
+        // needs it end to end).
+        if !header.is_ascii() {
+            return Err(Refused::new(
+                Refusal::Utf8Headers,
+                "non-ASCII header field",
+                false,
             ));
         }
         if let Some(name) = repeated_field(&headers) {
-            return Err(log_refusal(
-                &format!("more than one {name} field"),
+            return Err(Refused::new(
                 Refusal::RepeatedField(name),
+                format!("more than one {name} field"),
+                true,
             ));
         }
-        let domain =
-            from_domain(&headers).map_err(|e| log_refusal(&e.to_string(), Refusal::BadFrom))?;
+        let domain = from_domain(&headers)
+            .map_err(|e| Refused::new(Refusal::BadFrom, e.to_string(), true))?;
         // Authorisation before the key check: a tenant learns nothing about which other
         // domains the relay signs for.
         if let Some(grant) = self.grant().filter(|g| !g.permits(&domain)) {
-            tracing::warn!(client = %self.client.ip, user = %self.user_name(), from_domain = %domain, allowed = %grant.describe(), sender = %txn.mail_from, "message refused: From domain not allowed for this client");
-            return Err(Refusal::FromDomainDenied);
+            tracing::warn!(client = %self.client.ip, user = %self.user_name(), from_domain = %domain, allowed = %grant.describe(), sender = %txn.mail_from, "From domain not allowed for this client");
+            return Err(Refused::new(
+                Refusal::FromDomainDenied,
+                "From domain not allowed",
+                true,
+            ));
         }
         match self.ctx.keys.current().lookup(&domain) {
             KeyLookup::Unknown => {
-                tracing::info!(sender = %txn.mail_from, from_domain = %domain, "message refused: no key configured for the From domain");
-                return Err(Refusal::NoKeyForDomain);
+                return Err(Refused::new(
+                    Refusal::NoKeyForDomain,
+                    format!("no key configured for the From domain {domain}"),
+                    true,
+                ));
             }
             KeyLookup::Unusable(reason) => {
                 // Accept: the operator can fix the key, and the message waits in the queue.
@@ -157,12 +229,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             (false, true) => "ESMTPA",
             (true, true) => "ESMTPSA",
         };
-        if !joined.is_empty() {
-            tracing::info!(queue_id = %id, fields = %joined.join(", "), "joined repeated address fields into one (receivers fail DKIM on repeated fields)");
+        if let Some((_, fields)) = &merged {
+            tracing::info!(queue_id = %id, fields = %fields.join(", "), "joined repeated address fields into one (receivers fail DKIM on repeated fields)");
         }
         let hostname = &self.ctx.config.hostname;
-        // What the relay adds goes before the data, which is stored as received: a large
-        // message is never copied in memory.
+        // What the relay adds goes before the data, which is stored as received.
         let mut prefix =
             received_header(&self.helo, self.client.ip, hostname, protocol, &id, now).into_bytes();
         // RFC 6409 §8.2/8.3: a submission server may add what the client left out; it
@@ -176,37 +247,79 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             prefix.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
             tracing::info!(queue_id = %id, "added a Date");
         }
-        drop(headers);
         let envelope = Envelope {
-            id: id.clone(),
+            id,
             received: unix(now),
             client: self.client.ip,
             helo: self.helo.clone(),
-            mail_from: txn.mail_from,
-            rcpts: txn.rcpts,
+            mail_from: txn.mail_from.clone(),
+            rcpts: txn.rcpts.clone(),
             from_domain: domain,
-            size: (prefix.len() + data.len()) as u64,
-            eight_bit,
+            size: 0,
+            eight_bit: false,
             origin: Origin::Client,
         };
-        let spool = self.ctx.spool.clone();
-        let env = envelope.clone();
-        let stored =
-            tokio::task::spawn_blocking(move || spool.store_parts(&env, &[&prefix, &data])).await;
-        match stored {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if is_full(&e) => {
-                tracing::error!(queue_id = %id, error = %e, "spool is full; message refused with 452");
-                return Err(Refusal::SpoolFull);
+        drop(headers);
+        Ok(Admitted {
+            envelope,
+            prefix,
+            header: merged.map(|(block, _)| block),
+        })
+    }
+
+    /// The end of data: refuses what must be refused, else commits the spool file (fsync,
+    /// rename, fsync of the directory) and returns the queue id.
+    async fn accept(
+        &mut self,
+        txn: Transaction,
+        parser: DataParser,
+        rx: Receiver,
+    ) -> Result<QueueId, Refusal> {
+        let log_refusal = |why: &str, refusal: Refusal| {
+            tracing::info!(sender = %txn.mail_from, rcpts = txn.rcpts.len(), reason = why, "message refused");
+            refusal
+        };
+        if let Some(taint) = parser.taint {
+            return Err(log_refusal(taint.name(), Refusal::TaintedData(taint)));
+        }
+        if parser.too_big {
+            return Err(log_refusal("too big", Refusal::MessageTooBig));
+        }
+        if parser.long_line {
+            return Err(log_refusal(
+                "line over the length limit",
+                Refusal::LineTooLong,
+            ));
+        }
+        let eight_bit_refused = parser.eight_bit && !self.ctx.config.smtp.upstream_8bitmime;
+        let refuse_eight_bit = || {
+            log_refusal(
+                "8-bit body; the upstream does not carry 8BITMIME",
+                Refusal::EightBitNotCarried,
+            )
+        };
+        let (file, mut envelope) = match rx.stage {
+            Stage::Body(spooling) => (spooling.file, spooling.envelope),
+            Stage::Discard(Some(r)) if r.late && eight_bit_refused => {
+                return Err(refuse_eight_bit())
             }
-            Ok(Err(e)) => {
-                tracing::error!(queue_id = %id, error = %e, "spool write failed; message refused with 451");
-                return Err(Refusal::SpoolFailed);
+            Stage::Discard(Some(r)) => return Err(log_refusal(&r.why, r.refusal)),
+            // The reader's own refusals were answered above, and the header stage always
+            // ends in open_message: neither is left here.
+            Stage::Discard(None) | Stage::Header => {
+                return Err(log_refusal("data ended unread", Refusal::SpoolFailed))
             }
-            Err(e) => {
-                tracing::error!(queue_id = %id, error = %e, "spool task failed; message refused with 451");
-                return Err(Refusal::SpoolFailed);
-            }
+        };
+        if eight_bit_refused {
+            return Err(refuse_eight_bit());
+        }
+        let id = envelope.id.clone();
+        envelope.size = file.written();
+        envelope.eight_bit = parser.eight_bit;
+        envelope.received = unix(SystemTime::now());
+        if let Err(e) = file.commit(&envelope).await {
+            let refused = spool_refusal(&id, &e);
+            return Err(refused.refusal);
         }
         tracing::info!(
             queue_id = %id,
@@ -222,6 +335,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.ctx.queue.enqueue(QueuedMessage { envelope, state });
         Ok(id)
     }
+}
+
+/// Appends body bytes to the spool file; a failed write drops the file and refuses.
+async fn write_body(rx: &mut Receiver, body: &[u8]) {
+    if let Stage::Body(spooling) = &mut rx.stage {
+        if let Err(e) = spooling.file.write(body).await {
+            let refused = spool_refusal(&spooling.envelope.id, &e);
+            rx.drop_all(refused);
+        }
+    }
+}
+
+/// A spool write that failed: 452 when the disk is full, else 451; the detail is logged.
+fn spool_refusal(id: &QueueId, e: &std::io::Error) -> Refused {
+    if is_full(e) {
+        tracing::error!(queue_id = %id, error = %e, "spool is full; message refused with 452");
+        Refused::new(Refusal::SpoolFull, "spool full", true)
+    } else {
+        tracing::error!(queue_id = %id, error = %e, "spool write failed; message refused with 451");
+        Refused::new(Refusal::SpoolFailed, "spool write failed", true)
+    }
+}
+
+/// A header block that passed the message policy: its envelope, what the relay adds
+/// before it, and the block itself when the policy rewrote it (repeated To/Cc joined).
+struct Admitted {
+    envelope: Envelope,
+    prefix: Vec<u8>,
+    header: Option<Vec<u8>>,
 }
 
 /// Out of space or quota: the client should wait (452 4.3.1), not assume a fault.

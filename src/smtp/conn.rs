@@ -22,6 +22,9 @@ pub enum LineRead {
 
 pub enum DataRead {
     Done,
+    /// The parser holds [`super::data::DRAIN_AT`] bytes of output: hand them on, then call
+    /// again (the message streams to the spool instead of gathering in memory).
+    Drain,
     Eof,
     /// The DATA deadline passed (too slow, or too long in total).
     TimedOut,
@@ -142,8 +145,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Feeds the DATA parser until the end of data, the client's EOF, or `pace`'s
-    /// deadline (which each received chunk pushes out).
+    /// Feeds the DATA parser until the end of data, the client's EOF, `pace`'s deadline
+    /// (which each received chunk pushes out), or enough output to hand on.
     pub async fn read_data(
         &mut self,
         parser: &mut DataParser,
@@ -154,6 +157,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.start += used;
             if parser.is_done() {
                 return Ok(DataRead::Done);
+            }
+            if parser.wants_drain() {
+                return Ok(DataRead::Drain);
             }
             match tokio::time::timeout_at(pace.deadline(), self.fill()).await {
                 Err(_) => return Ok(DataRead::TimedOut),

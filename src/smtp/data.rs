@@ -3,13 +3,22 @@
 //! NUL (DESIGN §3, the SMTP smuggling defence). It never normalises: a tainted message is
 //! read to its real end and then refused whole.
 //!
-//! It is pure (no I/O), so it is unit-tested and fuzzed directly.
+//! It is pure (no I/O), so it is unit-tested and fuzzed directly. Its output is not the
+//! whole message: the caller takes it in pieces ([`DataParser::output`]) as it comes, so
+//! a message streams to the spool and what it holds is bounded by [`DRAIN_AT`] plus one read.
 
 use super::reply::Taint;
 
+/// Output held before the reader hands it on: large enough that a big message is written in
+/// few system calls, small enough that hundreds of transfers fit in the memory budget.
+pub const DRAIN_AT: usize = 64 * 1024;
+
 #[derive(Debug)]
 pub struct DataParser {
+    /// Output not taken yet.
     out: Vec<u8>,
+    /// Bytes output so far, taken or not: the message size checked against `max_size`.
+    size: usize,
     max_size: usize,
     max_line: usize,
     /// At the first byte of a line (just after CRLF, or at the very start).
@@ -31,7 +40,8 @@ pub struct DataParser {
 impl DataParser {
     pub fn new(max_size: usize, max_line: usize, size_hint: usize) -> Self {
         DataParser {
-            out: Vec::with_capacity(size_hint.min(max_size).min(1 << 20)),
+            out: Vec::with_capacity(size_hint.min(max_size).min(DRAIN_AT)),
+            size: 0,
             max_size,
             max_line,
             line_start: true,
@@ -51,9 +61,25 @@ impl DataParser {
         self.done
     }
 
-    /// The message received, unstuffed, without the final `.CRLF`.
+    /// The output not taken yet: with no [`DataParser::output`] before, the whole
+    /// message received, unstuffed, without the final `.CRLF`.
     pub fn into_message(self) -> Vec<u8> {
         self.out
+    }
+
+    /// Enough output is waiting that the reader should hand it on before reading more.
+    pub fn wants_drain(&self) -> bool {
+        self.out.len() >= DRAIN_AT
+    }
+
+    /// The output since the last [`DataParser::clear_output`].
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Drops the output handed on; its buffer is kept for the next.
+    pub fn clear_output(&mut self) {
+        self.out.clear();
     }
 
     fn taint(&mut self, t: Taint) {
@@ -61,7 +87,8 @@ impl DataParser {
     }
 
     fn push(&mut self, b: u8) {
-        if self.out.len() < self.max_size {
+        if self.size < self.max_size {
+            self.size += 1;
             self.out.push(b);
         } else {
             // Keep reading to the end of data, but stop storing.

@@ -11,6 +11,7 @@ pub mod data;
 mod envelope;
 pub mod outsiders;
 pub mod pace;
+mod receive;
 pub mod reply;
 pub mod server;
 mod session;

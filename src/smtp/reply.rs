@@ -143,6 +143,9 @@ pub enum Refusal {
     ClientNotAllowed,
     /// `max_outsider_connections` clients outside the allowed networks are connected.
     TooManyOutsiders,
+    // Memory under load (issue "Hostile clients" 5).
+    /// No share of `max_data_memory` for this message (at DATA, or while its header grew).
+    NoDataMemory,
 }
 
 impl Refusal {
@@ -269,6 +272,11 @@ impl Refusal {
                 421,
                 "4.7.0",
                 "Too many connections from outside the allowed networks; try again later",
+            ),
+            Refusal::NoDataMemory => Reply::new(
+                452,
+                "4.3.1",
+                "Too many messages in transfer at once; try again later",
             ),
         }
     }

@@ -6,11 +6,15 @@
 //! `queue/<id>.state` holds the delivery progress and is replaced atomically after each
 //! attempt. A file that cannot be read back is moved to `corrupt/` and logged.
 
+mod budget;
 mod envelope;
 mod file;
+mod incoming;
 mod problem;
 
+pub use budget::{largest_transfer, MemoryBudget, MemoryLease, HEADER_STEP, TRANSFER_BASE};
 pub use envelope::{DeliveryState, Envelope, Origin, QueueId, RcptStatus};
+pub use incoming::Incoming;
 pub use problem::Problem;
 
 mod recycle;
@@ -30,6 +34,8 @@ pub struct Spool {
     full: DiskFull,
     /// Files of delivered messages kept for reuse (only in the relay that owns the spool).
     recycler: Option<Recycler>,
+    /// Memory of messages being received into this spool (`smtp.max_data_memory`).
+    memory: MemoryBudget,
 }
 
 /// A seam for tests of storage failures on machines where no small filesystem can be
@@ -81,6 +87,7 @@ impl Spool {
             fsync,
             full: DiskFull::default(),
             recycler: Some(Recycler::default()),
+            memory: MemoryBudget::default(),
         };
         ensure_dir(&spool.queue, 0o700)?;
         ensure_dir(&spool.corrupt, 0o700)?;
@@ -108,7 +115,19 @@ impl Spool {
             fsync,
             full: DiskFull::default(),
             recycler: None,
+            memory: MemoryBudget::default(),
         }
+    }
+
+    /// This spool with a budget for the memory of messages being received into it.
+    pub fn with_memory_budget(mut self, memory: MemoryBudget) -> Spool {
+        self.memory = memory;
+        self
+    }
+
+    /// The budget every transfer into this spool (and its clones) takes its buffers from.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
     }
 
     /// The fault-injection switch of this spool (and its clones).

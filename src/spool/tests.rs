@@ -143,3 +143,94 @@ fn large_files_and_attached_spools_delete_instead_of_keeping() {
         .unwrap();
     assert!(names(&queue).is_empty());
 }
+
+/// Writes `pieces` through an [`Incoming`] and commits them under `env`.
+async fn stream(spool: &Spool, env: &mut Envelope, pieces: &[&[u8]]) {
+    let mut file = spool.begin(env).await.unwrap();
+    for piece in pieces {
+        file.write(piece).await.unwrap();
+    }
+    env.size = file.written();
+    env.eight_bit = true;
+    env.received = u64::MAX - 1;
+    file.commit(env).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_streamed_message_reads_back_byte_for_byte_and_loads_with_its_final_envelope() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), true).unwrap();
+    let mut env = envelope("aa20", b"");
+    stream(
+        &spool,
+        &mut env,
+        &[
+            b"Received: x\r\n",
+            b"From: a@example.com\r\n\r\n",
+            b"hello\r\n",
+        ],
+    )
+    .await;
+    let message = b"Received: x\r\nFrom: a@example.com\r\n\r\nhello\r\n";
+    assert_eq!(env.size, message.len() as u64);
+    assert_eq!(spool.read(&env.id).unwrap().message(), message);
+    let loaded = spool.load_all().unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].envelope, env);
+    let queue = dir.path().join("queue");
+    assert_eq!(names(&queue), vec!["aa20.msg".to_string()]);
+}
+
+#[tokio::test]
+async fn a_streamed_message_reuses_a_free_file_and_is_cut_to_its_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), true).unwrap();
+    let long = vec![b'a'; 5000];
+    let first = envelope("aa21", &long);
+    spool.store(&first, &long).unwrap();
+    spool.remove(&first.id).unwrap();
+    let queue = dir.path().join("queue");
+    assert_eq!(names(&queue), vec![".free-0".to_string()]);
+
+    let mut env = envelope("aa22", b"");
+    stream(
+        &spool,
+        &mut env,
+        &[b"From: a@example.com\r\n\r\n", b"short\r\n"],
+    )
+    .await;
+    assert_eq!(names(&queue), vec!["aa22.msg".to_string()]);
+    assert_eq!(
+        spool.read(&env.id).unwrap().message(),
+        b"From: a@example.com\r\n\r\nshort\r\n"
+    );
+    assert_eq!(spool.load_all().unwrap()[0].envelope, env);
+}
+
+#[tokio::test]
+async fn a_stream_dropped_or_failing_before_its_commit_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), true).unwrap();
+    let queue = dir.path().join("queue");
+    let env = envelope("aa23", b"");
+    let mut file = spool.begin(&env).await.unwrap();
+    file.write(b"From: a@example.com\r\n\r\npartial")
+        .await
+        .unwrap();
+    assert_eq!(names(&queue), vec![".aa23.msg.tmp".to_string()]);
+    drop(file);
+    assert!(names(&queue).is_empty());
+
+    // A full disk at commit: refused, and the temp file is gone too.
+    spool.disk_full_switch().set(true);
+    let mut env = envelope("aa24", b"");
+    let mut file = spool.begin(&env).await.unwrap();
+    file.write(b"From: a@example.com\r\n\r\nx\r\n")
+        .await
+        .unwrap();
+    env.size = file.written();
+    let err = file.commit(&env).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::StorageFull);
+    assert!(names(&queue).is_empty());
+    assert!(spool.load_all().unwrap().is_empty());
+}

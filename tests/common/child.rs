@@ -52,6 +52,10 @@ pool_size = {WORKERS}
 pub struct ChildRelay(Child);
 
 impl ChildRelay {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     /// SIGKILL, and wait until it is gone.
     pub fn kill9(&mut self) {
         let _ = self.0.kill();
