@@ -2,9 +2,11 @@
 //! domain of its single From mailbox (DESIGN §4). Used by the SMTP stage at end of DATA
 //! and by the signer.
 
+mod address;
 mod from;
 mod headers;
 
+pub use address::{command_path, CommandPath, Mailbox, PathError, ReversePath};
 pub use from::{from_domain, FromError};
 pub use headers::{HeaderBlock, HeaderError, HeaderField};
 mod date;

@@ -83,6 +83,10 @@ pub enum Refusal {
     RelayDenied,
     UnsupportedParameter,
     BadRecipient,
+    /// A MAIL FROM path the relay cannot forward exactly as it read it.
+    BadSender(crate::message::PathError),
+    /// A RCPT TO path the relay cannot forward exactly as it read it.
+    BadRecipientPath(crate::message::PathError),
     MessageTooBig,
     TooManyRecipients,
     NoRecipients,
@@ -157,6 +161,16 @@ impl Refusal {
             }
             Refusal::UnsupportedParameter => Reply::new(555, "5.5.4", "Parameter not supported"),
             Refusal::BadRecipient => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
+            Refusal::BadSender(why) => Reply::owned(
+                501,
+                "5.1.7",
+                format!("Bad sender address: {why}; send MAIL FROM:<local@domain> or <>"),
+            ),
+            Refusal::BadRecipientPath(why) => Reply::owned(
+                553,
+                "5.1.3",
+                format!("Bad recipient address: {why}; send RCPT TO:<local@domain>"),
+            ),
             Refusal::MessageTooBig => Reply::new(552, "5.3.4", "Message too big"),
             Refusal::TooManyRecipients => Reply::new(452, "4.5.3", "Too many recipients"),
             Refusal::NoRecipients => Reply::new(554, "5.5.1", "No valid recipients"),
