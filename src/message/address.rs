@@ -70,6 +70,11 @@ pub(crate) fn is_dot_atom(s: &str) -> bool {
 }
 
 impl Mailbox {
+    /// From parts a reader has already checked.
+    pub(super) fn from_parts(local: String, domain: String) -> Mailbox {
+        Mailbox { local, domain }
+    }
+
     /// The local part as the mailbox owner spelled it, without quotes or escapes.
     pub fn local(&self) -> &str {
         &self.local

@@ -5,9 +5,11 @@
 mod address;
 mod from;
 mod headers;
+mod mailbox;
 
 pub use address::{command_path, CommandPath, Mailbox, PathError, ReversePath};
 pub use from::{from_domain, FromError};
 pub use headers::{HeaderBlock, HeaderError, HeaderField};
+pub use mailbox::FromSyntax;
 mod date;
 pub use date::rfc5322_date;

@@ -113,7 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ));
         }
         let domain =
-            from_domain(&headers).map_err(|e| log_refusal(&e.to_string(), Refusal::BadFrom))?;
+            from_domain(&headers).map_err(|e| log_refusal(&e.to_string(), Refusal::BadFrom(e)))?;
         // Authorisation before the key check: a tenant learns nothing about which other
         // domains the relay signs for.
         if let Some(grant) = self.grant().filter(|g| !g.permits(&domain)) {

@@ -94,8 +94,8 @@ pub enum Refusal {
     TaintedData(Taint),
     LineTooLong,
     MalformedHeader,
-    /// From missing, repeated, a group, several mailboxes, or no address.
-    BadFrom,
+    /// From missing, repeated, or not one mailbox that every parser reads alike.
+    BadFrom(crate::message::FromError),
     /// The relay has no key for the From domain.
     NoKeyForDomain,
     SpoolFailed,
@@ -183,10 +183,10 @@ impl Refusal {
                 Reply::new(554, "5.6.0", "Message has a line longer than 998 octets")
             }
             Refusal::MalformedHeader => Reply::new(550, "5.6.0", "Message header is malformed"),
-            Refusal::BadFrom => Reply::new(
+            Refusal::BadFrom(why) => Reply::owned(
                 550,
                 "5.6.0",
-                "Message must have exactly one From header field with one address",
+                format!("Bad From: {why}; send exactly one From with one address such as Name <user@example.com>"),
             ),
             Refusal::NoKeyForDomain => {
                 Reply::new(550, "5.7.1", "This relay does not sign for the From domain")
