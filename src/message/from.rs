@@ -1,7 +1,7 @@
 //! The domain of the RFC 5322 From mailbox: the one DMARC aligns on, so the one to sign
 //! for (DESIGN §4). The envelope sender is never used: bounces have `MAIL FROM:<>`.
 
-use super::mailbox::{read_from, FromSyntax};
+use super::from_syntax::{read_from, FromSyntax};
 use super::HeaderBlock;
 use mail_parser::{Address, MessageParser};
 
