@@ -7,6 +7,11 @@
 use crate::config::is_dns_name;
 use std::fmt;
 
+/// RFC 5321 §4.5.3.1.3 limits a path to 256 octets; smtp-proto refuses a longer address
+/// at MAIL and RCPT, so the reader of stored addresses does too. A protocol limit, not a
+/// tunable: no upstream is obliged to take more.
+const MAX_ADDRESS: usize = 256;
+
 /// A mailbox `local@domain`. The local part is held unquoted; [`fmt::Display`] quotes it
 /// again when it is not a dot-atom.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +56,8 @@ pub enum PathError {
     BadSourceRoute,
     #[error("the address holds non-ASCII characters")]
     NonAscii,
+    #[error("the address is longer than 256 octets")]
+    TooLong,
     #[error("the null address <> is not a valid recipient")]
     NullRecipient,
     #[error("the address reads differently to the command parser; write it plainly")]
@@ -284,6 +291,9 @@ impl<'a> Reader<'a> {
                 Some(b) if b.is_ascii_control() => PathError::ControlCharacter,
                 _ => PathError::BadDomain,
             });
+        }
+        if local.len() + 1 + domain.len() > MAX_ADDRESS {
+            return Err(PathError::TooLong);
         }
         Ok(Mailbox {
             local,

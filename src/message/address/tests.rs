@@ -69,6 +69,8 @@ fn parameter_injection_through_quotes_is_refused() {
 
 #[test]
 fn malformed_paths_are_refused_with_the_reason() {
+    // Found by the `addresses` fuzz target: smtp-proto refuses addresses over 256 octets.
+    let long = format!("MAIL FROM:<{}joe@e.example>\r\n", "=".repeat(245));
     let cases: &[(&str, PathError)] = &[
         ("MAIL FROM:joe@example.com\r\n", PathError::NoBrackets),
         ("MAIL FROM:<joe@example.com\r\n", PathError::Unclosed),
@@ -102,6 +104,7 @@ fn malformed_paths_are_refused_with_the_reason() {
         ("MAIL FROM:<a@-x.com>\r\n", PathError::BadDomain),
         ("MAIL FROM:<a@example.com >\r\n", PathError::BadDomain),
         ("MAIL FROM:<j\u{f6}e@example.com>\r\n", PathError::NonAscii),
+        (&long, PathError::TooLong),
     ];
     for (line, want) in cases {
         assert_eq!(mail(line).err(), Some(*want), "{line:?}");
