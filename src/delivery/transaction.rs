@@ -4,6 +4,7 @@
 
 use super::upstream::{Client, Connection};
 use super::verdict::{Cause, Fault, UpstreamReply, Verdict};
+use crate::message::{Mailbox, ReversePath};
 use crate::spool::Envelope;
 use mail_send::SmtpClient;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -26,13 +27,67 @@ pub(super) async fn transact(
     } else {
         ""
     };
-    let pipelining = conn.pipelining;
-    match &mut conn.client {
-        Client::Tls(c) if pipelining => pipelined(c.as_mut(), envelope, rcpts, parts, body).await,
-        Client::Plain(c) if pipelining => pipelined(c, envelope, rcpts, parts, body).await,
-        Client::Tls(c) => transact_on(c.as_mut(), envelope, rcpts, parts, body).await,
-        Client::Plain(c) => transact_on(c, envelope, rcpts, parts, body).await,
+    let (cmds, unsendable) = match commands(envelope, rcpts, body) {
+        Ok(split) => split,
+        Err(outcomes) => return Ok(outcomes),
+    };
+    if cmds.rcpts.is_empty() {
+        return Ok(unsendable);
     }
+    let pipelining = conn.pipelining;
+    let mut outcomes = match &mut conn.client {
+        Client::Tls(c) if pipelining => pipelined(c.as_mut(), &cmds, parts).await,
+        Client::Plain(c) if pipelining => pipelined(c, &cmds, parts).await,
+        Client::Tls(c) => transact_on(c.as_mut(), &cmds, parts).await,
+        Client::Plain(c) => transact_on(c, &cmds, parts).await,
+    }?;
+    outcomes.extend(unsendable);
+    Ok(outcomes)
+}
+
+/// The MAIL command and one RCPT command per sendable recipient.
+struct Commands {
+    mail: String,
+    /// Spool indexes of the recipients, and their RCPT commands, in the same order.
+    rcpts: Vec<usize>,
+    rcpt_lines: Vec<String>,
+}
+
+/// Writes the envelope as RFC 5321 paths: every stored address is read again by the
+/// same reader that checked it at MAIL and RCPT and written with the quoting it needs, so
+/// no stored text reaches the upstream as anything but one path. An address that does
+/// not read (a spool file from before addresses were checked, or edited by hand) is
+/// never sent: a bad recipient fails alone, a bad sender fails the whole message.
+fn commands(
+    envelope: &Envelope,
+    rcpts: &[usize],
+    body_param: &str,
+) -> Result<(Commands, Outcomes), Outcomes> {
+    let sender = ReversePath::parse(&envelope.mail_from).map_err(|e| {
+        tracing::error!(queue_id = %envelope.id, reason = %e, "the stored envelope sender is not a valid path; not sent");
+        let why = Cause::relay(format!("the stored envelope sender is not a valid address: {e}"));
+        rcpts.iter().map(|&i| (i, Verdict::Failed(why.clone()))).collect::<Outcomes>()
+    })?;
+    let mut cmds = Commands {
+        mail: format!("MAIL FROM:<{sender}>{body_param}\r\n"),
+        rcpts: Vec::with_capacity(rcpts.len()),
+        rcpt_lines: Vec::with_capacity(rcpts.len()),
+    };
+    let mut unsendable = Vec::new();
+    for &i in rcpts {
+        match Mailbox::parse(&envelope.rcpts[i]) {
+            Ok(rcpt) => {
+                cmds.rcpts.push(i);
+                cmds.rcpt_lines.push(format!("RCPT TO:<{rcpt}>\r\n"));
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %envelope.id, rcpt_index = i, reason = %e, "a stored recipient is not a valid path; not sent");
+                let why = format!("the stored recipient is not a valid address: {e}");
+                unsendable.push((i, Verdict::Failed(Cause::relay(why))));
+            }
+        }
+    }
+    Ok((cmds, unsendable))
 }
 
 fn before_data(e: mail_send::Error) -> TransactError {
@@ -54,14 +109,6 @@ fn auth_required(reply: &smtp_proto::Response<String>) -> TransactError {
         },
         retry_now: false,
     }
-}
-
-fn mail_cmd(envelope: &Envelope, body_param: &str) -> String {
-    format!("MAIL FROM:<{}>{body_param}\r\n", envelope.mail_from)
-}
-
-fn rcpt_cmd(envelope: &Envelope, i: usize) -> String {
-    format!("RCPT TO:<{}>\r\n", envelope.rcpts[i])
 }
 
 type Reply = smtp_proto::Response<String>;
@@ -168,14 +215,13 @@ async fn conclude<T: AsyncRead + AsyncWrite + Unpin>(
 /// nothing committed, so the attempt is simply repeated.
 async fn pipelined<T: AsyncRead + AsyncWrite + Unpin>(
     c: &mut SmtpClient<T>,
-    envelope: &Envelope,
-    rcpts: &[usize],
+    cmds: &Commands,
     parts: &[&[u8]],
-    body_param: &str,
 ) -> Result<Outcomes, TransactError> {
-    let mut batch = mail_cmd(envelope, body_param);
-    for &i in rcpts {
-        batch.push_str(&rcpt_cmd(envelope, i));
+    let rcpts = &cmds.rcpts[..];
+    let mut batch = cmds.mail.clone();
+    for line in &cmds.rcpt_lines {
+        batch.push_str(line);
     }
     batch.push_str("DATA\r\n");
     let (replies, cut) = tokio::time::timeout(c.timeout, async {
@@ -206,19 +252,15 @@ async fn pipelined<T: AsyncRead + AsyncWrite + Unpin>(
 /// The transaction command by command, for an upstream without PIPELINING.
 async fn transact_on<T: AsyncRead + AsyncWrite + Unpin>(
     c: &mut SmtpClient<T>,
-    envelope: &Envelope,
-    rcpts: &[usize],
+    cmds: &Commands,
     parts: &[&[u8]],
-    body_param: &str,
 ) -> Result<Outcomes, TransactError> {
-    let mail = c
-        .cmd(mail_cmd(envelope, body_param))
-        .await
-        .map_err(before_data)?;
+    let rcpts = &cmds.rcpts[..];
+    let mail = c.cmd(cmds.mail.as_bytes()).await.map_err(before_data)?;
     let mut rest = Vec::with_capacity(rcpts.len() + 1);
     if (200..300).contains(&mail.code) {
-        for &i in rcpts {
-            let reply = c.cmd(rcpt_cmd(envelope, i)).await.map_err(before_data)?;
+        for line in &cmds.rcpt_lines {
+            let reply = c.cmd(line.as_bytes()).await.map_err(before_data)?;
             let closing = reply.code == 421;
             rest.push(reply);
             if closing {

@@ -195,7 +195,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ));
         }
         let domain = from_domain(&headers)
-            .map_err(|e| Refused::new(Refusal::BadFrom, e.to_string(), true))?;
+            .map_err(|e| Refused::new(Refusal::BadFrom(e.clone()), e.to_string(), true))?;
         // Authorisation before the key check: a tenant learns nothing about which other
         // domains the relay signs for.
         if let Some(grant) = self.grant().filter(|g| !g.permits(&domain)) {
@@ -252,8 +252,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             received: unix(now),
             client: self.client.ip,
             helo: self.helo.clone(),
-            mail_from: txn.mail_from.clone(),
-            rcpts: txn.rcpts.clone(),
+            mail_from: txn.mail_from.to_string(),
+            rcpts: txn.rcpts.iter().map(ToString::to_string).collect(),
             from_domain: domain,
             size: 0,
             eight_bit: false,

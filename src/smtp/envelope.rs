@@ -3,6 +3,7 @@
 
 use super::reply::{Refusal, Reply};
 use super::session::{Session, State, Transaction};
+use crate::message::{command_path, Mailbox, PathError, ReversePath};
 use std::borrow::Cow;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -12,6 +13,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub(super) fn mail(
         &mut self,
         from: smtp_proto::MailFrom<Cow<'_, str>>,
+        line: &[u8],
     ) -> Result<Reply, Refusal> {
         match self.state {
             State::Fresh => return Err(Refusal::BadSequence("send EHLO first")),
@@ -50,29 +52,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if from.size as u64 > smtp.max_message_size.0 {
             return Err(Refusal::MessageTooBig);
         }
-        let address = from.address.trim().to_string();
-        if !address.is_ascii() {
-            return Err(Refusal::NonAsciiAddress);
-        }
-        if !address.is_empty() {
-            let Some((_, domain)) = address.rsplit_once('@') else {
-                return Err(Refusal::Syntax("MAIL FROM:<user@domain> or MAIL FROM:<>"));
-            };
-            let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let path = checked_path(line, &from.address).map_err(|e| match e {
+            PathError::NonAscii => Refusal::NonAsciiAddress,
+            e => Refusal::BadSender(e),
+        })?;
+        if let Some(mailbox) = path.mailbox() {
+            let domain = mailbox.domain().to_ascii_lowercase();
             if !grant.permits(&domain) {
                 tracing::warn!(client = %self.client.ip, user = %self.user_name(), domain = %domain, allowed = %grant.describe(), "envelope sender domain not allowed for this client");
                 return Err(Refusal::SenderDomainDenied);
             }
         }
         self.state = State::Transaction(Transaction {
-            mail_from: address,
+            mail_from: path,
             rcpts: Vec::new(),
             declared_size: from.size,
         });
         Ok(Reply::new(250, "2.1.0", "Sender OK"))
     }
 
-    pub(super) fn rcpt(&mut self, to: smtp_proto::RcptTo<Cow<'_, str>>) -> Result<Reply, Refusal> {
+    pub(super) fn rcpt(
+        &mut self,
+        to: smtp_proto::RcptTo<Cow<'_, str>>,
+        line: &[u8],
+    ) -> Result<Reply, Refusal> {
         let max = self.ctx.config.smtp.max_recipients;
         let State::Transaction(txn) = &mut self.state else {
             return Err(Refusal::BadSequence("send MAIL first"));
@@ -80,18 +83,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if to.flags != 0 || to.orcpt.is_some() || to.rrvs != 0 {
             return Err(Refusal::UnsupportedParameter);
         }
-        let address = to.address.trim();
-        if !address.is_ascii() {
-            return Err(Refusal::NonAsciiAddress);
-        }
-        match address.rsplit_once('@') {
-            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {}
-            _ => return Err(Refusal::BadRecipient),
-        }
+        let mailbox = match checked_path(line, &to.address) {
+            Ok(ReversePath::Mailbox(mailbox)) => mailbox,
+            Ok(ReversePath::Null) => {
+                return Err(Refusal::BadRecipientPath(PathError::NullRecipient))
+            }
+            Err(PathError::NonAscii) => return Err(Refusal::NonAsciiAddress),
+            Err(e) => return Err(Refusal::BadRecipientPath(e)),
+        };
         if txn.rcpts.len() >= max {
             return Err(Refusal::TooManyRecipients);
         }
-        txn.rcpts.push(address.to_string());
+        txn.rcpts.push(mailbox);
         Ok(Reply::new(250, "2.1.5", "Recipient OK"))
     }
+}
+
+/// The path of a MAIL or RCPT line read strictly by our own reader, and accepted only when
+/// smtp-proto (whose reading the parameters come from) found the same mailbox: then both
+/// agree where the path ends, and no parameter can hide inside it.
+fn checked_path(line: &[u8], proto_address: &str) -> Result<ReversePath, PathError> {
+    let read = command_path(line)?;
+    let same = match &read.path {
+        ReversePath::Null => proto_address.is_empty(),
+        ReversePath::Mailbox(m) => Mailbox::unquoted(m) == proto_address,
+    };
+    if !same {
+        tracing::info!(ours = %read.path, smtp_proto = %proto_address, "two readings of an envelope address differ; refused");
+        return Err(PathError::Ambiguous);
+    }
+    Ok(read.path)
 }

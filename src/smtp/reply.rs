@@ -83,6 +83,10 @@ pub enum Refusal {
     RelayDenied,
     UnsupportedParameter,
     BadRecipient,
+    /// A MAIL FROM path the relay cannot forward exactly as it read it.
+    BadSender(crate::message::PathError),
+    /// A RCPT TO path the relay cannot forward exactly as it read it.
+    BadRecipientPath(crate::message::PathError),
     MessageTooBig,
     TooManyRecipients,
     NoRecipients,
@@ -90,8 +94,8 @@ pub enum Refusal {
     TaintedData(Taint),
     LineTooLong,
     MalformedHeader,
-    /// From missing, repeated, a group, several mailboxes, or no address.
-    BadFrom,
+    /// From missing, repeated, or not one mailbox that every parser reads alike.
+    BadFrom(crate::message::FromError),
     /// A field RFC 5322 allows once (To, Subject, Message-ID, …) occurs twice.
     RepeatedField(&'static str),
     /// The relay has no key for the From domain.
@@ -171,6 +175,16 @@ impl Refusal {
             }
             Refusal::UnsupportedParameter => Reply::new(555, "5.5.4", "Parameter not supported"),
             Refusal::BadRecipient => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
+            Refusal::BadSender(why) => Reply::owned(
+                501,
+                "5.1.7",
+                format!("Bad sender address: {why}; send MAIL FROM:<local@domain> or <>"),
+            ),
+            Refusal::BadRecipientPath(why) => Reply::owned(
+                553,
+                "5.1.3",
+                format!("Bad recipient address: {why}; send RCPT TO:<local@domain>"),
+            ),
             Refusal::MessageTooBig => Reply::new(552, "5.3.4", "Message too big"),
             Refusal::TooManyRecipients => Reply::new(452, "4.5.3", "Too many recipients"),
             Refusal::NoRecipients => Reply::new(554, "5.5.1", "No valid recipients"),
@@ -183,10 +197,10 @@ impl Refusal {
                 Reply::new(554, "5.6.0", "Message has a line longer than 998 octets")
             }
             Refusal::MalformedHeader => Reply::new(550, "5.6.0", "Message header is malformed"),
-            Refusal::BadFrom => Reply::new(
+            Refusal::BadFrom(why) => Reply::owned(
                 550,
                 "5.6.0",
-                "Message must have exactly one From header field with one address",
+                format!("Bad From: {why}; send exactly one From with one address such as Name <user@example.com>"),
             ),
             Refusal::RepeatedField(name) => Reply::owned(
                 550,

@@ -6,6 +6,7 @@ use super::connection::ClientInfo;
 use super::reply::{Refusal, Reply, Taint};
 use super::server::SmtpContext;
 use crate::auth::DomainGrant;
+use crate::message::{Mailbox, ReversePath};
 use smtp_proto::{Error as ParseError, Request};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -17,8 +18,8 @@ use zeroize::Zeroize;
 /// Mail transaction parameters accepted so far.
 #[derive(Debug)]
 pub(super) struct Transaction {
-    pub mail_from: String,
-    pub rcpts: Vec<String>,
+    pub mail_from: ReversePath,
+    pub rcpts: Vec<Mailbox>,
     /// SIZE= declared at MAIL, used to size the receive buffer.
     pub declared_size: usize,
 }
@@ -247,11 +248,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.answer(Ok(reply))
             }
             Request::Mail { from } => {
-                let result = self.mail(from);
+                let result = self.mail(from, line);
                 self.answer(result)
             }
             Request::Rcpt { to } => {
-                let result = self.rcpt(to);
+                let result = self.rcpt(to, line);
                 self.answer(result)
             }
             Request::Data => self.data().await,

@@ -22,6 +22,9 @@ pub enum Tls {
 pub struct Received {
     pub mail_from: String,
     pub rcpts: Vec<String>,
+    /// The MAIL and RCPT command lines exactly as they arrived, CRLF cut off.
+    pub mail_line: String,
+    pub rcpt_lines: Vec<String>,
     /// The message as received, dot-stuffing undone.
     pub data: Vec<u8>,
 }
@@ -216,6 +219,8 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut mail_from = String::new();
     let mut rcpts = Vec::new();
+    let mut mail_line = String::new();
+    let mut rcpt_lines = Vec::new();
     let mut in_transaction = false;
     loop {
         let mut line = String::new();
@@ -270,7 +275,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
         } else if upper.starts_with("MAIL FROM:") {
             mail_from = address(&line);
+            mail_line = line.trim_end_matches("\r\n").to_string();
             rcpts.clear();
+            rcpt_lines.clear();
             let mut s = script.lock().unwrap();
             s.transactions += 1;
             let reply = s
@@ -291,6 +298,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 Some(reply) => reply,
                 None => {
                     rcpts.push(rcpt);
+                    rcpt_lines.push(line.trim_end_matches("\r\n").to_string());
                     "250 2.1.5 ok".to_string()
                 }
             }
@@ -323,6 +331,8 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     s.received.push(Received {
                         mail_from: mail_from.clone(),
                         rcpts: rcpts.clone(),
+                        mail_line: mail_line.clone(),
+                        rcpt_lines: rcpt_lines.clone(),
                         data,
                     });
                 }
@@ -334,6 +344,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             reply
         } else if upper.starts_with("RSET") {
             rcpts.clear();
+            rcpt_lines.clear();
             in_transaction = false;
             "250 2.0.0 ok".to_string()
         } else if upper.starts_with("NOOP") {
