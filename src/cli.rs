@@ -244,7 +244,7 @@ fn doctor(config: &Config, args: DoctorArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let now = crate::delivery::now_unix();
+    let now = crate::clock::now_unix();
     let report = match runtime.block_on(crate::doctor::run(config, args.domain.as_deref(), now)) {
         Ok(report) => report,
         Err(e @ (DoctorError::BadDomain(_) | DoctorError::Resolver(_))) => {

@@ -69,6 +69,23 @@ pub fn write_atomic_via(
     result
 }
 
+/// Bytes an unprivileged process may still write on the filesystem holding `dir`.
+pub fn available_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statvfs writes only into `stat`, a plain C struct that may start zeroed;
+    // `path` is a NUL-terminated string that outlives the call.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // u64 here; narrower on 32-bit targets, hence the conversion.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, size) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+    Ok(blocks.saturating_mul(size))
+}
+
 /// Reads a whole file, refusing a symlink (ELOOP): a link planted in the queue must not
 /// make the relay load, and deliver, a file from elsewhere on the host.
 pub fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {

@@ -1,7 +1,7 @@
 //! Wires the stages together: key store → key ring, spool → queue runner, listener →
 //! sessions. [`start`] is what `serve` runs and what integration tests start in-process.
 
-use crate::config::{Config, DomainConfig};
+use crate::config::{Config, DomainConfig, LiveConfig};
 use crate::delivery::{
     self, DeliveryContext, DeliveryEvent, Outbox, QueueHandle, RetryPolicy, Router,
     SharedTransport, Transport,
@@ -61,20 +61,6 @@ async fn bind_implicit_tls(
     let listener = TcpListener::bind(addr).await.map_err(listen_err)?;
     let bound = listener.local_addr().map_err(listen_err)?;
     Ok((Some(listener), Some(bound)))
-}
-
-/// The config that key loading and rotation use; replaced whole on hot reload.
-#[derive(Debug)]
-pub struct LiveConfig(std::sync::RwLock<Arc<Config>>);
-
-impl LiveConfig {
-    pub fn current(&self) -> Arc<Config> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn replace(&self, config: Config) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
-    }
 }
 
 /// A running relay.
@@ -242,10 +228,10 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
     // became due while the relay was down.
     let rotator = Rotator::new(&config).map_err(StartError::Rotation)?;
     if config.rotation.enabled {
-        rotator.run_all(delivery::now_unix(), false).await;
+        rotator.run_all(crate::clock::now_unix(), false).await;
     }
     let keys = Arc::new(SharedKeyRing::new(load_keys(&store, &config)));
-    let live = Arc::new(LiveConfig(std::sync::RwLock::new(config.clone())));
+    let live = Arc::new(LiveConfig::new(config.clone()));
 
     let spool_err = |source| StartError::Spool {
         path: config.spool.dir.display().to_string(),
@@ -335,7 +321,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         )));
     }
     // Detached: it ends when the event channel closes, after the handle is dropped.
-    tokio::spawn(crate::metrics::count_deliveries(events.subscribe()));
+    tokio::spawn(crate::delivery::count_deliveries(events.subscribe()));
     let metrics_addr = match config.metrics.listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr)
@@ -434,7 +420,7 @@ async fn rotation_scheduler(
                 continue;
             }
         };
-        if rotator.run_all(delivery::now_unix(), false).await {
+        if rotator.run_all(crate::clock::now_unix(), false).await {
             keys.replace(load_keys(&store, &config));
             // Mail that waited for a key may go now.
             queue.flush();
@@ -545,7 +531,7 @@ fn load_keys(store: &KeyStore, config: &Config) -> KeyRing {
 /// DNS wait. This is `keys activate --force` for new domains; tests use it to start from a
 /// signing state. Normal first keys go through rotation and wait for DNS.
 pub fn bootstrap_keys(store: &KeyStore, domains: &[DomainConfig]) -> Result<(), KeyError> {
-    let now = delivery::now_unix();
+    let now = crate::clock::now_unix();
     for domain in domains {
         let state = store.load(&domain.name)?;
         let mut wanted = vec![(Algorithm::Rsa, &domain.rsa_selectors[0])];

@@ -122,7 +122,7 @@ async fn a_running_relay_rotates_only_to_keys_dns_serves_and_old_mail_still_veri
 
     // 91 days later rotation starts, but DNS does not serve s2/e2 yet: nothing switches.
     let rotator = Rotator::new(&config).unwrap();
-    let t0 = dkim_relay::delivery::now_unix();
+    let t0 = dkim_relay::clock::now_unix();
     let report = rotator
         .run_domain(DOMAIN, t0 + 91 * DAY, false)
         .await

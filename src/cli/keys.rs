@@ -135,7 +135,7 @@ pub fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
 }
 
 fn now() -> u64 {
-    crate::delivery::now_unix()
+    crate::clock::now_unix()
 }
 
 fn normalise(domain: &str) -> anyhow::Result<String> {

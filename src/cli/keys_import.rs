@@ -64,7 +64,7 @@ pub fn import(store: &KeyStore, args: ImportArgs) -> anyhow::Result<()> {
     let keys = parse_key_table(&read(&args.key_table)?)?;
     let used = parse_signing_table(&read(&args.signing_table)?)?;
     let _lock = StoreLock::acquire(store.dir()).context("key store lock")?;
-    let now = crate::delivery::now_unix();
+    let now = crate::clock::now_unix();
     let mut imported = 0;
     for entry in keys.iter().filter(|k| used.contains(&k.name)) {
         if !crate::config::is_dns_name(&entry.domain)

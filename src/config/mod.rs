@@ -6,6 +6,7 @@
 //! spool in `./spool`, signed mail written to `./outbox` because no upstream is set.
 
 mod inbound;
+mod live;
 mod metrics;
 mod paths;
 mod relay_space;
@@ -15,6 +16,7 @@ mod upstreams;
 
 pub use inbound::{normalise_domains, InboundAuthConfig, InboundTlsConfig, SenderPolicyConfig};
 
+pub use live::LiveConfig;
 pub use metrics::MetricsConfig;
 pub use rotation::{RotationConfig, SigningMode};
 pub use units::{parse_duration, parse_size, ByteSize, HumanDuration};

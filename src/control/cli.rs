@@ -126,7 +126,7 @@ fn age(received: u64, now: u64) -> String {
 }
 
 fn list(entries: &[Entry]) {
-    let now = crate::delivery::now_unix();
+    let now = crate::clock::now_unix();
     println!(
         "{:<22} {:>5} {:<28} {:>5} {:>8} {:<10} LAST ERROR",
         "ID", "AGE", "SENDER", "RCPTS", "ATTEMPTS", "NEXT"

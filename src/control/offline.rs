@@ -15,7 +15,7 @@ pub fn run(spool: &Spool, request: &Request) -> anyhow::Result<Response> {
     Ok(queue::execute(
         &mut files,
         request,
-        crate::delivery::now_unix(),
+        crate::clock::now_unix(),
     )?)
 }
 

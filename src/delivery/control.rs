@@ -3,7 +3,8 @@
 //! running waits for that attempt to end ([`AfterAttempt`]). What each command means is
 //! decided by `queue::execute`, the same for the spool with no relay running.
 
-use super::{now_unix, Runner};
+use super::Runner;
+use crate::clock::now_unix;
 use crate::queue::{self, AfterAttempt, Entry, Place, Request, Response};
 use crate::spool::{QueueId, QueuedMessage};
 

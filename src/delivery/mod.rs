@@ -7,8 +7,10 @@
 //!
 //! Files: `attempt` (one attempt of one message), `router` (which upstreams, in which
 //! order), `upstream` (one server: pool, connect, AUTH), `transaction` (MAIL/RCPT/DATA),
-//! `verdict` (the typed result of an attempt: reply, whose fault, retry or not), `bounce` (RFC 3464 DSNs), `control` (queue commands
-//! inside the runner), `schedule` (retry times), `outbox`.
+//! `verdict` (the typed result of an attempt: reply, whose fault, retry or not),
+//! `redact` (our credentials out of upstream replies), `bounce` (RFC 3464 DSNs),
+//! `control` (queue commands inside the runner), `schedule` (retry times), `tally`
+//! (outcome counters for /metrics), `outbox`.
 
 mod attempt;
 mod bounce;
@@ -17,6 +19,7 @@ mod outbox;
 mod redact;
 mod router;
 mod schedule;
+mod tally;
 mod transaction;
 mod upstream;
 mod verdict;
@@ -24,6 +27,7 @@ mod verdict;
 pub use outbox::Outbox;
 pub use router::Router;
 pub use schedule::{NextStep, RetryPolicy};
+pub use tally::count_deliveries;
 pub use upstream::{FailedAt, SendError, SigningProfile, Upstream};
 pub use verdict::{Cause, Fault, UpstreamReply, Verdict};
 
@@ -31,7 +35,7 @@ use crate::dkim::SharedKeyRing;
 use crate::spool::{QueueId, QueuedMessage, Spool};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
 
 /// Where signed messages go.
@@ -165,13 +169,6 @@ impl QueueHandle {
     }
 }
 
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Starts the runner with the messages loaded from the spool. It runs until `shutdown`;
 /// attempts in progress then finish before the returned future completes.
 pub fn start(
@@ -280,13 +277,13 @@ impl Runner {
         match self.schedule.first() {
             // Busy workers: a Finished command will wake us.
             Some(_) if self.permits.available_permits() == 0 => Duration::from_secs(3600),
-            Some((at, _)) => Duration::from_secs(at.saturating_sub(now_unix())),
+            Some((at, _)) => Duration::from_secs(at.saturating_sub(crate::clock::now_unix())),
             None => Duration::from_secs(3600),
         }
     }
 
     fn make_all_due(&mut self) {
-        let now = now_unix();
+        let now = crate::clock::now_unix();
         let ids: Vec<QueueId> = self.schedule.iter().map(|(_, id)| id.clone()).collect();
         self.schedule.clear();
         for id in ids {
@@ -298,7 +295,7 @@ impl Runner {
     }
 
     fn dispatch_due(&mut self) {
-        let now = now_unix();
+        let now = crate::clock::now_unix();
         while let Some((at, _)) = self.schedule.first() {
             if *at > now {
                 break;
@@ -318,7 +315,7 @@ impl Runner {
             let span = tracing::info_span!("delivery", queue_id = %id);
             tokio::spawn(tracing::Instrument::instrument(
                 async move {
-                    let back = attempt::attempt(&ctx, item, now_unix()).await;
+                    let back = attempt::attempt(&ctx, item, crate::clock::now_unix()).await;
                     drop(permit);
                     let _ = tx.send(Command::Finished(id, Box::new(back)));
                 },

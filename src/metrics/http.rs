@@ -1,9 +1,9 @@
 //! A deliberately small HTTP/1.1 server for three GET paths; one request per connection.
 
 use super::render::{readiness, render};
+use crate::config::LiveConfig;
 use crate::dkim::SharedKeyRing;
 use crate::keys::KeyStore;
-use crate::relay::LiveConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,7 +52,7 @@ async fn handle(mut stream: TcpStream, ctx: &HttpContext) -> std::io::Result<()>
     let request = String::from_utf8_lossy(&buf[..len]);
     let mut words = request.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let now = crate::delivery::now_unix();
+    let now = crate::clock::now_unix();
     let config = ctx.live.current();
     let (status, content_type, body) = match (method, path) {
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),

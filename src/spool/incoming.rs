@@ -39,6 +39,7 @@ impl Spool {
     pub async fn begin(&self, envelope: &Envelope) -> io::Result<Incoming> {
         let head = ReservedHead::for_envelope(envelope)?;
         let name = msg_name(&envelope.id);
+        self.give_back_when_short().await;
         // A delivered message's file, when one is free, saves creating one (see recycle.rs).
         let tmp = self.queue.join(
             self.recycler
@@ -54,6 +55,8 @@ impl Spool {
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
+                // A symlink planted under the temp or `.free-N` name is not followed.
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)?;
             // A placeholder, overwritten in place at commit; the file is cut to length then.
             file.write_all_at(&vec![b' '; reserved], 0)?;
@@ -77,6 +80,39 @@ impl Spool {
         file.seek(io::SeekFrom::Start(reserved as u64)).await?;
         incoming.file = Some(file);
         Ok(incoming)
+    }
+}
+
+/// Below this much free space (plus what the free files hold) the spool gives the free
+/// files back before a message streams in. Its size is not known before it ends, so the
+/// ENOSPC retry of `store` cannot be had here; a disk this short should not hoard files
+/// for reuse anyway.
+const SHORT_OF_SPACE: u64 = 32 << 20;
+
+impl Spool {
+    async fn give_back_when_short(&self) {
+        let Some(recycler) = self.recycler.clone() else {
+            return;
+        };
+        let held = recycler.held_bound();
+        if held == 0 {
+            return;
+        }
+        let queue = self.queue.clone();
+        let freed = tokio::task::spawn_blocking(move || {
+            let short = crate::fsutil::available_bytes(&queue)
+                .is_ok_and(|free| free < SHORT_OF_SPACE.saturating_add(held));
+            short.then(|| recycler.give_back(&queue))
+        })
+        .await;
+        if let Ok(Some(n)) = freed {
+            if n > 0 {
+                tracing::info!(
+                    files = n,
+                    "spool short of space: freed the files kept for reuse"
+                );
+            }
+        }
     }
 }
 

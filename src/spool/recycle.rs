@@ -74,6 +74,17 @@ impl Recycler {
         names.len()
     }
 
+    /// The most disk the free files can hold (each is at most `MAX_KEPT_SIZE`).
+    pub fn held_bound(&self) -> u64 {
+        let n = self
+            .inner
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        n as u64 * MAX_KEPT_SIZE
+    }
+
     /// The file renamed to `name` is ready for reuse.
     pub fn kept(&self, name: String) {
         self.inner
