@@ -7,27 +7,8 @@ mod common;
 
 use common::upstream::FakeUpstream;
 use common::*;
-use dkim_relay::config::SenderPolicyConfig;
 use dkim_relay::delivery::{DeliveryEvent, Fault};
 use dkim_relay::spool::{Envelope, Origin, QueueId, Spool};
-
-/// A relay whose loopback clients may use only example.com, like a tenant's network.
-async fn tenant_relay() -> (
-    dkim_relay::relay::RelayHandle,
-    FakeUpstream,
-    tempfile::TempDir,
-) {
-    let upstream = FakeUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path(), Some(upstream.addr));
-    config.smtp.allowed_networks = vec!["10.0.0.0/8".parse().unwrap()];
-    config.smtp.senders = vec![SenderPolicyConfig {
-        networks: vec!["127.0.0.0/8".parse().unwrap()],
-        from_domains: vec![DOMAIN.into()],
-    }];
-    config.validate().unwrap();
-    (start(config).await, upstream, dir)
-}
 
 /// MAIL and RCPT exactly as given, then a small message from a@example.com.
 async fn send_lines(client: &mut Client, mail: &str, rcpt: &str, tag: &str) -> (String, String) {

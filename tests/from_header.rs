@@ -5,9 +5,7 @@
 
 mod common;
 
-use common::upstream::FakeUpstream;
 use common::*;
-use dkim_relay::config::SenderPolicyConfig;
 
 fn message_from(from: &str, tag: &str) -> String {
     format!(
@@ -17,16 +15,8 @@ fn message_from(from: &str, tag: &str) -> String {
 
 #[tokio::test]
 async fn a_from_that_parsers_read_differently_is_refused_with_the_reason() {
-    let upstream = FakeUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path(), Some(upstream.addr));
-    config.smtp.allowed_networks = vec!["10.0.0.0/8".parse().unwrap()];
-    config.smtp.senders = vec![SenderPolicyConfig {
-        networks: vec!["127.0.0.0/8".parse().unwrap()],
-        from_domains: vec![DOMAIN.into()],
-    }];
-    config.validate().unwrap();
-    let relay = start(config).await;
+    // Loopback is a tenant's network, allowed only example.com.
+    let (relay, upstream, _dir) = tenant_relay().await;
     let mut events = relay.subscribe();
     let mut client = Client::greeted(relay.smtp_addr()).await;
 

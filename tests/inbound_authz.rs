@@ -7,7 +7,6 @@ mod common;
 use common::inbound::*;
 use common::upstream::FakeUpstream;
 use common::*;
-use dkim_relay::config::SenderPolicyConfig;
 
 /// (MAIL FROM, header From, expected reply prefix)
 type Row = (&'static str, &'static str, &'static str);
@@ -40,17 +39,8 @@ where
 
 #[tokio::test]
 async fn a_tenant_network_cannot_send_as_another_tenants_domain() {
-    let upstream = FakeUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(dir.path(), Some(upstream.addr));
-    // Loopback is tenant A's network, allowed only example.com.
-    config.smtp.allowed_networks = vec!["10.0.0.0/8".parse().unwrap()];
-    config.smtp.senders = vec![SenderPolicyConfig {
-        networks: vec!["127.0.0.0/8".parse().unwrap()],
-        from_domains: vec![DOMAIN.into()],
-    }];
-    config.validate().unwrap();
-    let relay = start(config).await;
+    // Loopback is a tenant's network, allowed only example.com.
+    let (relay, upstream, dir) = tenant_relay().await;
     let mut events = relay.subscribe();
     let mut smtp = Smtp::connect(relay.smtp_addr()).await;
     smtp.ehlo().await;

@@ -254,3 +254,21 @@ pub fn closed_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap()
 }
+
+/// A relay whose loopback clients may use only example.com, like a tenant's network.
+pub async fn tenant_relay() -> (
+    dkim_relay::relay::RelayHandle,
+    upstream::FakeUpstream,
+    tempfile::TempDir,
+) {
+    let upstream = upstream::FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), Some(upstream.addr));
+    config.smtp.allowed_networks = vec!["10.0.0.0/8".parse().unwrap()];
+    config.smtp.senders = vec![dkim_relay::config::SenderPolicyConfig {
+        networks: vec!["127.0.0.0/8".parse().unwrap()],
+        from_domains: vec![DOMAIN.into()],
+    }];
+    config.validate().unwrap();
+    (start(config).await, upstream, dir)
+}
