@@ -30,18 +30,7 @@ fn write(dir: &Path, top: &str, smtp: &str, rest: &str) -> std::path::PathBuf {
 
 /// `config check`: (exit status 0, stdout + stderr).
 fn check(config: &Path) -> (bool, String) {
-    let out = Command::new(bin())
-        .arg("--config")
-        .arg(config)
-        .args(["config", "check"])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::child::cli(config, &["config", "check"])
 }
 
 /// Whether `serve` exits with an error by itself (instead of starting to accept mail).

@@ -102,12 +102,11 @@ pub fn spawn_relay(config: &Path, log: Arc<Mutex<Vec<String>>>) -> (ChildRelay, 
     (ChildRelay(child), addr)
 }
 
-/// Runs `dkim-relay queue ARGS` against the config; returns (success, stdout + stderr).
-pub fn queue_cmd(config: &Path, args: &[&str]) -> (bool, String) {
+/// Runs `dkim-relay --config CONFIG ARGS…`; returns (success, stdout + stderr).
+pub fn cli(config: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dkim-relay"))
         .arg("--config")
         .arg(config)
-        .arg("queue")
         .args(args)
         .output()
         .unwrap();
@@ -117,4 +116,11 @@ pub fn queue_cmd(config: &Path, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// Runs `dkim-relay queue ARGS` against the config; returns (success, stdout + stderr).
+pub fn queue_cmd(config: &Path, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["queue"];
+    all.extend_from_slice(args);
+    cli(config, &all)
 }
