@@ -7,7 +7,9 @@ use crate::keys::{
 };
 use crate::message::rfc5322_date;
 use crate::rotation::dns::DnsChecker;
-use crate::rotation::{apply, rotation_due, PublishedBecause, Rotator, Step};
+use crate::rotation::{
+    apply, free_slot, next_move, rotation_due, NextMove, PublishedBecause, Rotator, Step,
+};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
@@ -198,12 +200,7 @@ fn generate_cmd(config: &Config, store: &KeyStore, args: GenerateArgs) -> anyhow
             Algorithm::Rsa => &settings.rsa_selectors,
             Algorithm::Ed25519 => &settings.ed25519_selectors,
         };
-        let free = |s: &String| {
-            state
-                .slot(s)
-                .is_none_or(|slot| slot.state == SlotState::Retired)
-        };
-        let Some(selector) = pair.iter().find(|s| free(s)).cloned() else {
+        let Some(selector) = free_slot(&state, &policy, algorithm) else {
             bail!("{domain}: both {algorithm} slots ({} and {}) hold keys in use; `keys rotate` replaces them", pair[0], pair[1]);
         };
         let material = generate(algorithm, args.rsa_bits).map_err(anyhow::Error::msg)?;
@@ -251,25 +248,24 @@ struct SlotStatus {
     last_dns_check: Option<crate::keys::DnsCheck>,
 }
 
+/// The planner's next move for the slot, in words, and its time.
 fn next_transition(config: &Config, slot: &Slot) -> (String, Option<u64>) {
     let r = &config.rotation;
-    match slot.state {
-        SlotState::Pending if r.dns_check => ("published once DNS serves this key".into(), None),
-        SlotState::Pending => {
-            let at = slot.hook_published.unwrap_or(slot.created) + r.propagation_wait.0.as_secs();
-            ("published after the propagation wait".into(), Some(at))
-        }
-        SlotState::Published => ("active at the next rotation check".into(), None),
-        SlotState::Active => {
-            let at = slot.active_since.unwrap_or(slot.created) + r.interval.0.as_secs();
-            ("replaced by rotation".into(), Some(at))
-        }
-        SlotState::Retiring => (
-            "retired when the grace period ends".into(),
-            slot.retiring_until,
-        ),
-        SlotState::Retired => ("none (revoke its record: empty p=)".into(), None),
-    }
+    let next = next_move(
+        slot,
+        r.interval.0.as_secs(),
+        r.propagation_wait.0.as_secs(),
+        r.dns_check,
+    );
+    let words = match next {
+        NextMove::PublishedWhenServed => "published once DNS serves this key",
+        NextMove::PublishedAt(_) => "published after the propagation wait",
+        NextMove::ActivatedNextRun => "active at the next rotation check",
+        NextMove::ReplacedAt(_) => "replaced by rotation",
+        NextMove::RetiredAt(_) => "retired when the grace period ends",
+        NextMove::Nothing => "none (revoke its record: empty p=)",
+    };
+    (words.into(), next.at())
 }
 
 fn rsa_bits(store: &KeyStore, domain: &str, slot: &Slot) -> Option<usize> {

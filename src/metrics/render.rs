@@ -135,16 +135,13 @@ pub fn render(config: &Config, store: &KeyStore, queue_dir: &Path, now: u64) -> 
     }
     line("# TYPE dkim_relay_key_next_transition_seconds gauge".into());
     for (labels, slot) in &per_key {
-        let at = match slot.state {
-            SlotState::Active => {
-                Some(slot.active_since.unwrap_or(slot.created) + rotation.interval.0.as_secs())
-            }
-            SlotState::Retiring => slot.retiring_until,
-            SlotState::Pending if !rotation.dns_check => Some(
-                slot.hook_published.unwrap_or(slot.created) + rotation.propagation_wait.0.as_secs(),
-            ),
-            _ => None,
-        };
+        let at = crate::rotation::next_move(
+            slot,
+            rotation.interval.0.as_secs(),
+            rotation.propagation_wait.0.as_secs(),
+            rotation.dns_check,
+        )
+        .at();
         if let Some(at) = at {
             line(format!(
                 "dkim_relay_key_next_transition_seconds{{{labels}}} {}",

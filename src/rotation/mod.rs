@@ -10,4 +10,6 @@ pub mod planner;
 
 pub use apply::{apply, record_dns_check, Transition};
 pub use executor::{DomainReport, Rotator};
-pub use planner::{plan, rotation_due, Policy, PublishedBecause, Step};
+pub use planner::{
+    free_slot, next_move, plan, rotation_due, NextMove, Policy, PublishedBecause, Step,
+};

@@ -82,8 +82,9 @@ fn incoming(state: &DomainState, algorithm: Algorithm) -> Option<&Slot> {
         .find(|s| matches!(s.state, SlotState::Pending | SlotState::Published))
 }
 
-/// The slot a new key of `algorithm` may go into: one never used, or retired.
-fn free_slot(state: &DomainState, policy: &Policy, algorithm: Algorithm) -> Option<String> {
+/// The slot a new key of `algorithm` may go into: one never used, or retired. Also what
+/// `keys generate` asks, so both pick the same slot.
+pub fn free_slot(state: &DomainState, policy: &Policy, algorithm: Algorithm) -> Option<String> {
     policy
         .selectors(algorithm)
         .iter()
@@ -94,6 +95,56 @@ fn free_slot(state: &DomainState, policy: &Policy, algorithm: Algorithm) -> Opti
             }
             Some(_) => None,
         })
+}
+
+/// What happens to a key next, and when (Unix seconds) where a time decides it: the
+/// planner's own rules, for `keys status` and /metrics to render rather than re-derive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextMove {
+    /// Pending with DNS checks on: published once DNS serves exactly this key.
+    PublishedWhenServed,
+    /// Pending with DNS checks off: published when the propagation wait has passed.
+    PublishedAt(u64),
+    /// Published: becomes active at the next planner run.
+    ActivatedNextRun,
+    /// Active: replaced when it is older than the interval.
+    ReplacedAt(u64),
+    /// Retiring: retired when its grace period ends (None: no end recorded).
+    RetiredAt(Option<u64>),
+    /// Retired: nothing more; its record may be revoked.
+    Nothing,
+}
+
+impl NextMove {
+    /// When it happens, where a time decides it.
+    pub fn at(self) -> Option<u64> {
+        match self {
+            NextMove::PublishedAt(t) | NextMove::ReplacedAt(t) => Some(t),
+            NextMove::RetiredAt(t) => t,
+            NextMove::PublishedWhenServed | NextMove::ActivatedNextRun | NextMove::Nothing => None,
+        }
+    }
+}
+
+/// The next move of `slot` under the rotation settings (interval, propagation wait and
+/// whether DNS is checked, in seconds).
+pub fn next_move(slot: &Slot, interval: u64, propagation_wait: u64, dns_check: bool) -> NextMove {
+    match slot.state {
+        SlotState::Pending if dns_check => NextMove::PublishedWhenServed,
+        SlotState::Pending => NextMove::PublishedAt(
+            slot.hook_published
+                .unwrap_or(slot.created)
+                .saturating_add(propagation_wait),
+        ),
+        SlotState::Published => NextMove::ActivatedNextRun,
+        SlotState::Active => NextMove::ReplacedAt(
+            slot.active_since
+                .unwrap_or(slot.created)
+                .saturating_add(interval),
+        ),
+        SlotState::Retiring => NextMove::RetiredAt(slot.retiring_until),
+        SlotState::Retired => NextMove::Nothing,
+    }
 }
 
 /// Whether the domain is due to rotate at `now`: some active key is older than the interval.

@@ -292,3 +292,38 @@ fn a_year_of_quarterly_rotation_keeps_one_active_key_per_algorithm() {
         "bootstrap + 4 rotations, two algorithms: {log:?}"
     );
 }
+
+/// `keys status` and /metrics read when a key moves next from here, not from copies.
+#[test]
+fn next_move_follows_the_planner_rules() {
+    let slot = |state: SlotState| Slot {
+        selector: "s1".into(),
+        algorithm: Algorithm::Rsa,
+        key_file: "s1.pem".into(),
+        state,
+        created: 1_000,
+        published: None,
+        active_since: Some(2_000),
+        retiring_until: Some(9_000),
+        hook_published: Some(1_500),
+        last_dns_check: None,
+        hook_revoked: None,
+    };
+    let next = |state, dns| next_move(&slot(state), 100_000, 600, dns);
+    assert_eq!(
+        next(SlotState::Pending, true),
+        NextMove::PublishedWhenServed
+    );
+    assert_eq!(
+        next(SlotState::Pending, false),
+        NextMove::PublishedAt(2_100)
+    );
+    assert_eq!(next(SlotState::Published, true), NextMove::ActivatedNextRun);
+    assert_eq!(next(SlotState::Active, true), NextMove::ReplacedAt(102_000));
+    assert_eq!(next(SlotState::Active, true).at(), Some(102_000));
+    assert_eq!(
+        next(SlotState::Retiring, true),
+        NextMove::RetiredAt(Some(9_000))
+    );
+    assert_eq!(next(SlotState::Retired, true).at(), None);
+}
