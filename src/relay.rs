@@ -3,8 +3,7 @@
 
 use crate::config::{Config, DomainConfig, LiveConfig};
 use crate::delivery::{
-    self, DeliveryContext, DeliveryEvent, Outbox, QueueHandle, RetryPolicy, Router,
-    SharedTransport, Transport,
+    self, DeliveryContext, DeliveryEvent, Outbox, QueueHandle, Router, SharedTransport, Transport,
 };
 use crate::dkim::{KeyRing, SharedKeyRing};
 use crate::keys::{Algorithm, KeyError, KeyStore, SlotState};
@@ -273,14 +272,8 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         spool: spool.clone(),
         keys: keys.clone(),
         transport: transport.clone(),
-        retry: RetryPolicy {
-            initial: config.delivery.retry_initial.0,
-            max: config.delivery.retry_max.0,
-            lifetime: config.delivery.max_lifetime.0,
-        },
+        live: live.clone(),
         events: events.clone(),
-        hostname: config.hostname.clone(),
-        delay_warning: config.delivery.delay_warning.map(|d| d.0),
     });
     let (queue, runner) = delivery::start(
         delivery_ctx,
@@ -298,7 +291,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         .map_err(|source| StartError::Listen { addr, source })?;
     let spool_handle = spool.clone();
     let (implicit, smtp_tls_addr) = bind_implicit_tls(&config).await?;
-    let smtp_ctx = SmtpContext::new(config.clone(), keys.clone(), spool, queue.clone())
+    let smtp_ctx = SmtpContext::new(live.clone(), keys.clone(), spool, queue.clone())
         .map_err(|e| StartError::Inbound(e.to_string()))?;
     let server = tokio::spawn(smtp::serve(
         listener,
@@ -459,11 +452,7 @@ async fn watch_task(
                 Ok(None) => {}
                 Ok(Some(new)) => {
                     let effect = crate::watch::reload_effect(&live.current(), &new);
-                    if effect
-                        .live
-                        .iter()
-                        .any(|f| crate::watch::UPSTREAM_FIELDS.contains(f))
-                    {
+                    if effect.rebuild_router {
                         replace_upstreams(&transport, &new);
                     }
                     live.replace(new);

@@ -127,23 +127,27 @@ pub fn reread_config(path: &Path, last_text: &mut String) -> Result<Option<Confi
     Ok(Some(config))
 }
 
-/// The fields that make up the delivery router: live, applied by building a new one.
-pub const UPSTREAM_FIELDS: &[&str] = &["upstream", "upstreams", "routes"];
-
 /// What a config reload changed, by how each change takes effect.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReloadEffect {
-    /// Applied now: read by key loading and rotation from the reloaded config, or (the
-    /// [`UPSTREAM_FIELDS`]) by a delivery router built anew.
+    /// Applied now. The SMTP side reads each new connection's rules from the snapshot the
+    /// listener takes at accept; delivery reads the retry schedule and the relay's name at
+    /// each attempt; key loading and rotation read the config at each run; the delivery
+    /// router is built anew (see `rebuild_router`).
     pub live: Vec<&'static str>,
-    /// Read once at start (listener, sessions, spool, delivery workers, upstream clients,
-    /// metrics listener): kept as they were until a restart, and logged by name.
+    /// Sized or bound once at start (the listeners, connection limits, TLS and AUTH, the
+    /// spool, the delivery workers, the metrics listener): kept as they were until a
+    /// restart, and logged by name.
     pub restart: Vec<&'static str>,
+    /// The router (upstreams, routes, and the name the relay gives in EHLO) must be built
+    /// from the new config: new attempts use it, attempts running finish on the old one.
+    pub rebuild_router: bool,
 }
 
 /// Sorts every change between `old` and `new` into live or restart-only. The config is
-/// taken apart field by field with no `..`: a field added to [`Config`] that is not
-/// classified here does not compile, so a reload can never claim to apply what it ignores.
+/// taken apart field by field with no `..`: a field added to [`Config`] (or to its
+/// `[smtp]`, `[delivery]` or `[keys]` sections) that is not classified here does not
+/// compile, so a reload can never claim to apply what it ignores.
 pub fn reload_effect(old: &Config, new: &Config) -> ReloadEffect {
     let Config {
         hostname,
@@ -162,32 +166,204 @@ pub fn reload_effect(old: &Config, new: &Config) -> ReloadEffect {
         dir: keys_dir,
         generate_missing,
     } = keys;
+    let crate::config::SmtpConfig {
+        listen,
+        allowed_networks,
+        max_message_size,
+        max_recipients,
+        max_connections,
+        max_connections_per_client,
+        max_command_length,
+        max_line_length,
+        max_errors,
+        command_timeout,
+        data_timeout,
+        tls,
+        auth,
+        senders,
+        max_messages_per_session,
+        max_auth_line_length,
+        max_header_size,
+        min_data_rate,
+        max_session_age,
+        shutdown_grace,
+        upstream_8bitmime,
+        write_timeout,
+        max_outsider_connections,
+        public_relay_limit_ipv4,
+        public_relay_limit_ipv6,
+        max_data_memory,
+        data_memory_wait,
+    } = smtp;
+    let crate::config::DeliveryConfig {
+        workers,
+        retry_initial,
+        retry_max,
+        max_lifetime,
+        outbox_dir,
+        delay_warning,
+    } = delivery;
+    let (o, os, od) = (old, &old.smtp, &old.delivery);
     let mut effect = ReloadEffect::default();
     let mut note = |changed: bool, live: bool, name: &'static str| match (changed, live) {
         (false, _) => {}
         (true, true) => effect.live.push(name),
         (true, false) => effect.restart.push(name),
     };
-    note(*hostname != old.hostname, false, "hostname");
-    note(*smtp != old.smtp, false, "smtp");
-    note(*spool != old.spool, false, "spool");
-    note(*keys_dir != old.keys.dir, false, "keys.dir");
+    note(*hostname != o.hostname, true, "hostname");
+    // [smtp]: what sessions read is live; what sized the listener is not.
+    note(*listen != os.listen, false, "smtp.listen");
     note(
-        *generate_missing != old.keys.generate_missing,
+        *allowed_networks != os.allowed_networks,
+        true,
+        "smtp.allowed_networks",
+    );
+    note(*senders != os.senders, true, "smtp.senders");
+    // Validation bounds of the two above; checked when the new config was read.
+    note(
+        *public_relay_limit_ipv4 != os.public_relay_limit_ipv4,
+        true,
+        "smtp.public_relay_limit_ipv4",
+    );
+    note(
+        *public_relay_limit_ipv6 != os.public_relay_limit_ipv6,
+        true,
+        "smtp.public_relay_limit_ipv6",
+    );
+    note(
+        *max_message_size != os.max_message_size,
+        true,
+        "smtp.max_message_size",
+    );
+    note(
+        *max_recipients != os.max_recipients,
+        true,
+        "smtp.max_recipients",
+    );
+    note(
+        *max_command_length != os.max_command_length,
+        true,
+        "smtp.max_command_length",
+    );
+    note(
+        *max_line_length != os.max_line_length,
+        true,
+        "smtp.max_line_length",
+    );
+    note(*max_errors != os.max_errors, true, "smtp.max_errors");
+    note(
+        *command_timeout != os.command_timeout,
+        true,
+        "smtp.command_timeout",
+    );
+    note(*data_timeout != os.data_timeout, true, "smtp.data_timeout");
+    note(
+        *max_messages_per_session != os.max_messages_per_session,
+        true,
+        "smtp.max_messages_per_session",
+    );
+    note(
+        *max_auth_line_length != os.max_auth_line_length,
+        true,
+        "smtp.max_auth_line_length",
+    );
+    note(
+        *max_header_size != os.max_header_size,
+        true,
+        "smtp.max_header_size",
+    );
+    note(
+        *min_data_rate != os.min_data_rate,
+        true,
+        "smtp.min_data_rate",
+    );
+    note(
+        *max_session_age != os.max_session_age,
+        true,
+        "smtp.max_session_age",
+    );
+    note(
+        *upstream_8bitmime != os.upstream_8bitmime,
+        true,
+        "smtp.upstream_8bitmime",
+    );
+    note(
+        *write_timeout != os.write_timeout,
+        true,
+        "smtp.write_timeout",
+    );
+    note(
+        *data_memory_wait != os.data_memory_wait,
+        true,
+        "smtp.data_memory_wait",
+    );
+    note(
+        *max_connections != os.max_connections,
+        false,
+        "smtp.max_connections",
+    );
+    note(
+        *max_connections_per_client != os.max_connections_per_client,
+        false,
+        "smtp.max_connections_per_client",
+    );
+    note(
+        *max_outsider_connections != os.max_outsider_connections,
+        false,
+        "smtp.max_outsider_connections",
+    );
+    note(*tls != os.tls, false, "smtp.tls");
+    note(*auth != os.auth, false, "smtp.auth");
+    note(
+        *shutdown_grace != os.shutdown_grace,
+        false,
+        "smtp.shutdown_grace",
+    );
+    note(
+        *max_data_memory != os.max_data_memory,
+        false,
+        "smtp.max_data_memory",
+    );
+    note(*spool != o.spool, false, "spool");
+    note(*keys_dir != o.keys.dir, false, "keys.dir");
+    note(
+        *generate_missing != o.keys.generate_missing,
         true,
         "keys.generate_missing",
     );
-    note(*domains != old.domains, true, "domains");
-    note(*delivery != old.delivery, false, "delivery");
+    note(*domains != o.domains, true, "domains");
+    // [delivery]: each attempt reads the schedule; the workers and the outbox were
+    // started with the relay.
+    note(
+        *retry_initial != od.retry_initial,
+        true,
+        "delivery.retry_initial",
+    );
+    note(*retry_max != od.retry_max, true, "delivery.retry_max");
+    note(
+        *max_lifetime != od.max_lifetime,
+        true,
+        "delivery.max_lifetime",
+    );
+    note(
+        *delay_warning != od.delay_warning,
+        true,
+        "delivery.delay_warning",
+    );
+    note(*workers != od.workers, false, "delivery.workers");
+    note(*outbox_dir != od.outbox_dir, false, "delivery.outbox_dir");
     // A new router replaces the old one; going from the outbox to upstreams or back
     // changes what the relay is, and waits for a restart.
     let has_upstreams = |c: &Config| c.upstream.is_some() || !c.upstreams.is_empty();
-    let router_live = has_upstreams(old) == (upstream.is_some() || !upstreams.is_empty());
-    note(*upstream != old.upstream, router_live, "upstream");
-    note(*upstreams != old.upstreams, router_live, "upstreams");
-    note(*routes != old.routes, router_live, "routes");
-    note(*rotation != old.rotation, true, "rotation");
-    note(*metrics != old.metrics, false, "metrics");
+    let router_live = has_upstreams(o) == (upstream.is_some() || !upstreams.is_empty());
+    let router_changed =
+        *upstream != o.upstream || *upstreams != o.upstreams || *routes != o.routes;
+    note(*upstream != o.upstream, router_live, "upstream");
+    note(*upstreams != o.upstreams, router_live, "upstreams");
+    note(*routes != o.routes, router_live, "routes");
+    note(*rotation != o.rotation, true, "rotation");
+    note(*metrics != o.metrics, false, "metrics");
+    effect.rebuild_router = router_live && (router_changed || *hostname != o.hostname);
     effect
 }
 
@@ -211,16 +387,39 @@ mod tests {
             [metrics]\nlisten = \"127.0.0.1:9100\"\n[rotation]\ninterval = \"60d\"\n";
         let new = Config::from_toml(text).unwrap();
         let effect = reload_effect(&old, &new);
-        assert_eq!(effect.live, ["domains", "rotation"]);
-        assert_eq!(
-            effect.restart,
-            ["hostname", "upstreams", "routes", "metrics"]
+        assert_eq!(effect.live, ["hostname", "domains", "rotation"]);
+        assert_eq!(effect.restart, ["upstreams", "routes", "metrics"]);
+        assert!(
+            !effect.rebuild_router,
+            "outbox to upstreams waits for a restart"
         );
         // Between two upstream configs, the router is rebuilt.
         let other = text.replace("port = 2525", "port = 2526");
         let effect = reload_effect(&new, &Config::from_toml(&other).unwrap());
         assert_eq!(effect.live, ["upstreams"]);
         assert!(effect.restart.is_empty());
+        assert!(effect.rebuild_router);
+    }
+
+    /// Every `[smtp]` and `[delivery]` field is sorted on its own: what sessions and
+    /// attempts read is live, what sized the listener or the workers is named as
+    /// restart-only (before, any `[smtp]` change was "smtp", restart-only, and none applied).
+    #[test]
+    fn smtp_and_delivery_fields_are_sorted_one_by_one() {
+        let old = Config::from_toml("[[domains]]\nname = \"example.com\"\n").unwrap();
+        let text = "[smtp]\nmax_recipients = 3\nmax_connections = 7\nallowed_networks = [\"10.0.0.0/8\"]\n\
+            [delivery]\nretry_initial = \"2m\"\nworkers = 9\n[[domains]]\nname = \"example.com\"\n";
+        let effect = reload_effect(&old, &Config::from_toml(text).unwrap());
+        assert_eq!(
+            effect.live,
+            [
+                "smtp.allowed_networks",
+                "smtp.max_recipients",
+                "delivery.retry_initial"
+            ]
+        );
+        assert_eq!(effect.restart, ["smtp.max_connections", "delivery.workers"]);
+        assert!(!effect.rebuild_router);
     }
 
     /// Hot reload refuses what `config check` refuses: the two halves of the address space.

@@ -164,3 +164,69 @@ async fn a_reload_that_changes_the_upstreams_sends_new_mail_to_the_new_one() {
     assert_eq!(first.received().len(), before);
     relay.shutdown().await;
 }
+
+/// Issue 13: the SMTP side reads the config in force, not a copy taken at start. A reload
+/// that lowers `smtp.max_recipients` and renames the relay applies to the next
+/// connection; a connection open during the reload keeps the rules it started with.
+#[tokio::test]
+async fn a_reload_of_smtp_limits_applies_to_the_next_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), None);
+    let path = dir.path().join("relay.toml");
+    let toml = |hostname: &str, max_recipients: usize| {
+        format!(
+            "hostname = \"{hostname}\"\n[smtp]\nlisten = \"127.0.0.1:0\"\nmax_recipients = {max_recipients}\n[spool]\ndir = \"{}\"\nfsync = false\n[keys]\ndir = \"{}\"\ngenerate_missing = false\n[delivery]\noutbox_dir = \"{}\"\n[rotation]\ndns_check = false\npropagation_wait = \"0s\"\n[[domains]]\nname = \"example.com\"\n",
+            config.spool.dir.display(),
+            config.keys.dir.display(),
+            config.delivery.outbox_dir.display()
+        )
+    };
+    std::fs::write(&path, toml("relay.test", 10)).unwrap();
+    let mut relay = start(dkim_relay::config::Config::from_file(&path).unwrap()).await;
+    relay.watch(Some(path.clone())).unwrap();
+    let mut open = Client::greeted(relay.smtp_addr()).await;
+
+    std::fs::write(&path, toml("renamed.test", 1)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut fresh = loop {
+        let mut c = Client::connect(relay.smtp_addr()).await;
+        c.send_raw(b"EHLO client.test\r\n").await;
+        let ehlo = c.reply_lines().await;
+        if ehlo[0] == "250-renamed.test" {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reloaded hostname never reached a new connection: {ehlo:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    fresh.ehlo().await;
+    assert!(fresh
+        .cmd("MAIL FROM:<a@example.com>")
+        .await
+        .starts_with("250"));
+    assert!(fresh
+        .cmd("RCPT TO:<one@example.net>")
+        .await
+        .starts_with("250"));
+    let r = fresh.cmd("RCPT TO:<two@example.net>").await;
+    assert!(
+        r.starts_with("452 4.5.3"),
+        "the reloaded max_recipients = 1: {r}"
+    );
+
+    // The connection opened before the reload keeps max_recipients = 10.
+    assert!(open
+        .cmd("MAIL FROM:<a@example.com>")
+        .await
+        .starts_with("250"));
+    for n in 0..3 {
+        let r = open.cmd(&format!("RCPT TO:<r{n}@example.net>")).await;
+        assert!(
+            r.starts_with("250"),
+            "an open connection changed rules: {r}"
+        );
+    }
+    relay.shutdown().await;
+}

@@ -4,11 +4,12 @@
 //! the outcome (a smuggling defence that depends on packet boundaries is no defence).
 #![no_main]
 
-use dkim_relay::config::Config;
-use dkim_relay::delivery::{self, DeliveryContext, Outbox, RetryPolicy, Transport};
+use dkim_relay::config::{Config, LiveConfig};
+use dkim_relay::delivery::{self, DeliveryContext, Outbox, SharedTransport, Transport};
 use dkim_relay::dkim::{KeyRing, SharedKeyRing};
 use dkim_relay::keys::KeyStore;
-use dkim_relay::smtp::connection::{serve_stream, ClientInfo};
+use dkim_relay::smtp::connection::serve_stream;
+use dkim_relay::smtp::ClientInfo;
 use dkim_relay::smtp::data::DataParser;
 use dkim_relay::smtp::SmtpContext;
 use dkim_relay::spool::Spool;
@@ -61,20 +62,17 @@ fn world() -> &'static World {
             .enable_time()
             .build()
             .unwrap();
+        let live = Arc::new(LiveConfig::new(config.clone()));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (runner_stop_tx, runner_stop_rx) = tokio::sync::watch::channel(false);
         let delivery_ctx = Arc::new(DeliveryContext {
             spool: spool.clone(),
             keys: keys.clone(),
-            transport: Transport::Outbox(Outbox::open(&config.delivery.outbox_dir, false).unwrap()),
-            retry: RetryPolicy {
-                initial: Duration::from_secs(60),
-                max: Duration::from_secs(60),
-                lifetime: Duration::from_secs(3600),
-            },
+            transport: Arc::new(SharedTransport::new(Transport::Outbox(
+                Outbox::open(&config.delivery.outbox_dir, false).unwrap(),
+            ))),
+            live: live.clone(),
             events: tokio::sync::broadcast::channel(1).0,
-            hostname: "fuzz.test".into(),
-            delay_warning: None,
         });
         // The runner stops at once: accepted messages stay in the spool, which each run
         // empties, so the fuzzer does not fill the disk.
@@ -84,8 +82,7 @@ fn world() -> &'static World {
             let _ = runner.await;
             queue
         });
-        let config = Arc::new(config);
-        let ctx = SmtpContext::new(config, keys, spool.clone(), queue).unwrap();
+        let ctx = SmtpContext::new(live.clone(), keys, spool.clone(), queue).unwrap();
         World {
             runtime,
             ctx: Arc::new(ctx),
@@ -104,6 +101,7 @@ fn session(input: &[u8]) {
         let (mut rx, mut tx) = tokio::io::split(client);
         let info = ClientInfo {
             ip: "127.0.0.1".parse().unwrap(),
+            config: w.ctx.snapshot().config,
             grant: Some(dkim_relay::auth::DomainGrant::Any),
             started: tokio::time::Instant::now(),
             outsider: None,

@@ -59,7 +59,7 @@ pub async fn attempt(ctx: &DeliveryContext, mut item: QueuedMessage, now: u64) -
     }
     let cause = deferred.unwrap_or_else(|| Cause::relay("no result"));
     match ctx
-        .retry
+        .retry()
         .next(item.envelope.received, item.state.attempts, now)
     {
         NextStep::Expired => {
@@ -110,7 +110,7 @@ async fn finish(ctx: &DeliveryContext, mut item: QueuedMessage, now: u64) -> Att
             Ok(bounce) => bounce,
             Err(e) => {
                 tracing::error!(queue_id = %id, error = %e, "cannot store the bounce; the message stays queued until it can be");
-                item.state.next_attempt = now.saturating_add(ctx.retry.delay(1).as_secs());
+                item.state.next_attempt = now.saturating_add(ctx.retry().delay(1).as_secs());
                 let _ = ctx.spool.save_state(&id, &item.state);
                 return AttemptResult {
                     requeue: Some(item),
@@ -139,7 +139,7 @@ async fn delay_warning(
     item: &mut QueuedMessage,
     now: u64,
 ) -> Option<QueuedMessage> {
-    let after = ctx.delay_warning?;
+    let after = ctx.live.current().delivery.delay_warning?.0;
     let age = now.saturating_sub(item.envelope.received);
     if item.state.warned || age < after.as_secs() {
         return None;
@@ -175,10 +175,11 @@ async fn queue_dsn(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot read the original: {e}"))?;
-    let domain = bounce::signing_domain(&ctx.hostname, &ctx.keys.current());
+    let hostname = ctx.live.current().hostname.clone();
+    let domain = bounce::signing_domain(&hostname, &ctx.keys.current());
     let dsn = bounce::build(
         kind,
-        &ctx.hostname,
+        &hostname,
         &domain,
         env,
         &item.state,

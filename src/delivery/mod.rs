@@ -31,6 +31,7 @@ pub use tally::count_deliveries;
 pub use upstream::{FailedAt, SendError, SigningProfile, Upstream};
 pub use verdict::{Cause, Fault, UpstreamReply, Verdict};
 
+use crate::config::LiveConfig;
 use crate::dkim::SharedKeyRing;
 use crate::spool::{QueueId, QueuedMessage, Spool};
 use std::collections::{BTreeSet, HashMap};
@@ -99,15 +100,19 @@ pub struct DeliveryContext {
     pub spool: Spool,
     pub keys: Arc<SharedKeyRing>,
     pub transport: Arc<SharedTransport>,
-    pub retry: RetryPolicy,
+    /// The config in force: each attempt reads the retry schedule, `delay_warning` and
+    /// the relay's name (Reporting-MTA, MAILER-DAEMON@ of bounces) from it, so a reload
+    /// applies to the next attempt.
+    pub live: Arc<LiveConfig>,
     pub events: broadcast::Sender<DeliveryEvent>,
-    /// Our name: Reporting-MTA and MAILER-DAEMON@ of bounces.
-    pub hostname: String,
-    /// Warn the sender once when a message is still queued after this long; None: never.
-    pub delay_warning: Option<Duration>,
 }
 
 impl DeliveryContext {
+    /// The retry schedule in force.
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy::from_config(&self.live.current().delivery)
+    }
+
     fn emit(&self, event: DeliveryEvent) {
         // No subscribers is normal outside tests.
         let _ = self.events.send(event);

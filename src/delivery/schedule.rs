@@ -1,6 +1,7 @@
 //! The retry schedule: a pure function of the attempt count and the clock, so tests use a
 //! fixed `now` instead of waiting.
 
+use crate::config::DeliveryConfig;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy)]
@@ -19,6 +20,14 @@ pub enum NextStep {
 }
 
 impl RetryPolicy {
+    pub fn from_config(delivery: &DeliveryConfig) -> RetryPolicy {
+        RetryPolicy {
+            initial: delivery.retry_initial.0,
+            max: delivery.retry_max.0,
+            lifetime: delivery.max_lifetime.0,
+        }
+    }
+
     /// Delay after the `attempts`-th failed attempt: initial, doubling, capped at max.
     pub fn delay(&self, attempts: u32) -> Duration {
         let factor = 1u32

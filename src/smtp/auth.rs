@@ -7,9 +7,9 @@
 //! Checks run on a bounded pool (`crate::auth::checks`); a full pool is 454 4.7.0 at once.
 //! A failed AUTH logs the user name only when it names a configured user.
 
-use super::conn::LineRead;
 use super::reply::{Refusal, Reply};
 use super::session::{line_taint, AuthUser, Flow, Session, State};
+use super::wire::LineRead;
 use crate::auth::Busy;
 use base64::Engine;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -111,7 +111,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(None) => {
                 attempt.failed(now());
                 tracing::warn!(client = %self.client.ip, user = %shown, mechanism = mech, "authentication failed");
-                if let Some(auth) = &ctx.config.smtp.auth {
+                if let Some(auth) = &ctx.started.smtp.auth {
                     tokio::time::sleep(auth.failure_delay.0).await;
                 }
                 Err(Refusal::AuthFailed.into())
@@ -156,7 +156,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn sasl_response(&mut self, challenge: &str) -> Result<Secret, Stop> {
         self.conn
             .queue_raw(format!("334 {challenge}\r\n").as_bytes());
-        let smtp = &self.ctx.config.smtp;
+        let smtp = &self.client.config.smtp;
         let read = tokio::time::timeout(
             smtp.command_timeout.0,
             self.conn.read_line(smtp.max_auth_line_length),

@@ -7,29 +7,12 @@
 //! and the TLS session starts from a fresh [`Session`], so nothing said before the
 //! handshake can carry over.
 
-use super::outsiders::OutsiderSlot;
-use super::server::SmtpContext;
+use super::context::{ClientInfo, SmtpContext};
 use super::session::{End, Phase, Session};
-use crate::auth::DomainGrant;
-use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
-
-/// What the listener knows about a client; it survives STARTTLS (unlike session state).
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    pub ip: IpAddr,
-    /// The domains the client's network may use; None: it may relay only after AUTH.
-    pub grant: Option<DomainGrant>,
-    /// When the TCP connection was accepted: the session age counts from here.
-    pub started: Instant,
-    /// The outsiders' budget slot of a client outside every allowed network; None for
-    /// the relay's own hosts.
-    pub outsider: Option<OutsiderSlot>,
-}
 
 pub(super) async fn run(
     stream: TcpStream,
@@ -84,7 +67,7 @@ pub async fn serve_stream<S>(
 }
 
 async fn handshake(stream: TcpStream, ctx: &SmtpContext) -> Option<TlsStream<TcpStream>> {
-    let (Some(store), Some(config)) = (&ctx.tls, &ctx.config.smtp.tls) else {
+    let (Some(store), Some(config)) = (&ctx.tls, &ctx.started.smtp.tls) else {
         tracing::error!("TLS requested but [smtp.tls] is not configured");
         return None;
     };

@@ -3,12 +3,12 @@
 //! message leaves this stage as an [`crate::spool::Envelope`] plus bytes stored in the
 //! spool, and only then does the client get 250.
 
-mod accept;
 mod auth;
-mod conn;
 pub mod connection;
+pub mod context;
 pub mod data;
-mod envelope;
+mod data_command;
+mod mail_rcpt;
 pub mod outsiders;
 pub mod pace;
 mod receive;
@@ -17,5 +17,7 @@ pub mod server;
 mod session;
 mod starttls;
 pub mod tls;
+mod wire;
 
-pub use server::{serve, InboundError, SmtpContext};
+pub use context::{ClientInfo, InboundError, SmtpContext, Snapshot};
+pub use server::serve;

@@ -1,15 +1,10 @@
 //! The inbound listener: accepts connections, enforces the connection limits, decides
 //! whether the client may relay, and runs one session task per connection.
 
-use super::connection::{self, ClientInfo};
+use super::connection;
+use super::context::{ClientInfo, SmtpContext};
 use super::outsiders::OutsiderSlot;
 use super::reply::Refusal;
-use super::tls::{TlsError, TlsStore};
-use crate::auth::{FailureLimiter, Grants, PasswordChecks, UserError, Users};
-use crate::config::Config;
-use crate::delivery::QueueHandle;
-use crate::dkim::SharedKeyRing;
-use crate::spool::Spool;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -18,77 +13,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
-
-/// What every session shares.
-pub struct SmtpContext {
-    pub config: Arc<Config>,
-    /// Keys in force, to refuse at DATA time a From domain the relay cannot sign for.
-    pub keys: Arc<SharedKeyRing>,
-    pub spool: Spool,
-    /// Where accepted messages go for delivery.
-    pub queue: QueueHandle,
-    /// Which From domains each client network may use (`allowed_networks`, `senders`).
-    pub grants: Grants,
-    /// The certificate for STARTTLS and implicit TLS; None without `[smtp.tls]`.
-    pub tls: Option<Arc<TlsStore>>,
-    /// AUTH users; None without `[smtp.auth]` (then AUTH is neither offered nor accepted).
-    pub users: Option<Arc<Users>>,
-    /// Failed AUTHs per client address, shared by all sessions.
-    pub auth_failures: FailureLimiter,
-    /// The bounded pool AUTH password checks run on.
-    pub password_checks: PasswordChecks,
-}
-
-/// Why the inbound side cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum InboundError {
-    #[error("smtp.tls: {0}")]
-    Tls(#[from] TlsError),
-    #[error("smtp.auth.users_file: {0}")]
-    Users(#[from] UserError),
-}
-
-impl SmtpContext {
-    /// Builds what sessions share; loads the TLS certificate and the users file.
-    pub fn new(
-        config: Arc<Config>,
-        keys: Arc<SharedKeyRing>,
-        spool: Spool,
-        queue: QueueHandle,
-    ) -> Result<SmtpContext, InboundError> {
-        let tls = match &config.smtp.tls {
-            Some(tls) => Some(Arc::new(TlsStore::open(tls)?)),
-            None => None,
-        };
-        let users = match &config.smtp.auth {
-            Some(auth) => Some(Arc::new(Users::load(&auth.users_file)?)),
-            None => None,
-        };
-        let (max, window, tracked) = config
-            .smtp
-            .auth
-            .as_ref()
-            .map_or((usize::MAX, std::time::Duration::ZERO, 1), |a| {
-                (a.max_failures, a.failure_window.0, a.max_tracked_clients)
-            });
-        let (workers, waiting) = config
-            .smtp
-            .auth
-            .as_ref()
-            .map_or((1, 0), |a| (a.check_workers, a.check_queue));
-        Ok(SmtpContext {
-            grants: Grants::from_config(&config.smtp),
-            tls,
-            users,
-            auth_failures: FailureLimiter::new(max, window, tracked),
-            password_checks: PasswordChecks::new(workers, waiting),
-            config,
-            keys,
-            spool,
-            queue,
-        })
-    }
-}
 
 /// Open connections per client address, to enforce `max_connections_per_client`.
 #[derive(Default)]
@@ -154,11 +78,11 @@ pub async fn serve(
     ctx: Arc<SmtpContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let total = Arc::new(Semaphore::new(ctx.config.smtp.max_connections));
-    let outsiders = Arc::new(Semaphore::new(ctx.config.smtp.outsider_budget()));
+    let total = Arc::new(Semaphore::new(ctx.started.smtp.max_connections));
+    let outsiders = Arc::new(Semaphore::new(ctx.started.smtp.outsider_budget()));
     let per_client = Arc::new(PerClient::default());
     let mut sessions = JoinSet::new();
-    if let (Some(store), Some(tls)) = (&ctx.tls, &ctx.config.smtp.tls) {
+    if let (Some(store), Some(tls)) = (&ctx.tls, &ctx.started.smtp.tls) {
         tokio::spawn(store.clone().watch(tls.reload_interval.0, shutdown.clone()));
     }
     loop {
@@ -179,7 +103,10 @@ pub async fn serve(
             }
         };
         let ip = normalise(peer.ip());
-        let grant = ctx.grants.for_client(ip).cloned();
+        // The config in force now decides who may relay; the connection keeps this
+        // snapshot to its end, so a reload never changes the rules in the middle of one.
+        let snapshot = ctx.snapshot();
+        let grant = snapshot.grants.for_client(ip).cloned();
         if grant.is_none() && ctx.users.is_none() {
             // No AUTH to offer: nothing this client could send would be accepted.
             tracing::warn!(client = %ip, "connection refused: outside smtp.allowed_networks and AUTH is not configured");
@@ -191,7 +118,7 @@ pub async fn serve(
             refuse_with(stream, Refusal::TooManyConnections, &ctx).await;
             continue;
         };
-        let Some(slot) = per_client.take(ip, ctx.config.smtp.max_connections_per_client) else {
+        let Some(slot) = per_client.take(ip, ctx.started.smtp.max_connections_per_client) else {
             tracing::warn!(client = %ip, "connection refused: smtp.max_connections_per_client reached");
             refuse_with(stream, Refusal::TooManyConnections, &ctx).await;
             continue;
@@ -218,6 +145,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let client = ClientInfo {
             ip,
+            config: snapshot.config,
             grant,
             started: tokio::time::Instant::now(),
             outsider,
@@ -244,7 +172,7 @@ pub async fn serve(
     while sessions.try_join_next().is_some() {}
     let open = sessions.len();
     tracing::info!(open, "SMTP listener stopped; waiting for open sessions");
-    let wait = ctx.config.smtp.shutdown_grace.0 + std::time::Duration::from_secs(5);
+    let wait = ctx.started.smtp.shutdown_grace.0 + std::time::Duration::from_secs(5);
     let drained = tokio::time::timeout(wait, async {
         while sessions.join_next().await.is_some() {}
     })
@@ -264,7 +192,7 @@ pub async fn serve(
 async fn refuse_with(mut stream: TcpStream, refusal: Refusal, ctx: &SmtpContext) {
     let mut out = Vec::new();
     refusal.reply().write_to(&mut out);
-    let _ = tokio::time::timeout(ctx.config.smtp.write_timeout.0, async {
+    let _ = tokio::time::timeout(ctx.started.smtp.write_timeout.0, async {
         let _ = stream.write_all(&out).await;
         let _ = stream.shutdown().await;
     })

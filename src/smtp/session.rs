@@ -1,10 +1,9 @@
 //! One SMTP session: a state machine over the commands of RFC 5321. AUTH lives in
 //! `auth.rs`, STARTTLS in `starttls.rs`, DATA and the message policy in `accept.rs`.
 
-use super::conn::{Conn, LineRead};
-use super::connection::ClientInfo;
+use super::context::{ClientInfo, SmtpContext};
 use super::reply::{Refusal, Reply, Taint};
-use super::server::SmtpContext;
+use super::wire::{Conn, LineRead};
 use crate::auth::DomainGrant;
 use crate::message::{Mailbox, ReversePath};
 use smtp_proto::{Error as ParseError, Request};
@@ -114,7 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         phase: Phase,
     ) -> Self {
         Session {
-            conn: Conn::new(stream, ctx.config.smtp.write_timeout.0),
+            conn: Conn::new(stream, client.config.smtp.write_timeout.0),
             ctx,
             client,
             phase,
@@ -129,7 +128,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     pub async fn run(mut self) -> End<S> {
         if self.phase != Phase::AfterStartTls {
-            let greeting = format!("220 {} ESMTP dkim-relay\r\n", self.ctx.config.hostname);
+            let greeting = format!("220 {} ESMTP dkim-relay\r\n", self.client.config.hostname);
             self.conn.queue_raw(greeting.as_bytes());
         }
         loop {
@@ -174,7 +173,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Waits for the next command line, bounded by the command timeout, the session age
     /// and shutdown. Lines up to the AUTH limit are read; only AUTH may use that length.
     async fn next_input(&mut self) -> Input {
-        let smtp = &self.ctx.config.smtp;
+        let smtp = &self.client.config.smtp;
         let session_end = self.client.started + smtp.max_session_age.0;
         let deadline = (Instant::now() + smtp.command_timeout.0).min(session_end);
         let (max_auth, max_command) = (smtp.max_auth_line_length, smtp.max_command_length);
@@ -210,7 +209,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         if reply.code >= 500 {
             self.errors += 1;
-            if self.errors >= self.ctx.config.smtp.max_errors {
+            if self.errors >= self.client.config.smtp.max_errors {
                 tracing::info!(errors = self.errors, "too many errors; closing");
                 self.conn.queue_reply(&Refusal::TooManyErrors.reply());
                 return Flow::Close;
@@ -328,11 +327,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn ehlo(&mut self, host: &str, extended: bool) -> Reply {
         self.helo = sanitize_helo(host);
         self.state = State::Ready;
-        let name = &self.ctx.config.hostname;
+        let name = &self.client.config.hostname;
         if !extended {
             return Reply::owned(250, "2.0.0", name.clone());
         }
-        let smtp = &self.ctx.config.smtp;
+        let smtp = &self.client.config.smtp;
         let mut lines = format!(
             "250-{name}\r\n250-PIPELINING\r\n250-SIZE {}\r\n",
             smtp.max_message_size.0

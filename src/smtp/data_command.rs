@@ -2,12 +2,12 @@
 //! (DESIGN §4) to its header block as soon as that is complete, stream the rest to the
 //! spool file (`receive.rs`), and only after the file is durable answer 250.
 
-use super::conn::DataRead;
 use super::data::DataParser;
 use super::pace::Pace;
 use super::receive::{Receiver, Refused, Spooling, Stage, Taken};
 use super::reply::{Refusal, Reply};
 use super::session::{stopping, Flow, Session, State, Transaction};
+use super::wire::DataRead;
 use crate::dkim::KeyLookup;
 use crate::message::{from_domain, merge_address_lists, repeated_field, HeaderBlock};
 use crate::spool::{
@@ -29,7 +29,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return self.respond(Refusal::BadSequence("send MAIL and RCPT first").reply());
             }
         };
-        let smtp = &self.ctx.config.smtp;
+        let smtp = &self.client.config.smtp;
         // The buffers of this transfer come out of the global budget before the 354, so a
         // flood of concurrent transfers waits here (or gets 452) instead of growing memory.
         let share = TRANSFER_BASE + HEADER_STEP;
@@ -232,7 +232,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some((_, fields)) = &merged {
             tracing::info!(queue_id = %id, fields = %fields.join(", "), "joined repeated address fields into one (receivers fail DKIM on repeated fields)");
         }
-        let hostname = &self.ctx.config.hostname;
+        let hostname = &self.client.config.hostname;
         // What the relay adds goes before the data, which is stored as received.
         let mut prefix =
             received_header(&self.helo, self.client.ip, hostname, protocol, &id, now).into_bytes();
@@ -291,7 +291,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Refusal::LineTooLong,
             ));
         }
-        let eight_bit_refused = parser.eight_bit && !self.ctx.config.smtp.upstream_8bitmime;
+        let eight_bit_refused = parser.eight_bit && !self.client.config.smtp.upstream_8bitmime;
         let refuse_eight_bit = || {
             log_refusal(
                 "8-bit body; the upstream does not carry 8BITMIME",

@@ -20,7 +20,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             State::Transaction(_) => return Err(Refusal::BadSequence("nested MAIL command")),
             State::Ready => {}
         }
-        let smtp = &self.ctx.config.smtp;
+        let smtp = &self.client.config.smtp;
         if self.messages >= smtp.max_messages_per_session {
             tracing::info!(
                 messages = self.messages,
@@ -76,7 +76,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         to: smtp_proto::RcptTo<Cow<'_, str>>,
         line: &[u8],
     ) -> Result<Reply, Refusal> {
-        let max = self.ctx.config.smtp.max_recipients;
+        let max = self.client.config.smtp.max_recipients;
         let State::Transaction(txn) = &mut self.state else {
             return Err(Refusal::BadSequence("send MAIL first"));
         };
