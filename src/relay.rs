@@ -274,6 +274,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         transport: transport.clone(),
         live: live.clone(),
         events: events.clone(),
+        clock: crate::clock::Clock::System,
     });
     let (queue, runner) = delivery::start(
         delivery_ctx,

@@ -73,6 +73,7 @@ fn world() -> &'static World {
             ))),
             live: live.clone(),
             events: tokio::sync::broadcast::channel(1).0,
+            clock: dkim_relay::clock::Clock::System,
         });
         // The runner stops at once: accepted messages stay in the spool, which each run
         // empties, so the fuzzer does not fill the disk.

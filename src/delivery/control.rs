@@ -4,14 +4,13 @@
 //! decided by `queue::execute`, the same for the spool with no relay running.
 
 use super::Runner;
-use crate::clock::now_unix;
 use crate::queue::{self, AfterAttempt, Entry, Place, Request, Response};
 use crate::spool::{QueueId, QueuedMessage};
 
 impl Runner {
     pub(super) fn control(&mut self, request: Request) -> Response {
-        queue::execute(self, &request, now_unix())
-            .unwrap_or_else(|e| Response::Error(e.to_string()))
+        let now = self.ctx.clock.now_unix();
+        queue::execute(self, &request, now).unwrap_or_else(|e| Response::Error(e.to_string()))
     }
 
     /// Applies a command that waited for the attempt; returns the message if it stays

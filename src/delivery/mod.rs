@@ -31,6 +31,7 @@ pub use tally::count_deliveries;
 pub use upstream::{FailedAt, SendError, SigningProfile, Upstream};
 pub use verdict::{Cause, Fault, UpstreamReply, Verdict};
 
+use crate::clock::Clock;
 use crate::config::LiveConfig;
 use crate::dkim::SharedKeyRing;
 use crate::spool::{QueueId, QueuedMessage, Spool};
@@ -105,6 +106,8 @@ pub struct DeliveryContext {
     /// applies to the next attempt.
     pub live: Arc<LiveConfig>,
     pub events: broadcast::Sender<DeliveryEvent>,
+    /// Where the runner reads `now` for its schedule (the system clock in the relay).
+    pub clock: Clock,
 }
 
 impl DeliveryContext {
@@ -282,13 +285,13 @@ impl Runner {
         match self.schedule.first() {
             // Busy workers: a Finished command will wake us.
             Some(_) if self.permits.available_permits() == 0 => Duration::from_secs(3600),
-            Some((at, _)) => Duration::from_secs(at.saturating_sub(crate::clock::now_unix())),
+            Some((at, _)) => Duration::from_secs(at.saturating_sub(self.ctx.clock.now_unix())),
             None => Duration::from_secs(3600),
         }
     }
 
     fn make_all_due(&mut self) {
-        let now = crate::clock::now_unix();
+        let now = self.ctx.clock.now_unix();
         let ids: Vec<QueueId> = self.schedule.iter().map(|(_, id)| id.clone()).collect();
         self.schedule.clear();
         for id in ids {
@@ -300,7 +303,7 @@ impl Runner {
     }
 
     fn dispatch_due(&mut self) {
-        let now = crate::clock::now_unix();
+        let now = self.ctx.clock.now_unix();
         while let Some((at, _)) = self.schedule.first() {
             if *at > now {
                 break;
@@ -320,7 +323,7 @@ impl Runner {
             let span = tracing::info_span!("delivery", queue_id = %id);
             tokio::spawn(tracing::Instrument::instrument(
                 async move {
-                    let back = attempt::attempt(&ctx, item, crate::clock::now_unix()).await;
+                    let back = attempt::attempt(&ctx, item, ctx.clock.now_unix()).await;
                     drop(permit);
                     let _ = tx.send(Command::Finished(id, Box::new(back)));
                 },
