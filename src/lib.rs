@@ -19,7 +19,7 @@
 //! and for the spool alone), [`control`] (how queue commands reach it: the control
 //! socket), [`metrics`] (/metrics, /healthz, /readyz), [`doctor`] (SPF, DKIM and DMARC
 //! checks in DNS), [`systemd`] (readiness notification), [`cli`] (the command line),
-//! [`logging`].
+//! [`listener`] (what every listener does when accept fails), [`logging`].
 
 pub mod auth;
 pub mod cli;
@@ -31,6 +31,7 @@ pub mod dkim;
 pub mod doctor;
 mod fsutil;
 pub mod keys;
+pub mod listener;
 pub mod logging;
 pub mod message;
 pub mod metrics;

@@ -131,3 +131,45 @@ async fn counters_move_by_the_traffic_and_readiness_follows_the_keys() {
     assert_eq!(get(http, "/nope").await.0, 404);
     relay.shutdown().await;
 }
+
+/// Issue 13: the /metrics listener has the connection limit the control socket has.
+/// Clients that connect and never send hold at most `MAX_CONNECTIONS` slots; one more is
+/// closed unanswered at once, and /healthz answers again when they go.
+#[tokio::test]
+async fn idle_connections_cannot_take_more_than_the_listener_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), None);
+    config.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    let relay = start(config).await;
+    let http = relay.metrics_addr().unwrap();
+    let limit = dkim_relay::metrics::MAX_CONNECTIONS;
+    let mut idle = Vec::new();
+    for _ in 0..limit {
+        idle.push(tokio::net::TcpStream::connect(http).await.unwrap());
+    }
+    // The listener takes them in order: once the one after the limit is closed, all
+    // `limit` are held.
+    let mut extra = tokio::net::TcpStream::connect(http).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("the connection over the limit was kept open");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "answered over the limit: {read:?}"
+    );
+    drop(idle);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        if out.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no slot came back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    relay.shutdown().await;
+}

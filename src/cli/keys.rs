@@ -271,15 +271,7 @@ fn next_transition(config: &Config, slot: &Slot) -> (String, Option<u64>) {
 fn rsa_bits(store: &KeyStore, domain: &str, slot: &Slot) -> Option<usize> {
     let record = store.record(domain, slot).ok()?;
     let der = crate::keys::public_key_bytes(&record)?;
-    match slot.algorithm {
-        Algorithm::Ed25519 => Some(256),
-        // SPKI of 2048/3072/4096-bit keys: 294/422/550 bytes.
-        Algorithm::Rsa => Some(match der.len() {
-            0..=300 => 2048,
-            301..=430 => 3072,
-            _ => 4096,
-        }),
-    }
+    crate::keys::public_key_bits(slot.algorithm, &der)
 }
 
 fn status(config: &Config, store: &KeyStore, args: DomainArgs) -> anyhow::Result<()> {

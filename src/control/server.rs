@@ -41,7 +41,7 @@ pub async fn serve(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
-                tracing::warn!(error = %e, "control socket accept failed");
+                crate::listener::accept_failed("control", &e).await;
                 continue;
             }
         };

@@ -54,6 +54,19 @@ pub struct KeyMaterial {
     pub public_key: Vec<u8>,
 }
 
+/// The size in bits of the public key in a DNS record's `p=` (SubjectPublicKeyInfo DER),
+/// as the `rsa` crate reads the modulus; 256 for Ed25519. None when it does not parse.
+pub fn public_key_bits(algorithm: Algorithm, spki_der: &[u8]) -> Option<usize> {
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::traits::PublicKeyParts;
+    match algorithm {
+        Algorithm::Ed25519 => Some(256),
+        Algorithm::Rsa => rsa::PublicKey::from_public_key_der(spki_der)
+            .ok()
+            .map(|key| key.n().bit_width() as usize),
+    }
+}
+
 /// Generates a key. RSA keys under 2048 bits are refused: ring cannot sign with them and
 /// receivers treat them as weak.
 pub fn generate(algorithm: Algorithm, rsa_bits: usize) -> Result<KeyMaterial, String> {
@@ -136,6 +149,11 @@ mod tests {
         assert_eq!(
             public_key_of(Algorithm::Rsa, &key.private_pem).unwrap(),
             key.public_key
+        );
+        assert_eq!(public_key_bits(Algorithm::Rsa, &key.public_key), Some(2048));
+        assert_eq!(
+            public_key_bits(Algorithm::Rsa, &key.public_key[..100]),
+            None
         );
     }
 

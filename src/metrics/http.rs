@@ -8,7 +8,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
+
+/// Connections served at once; more are closed unanswered (a scraper retries). Prometheus
+/// and a kubelet's probes need a few.
+pub const MAX_CONNECTIONS: usize = 16;
+/// Longest one request may take, reading and answering.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct HttpContext {
     pub live: Arc<LiveConfig>,
@@ -25,16 +31,29 @@ pub async fn serve(
     ctx: Arc<HttpContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                crate::listener::accept_failed("metrics", &e).await;
+                continue;
+            }
+        };
+        // A scraper or probe that opens connections and never sends would otherwise
+        // hold a task and a socket each until its timeout, without bound.
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!("metrics connection dropped: {MAX_CONNECTIONS} already open");
+            continue;
+        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), handle(stream, &ctx))
-                .await;
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, &ctx)).await;
+            drop(permit);
         });
     }
 }

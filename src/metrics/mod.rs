@@ -10,7 +10,7 @@ mod http;
 mod render;
 
 pub use histogram::Histogram;
-pub use http::{serve, HttpContext};
+pub use http::{serve, HttpContext, MAX_CONNECTIONS};
 pub use render::{readiness, render};
 
 use std::collections::BTreeMap;

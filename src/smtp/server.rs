@@ -96,9 +96,7 @@ pub async fn serve(
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                // EMFILE and friends: log and keep serving after a pause.
-                tracing::error!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                crate::listener::accept_failed("smtp", &e).await;
                 continue;
             }
         };
