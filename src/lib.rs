@@ -12,7 +12,8 @@
 //! - [`delivery`]: the queue runner, retry schedule, upstream SMTP client and outbox.
 //!
 //! Around them: [`auth`] (AUTH users, who may send as which domain), [`config`] (the TOML
-//! file, and the live snapshot hot reload swaps), [`clock`] (the wall clock, in one place), [`keys`] (the key store on disk), [`rotation`] (the pure rotation planner and
+//! file, and the live snapshot hot reload swaps), [`domain`] (how domain names are spelled
+//! and checked), [`clock`] (the wall clock, in one place), [`keys`] (the key store on disk), [`rotation`] (the pure rotation planner and
 //! its executor: hook, DNS check, lock), [`message`] (header and From parsing),
 //! [`relay`] (wires the stages together), [`watch`] (hot reload of config and keys),
 //! [`queue`] (what each queue command means: one implementation, for the running relay
@@ -29,6 +30,7 @@ pub mod control;
 pub mod delivery;
 pub mod dkim;
 pub mod doctor;
+pub mod domain;
 mod fsutil;
 pub mod keys;
 pub mod listener;

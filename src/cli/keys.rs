@@ -141,11 +141,7 @@ fn now() -> u64 {
 }
 
 fn normalise(domain: &str) -> anyhow::Result<String> {
-    let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-    if !crate::config::is_dns_name(&domain) || !domain.contains('.') {
-        bail!("\"{domain}\" is not a domain name");
-    }
-    Ok(domain)
+    Ok(crate::domain::Domain::parse(domain)?.into_string())
 }
 
 fn domains(store: &KeyStore, only: Option<&str>) -> anyhow::Result<Vec<String>> {

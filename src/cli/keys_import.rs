@@ -38,7 +38,7 @@ pub fn parse_key_table(text: &str) -> anyhow::Result<Vec<KeyEntry>> {
         };
         out.push(KeyEntry {
             name: name.to_string(),
-            domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+            domain: crate::domain::normalise(domain),
             selector: selector.to_string(),
             path: path.to_string(),
         });

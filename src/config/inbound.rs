@@ -150,7 +150,7 @@ impl InboundAuthConfig {
 /// Lower-cases domain entries and checks them; `field` names the list for errors.
 pub fn normalise_domains(field: &str, domains: &mut [String]) -> Result<(), ConfigError> {
     for (j, d) in domains.iter_mut().enumerate() {
-        *d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+        *d = crate::domain::normalise(d);
         if d != "*" && !(super::is_dns_name(d) && d.contains('.')) {
             return Err(ConfigError::new(
                 format!("{field}[{j}]"),

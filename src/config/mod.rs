@@ -510,13 +510,9 @@ impl SmtpConfig {
 
 impl DomainConfig {
     fn validate(&mut self, i: usize) -> Result<(), ConfigError> {
-        self.name = self.name.trim().trim_end_matches('.').to_ascii_lowercase();
-        if !is_dns_name(&self.name) || !self.name.contains('.') {
-            return Err(ConfigError::new(
-                format!("domains[{i}].name"),
-                format!("\"{}\" is not a domain name", self.name),
-            ));
-        }
+        self.name = crate::domain::Domain::parse(&self.name)
+            .map_err(|e| ConfigError::new(format!("domains[{i}].name"), e.to_string()))?
+            .into_string();
         for (field, pair) in [
             ("rsa_selectors", &self.rsa_selectors),
             ("ed25519_selectors", &self.ed25519_selectors),
@@ -619,20 +615,7 @@ impl UpstreamConfig {
     }
 }
 
-/// A DNS name of labels of letters, digits and hyphens (what a DKIM d= may hold).
-pub fn is_dns_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 253 && name.split('.').all(is_dns_label)
-}
-
-pub fn is_dns_label(label: &str) -> bool {
-    !label.is_empty()
-        && label.len() <= 63
-        && !label.starts_with('-')
-        && !label.ends_with('-')
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
+pub use crate::domain::{is_dns_label, is_dns_name};
 
 #[cfg(test)]
 mod tests;

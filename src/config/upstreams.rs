@@ -113,7 +113,7 @@ impl Config {
                 ));
             }
             for domain in route.from_domains.iter_mut() {
-                *domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+                *domain = crate::domain::normalise(domain);
                 if !is_dns_name(domain) {
                     return Err(ConfigError::new(
                         format!("routes[{i}].from_domains"),

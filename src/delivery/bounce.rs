@@ -30,7 +30,7 @@ pub struct Dsn {
 /// The domain a DSN is signed for: the hostname or its closest parent with keys; the
 /// hostname itself when none has keys (the DSN then goes unsigned).
 pub fn signing_domain(hostname: &str, keys: &KeyRing) -> String {
-    let host = hostname.trim_end_matches('.').to_ascii_lowercase();
+    let host = crate::domain::normalise(hostname);
     let mut candidate = host.as_str();
     loop {
         if !matches!(keys.lookup(candidate), KeyLookup::Unknown) {

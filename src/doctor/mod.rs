@@ -48,11 +48,8 @@ pub fn domains(
     only: Option<&str>,
 ) -> Result<Vec<String>, DoctorError> {
     if let Some(d) = only {
-        let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
-        if !crate::config::is_dns_name(&d) || !d.contains('.') {
-            return Err(DoctorError::BadDomain(d));
-        }
-        return Ok(vec![d]);
+        let d = crate::domain::Domain::parse(d).map_err(|e| DoctorError::BadDomain(e.0))?;
+        return Ok(vec![d.into_string()]);
     }
     let mut all: Vec<String> = config.domains.iter().map(|d| d.name.clone()).collect();
     all.extend(store.domains()?);

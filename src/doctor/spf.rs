@@ -53,7 +53,7 @@ const PROVIDERS: &[(&str, Provider)] = &[
 
 /// The provider behind an upstream host name, if it is one we know.
 pub fn provider(host: &str) -> Option<Provider> {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let host = crate::domain::normalise(host);
     PROVIDERS.iter().find_map(|(suffix, p)| {
         (host == *suffix || host.ends_with(&format!(".{suffix}"))).then_some(*p)
     })

@@ -32,7 +32,7 @@ pub fn from_domain(headers: &HeaderBlock<'_>) -> Result<String, FromError> {
     if mail_parser_reading(field.value).as_deref() != Some(mailbox.unquoted().as_str()) {
         return Err(FromError::ParsersDisagree);
     }
-    Ok(mailbox.domain().to_ascii_lowercase())
+    Ok(crate::domain::normalise(mailbox.domain()))
 }
 
 /// The one address mail-parser finds in a From value, if it finds exactly one.

@@ -57,7 +57,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             e => Refusal::BadSender(e),
         })?;
         if let Some(mailbox) = path.mailbox() {
-            let domain = mailbox.domain().to_ascii_lowercase();
+            let domain = crate::domain::normalise(mailbox.domain());
             if !grant.permits(&domain) {
                 tracing::warn!(client = %self.client.ip, user = %self.user_name(), domain = %domain, allowed = %grant.describe(), "envelope sender domain not allowed for this client");
                 return Err(Refusal::SenderDomainDenied);
