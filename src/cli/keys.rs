@@ -30,7 +30,7 @@ pub enum KeysCommand {
     /// Activate pending keys without waiting for DNS (the operator vouches for DNS).
     Activate(ActivateArgs),
     /// Import keys from an OpenDKIM KeyTable and SigningTable.
-    ImportOpendkim(ImportArgs),
+    ImportOpendkim(super::keys_import::ImportArgs),
     /// Alias of status, as a table.
     List(DomainArgs),
 }
@@ -107,16 +107,6 @@ pub struct ActivateArgs {
     /// Required: activation without DNS confirmation is the operator's decision.
     #[arg(long)]
     pub force: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct ImportArgs {
-    /// OpenDKIM's KeyTable (`name domain:selector:keyfile` per line).
-    #[arg(long, value_name = "FILE")]
-    pub key_table: std::path::PathBuf,
-    /// OpenDKIM's SigningTable (which key signs which From address or domain).
-    #[arg(long, value_name = "FILE")]
-    pub signing_table: std::path::PathBuf,
 }
 
 pub fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {

@@ -2,12 +2,22 @@
 //! store. Imported keys are active at once: OpenDKIM signs with them, so DNS serves them.
 //! Rotation later moves each domain onto its configured s1/s2 (e1/e2) slots.
 
-use super::keys::ImportArgs;
 use crate::keys::{
     public_key_of, Algorithm, DomainState, KeyMaterial, KeyStore, SlotState, StoreLock,
 };
 use anyhow::{bail, Context};
+use clap::Args;
 use std::collections::HashSet;
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// OpenDKIM's KeyTable (`name domain:selector:keyfile` per line).
+    #[arg(long, value_name = "FILE")]
+    pub key_table: std::path::PathBuf,
+    /// OpenDKIM's SigningTable (which key signs which From address or domain).
+    #[arg(long, value_name = "FILE")]
+    pub signing_table: std::path::PathBuf,
+}
 
 /// One KeyTable line: `name domain:selector:/path/to/key`.
 #[derive(Debug, PartialEq, Eq)]
