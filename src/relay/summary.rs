@@ -9,11 +9,11 @@ impl RelayHandle {
     /// Logs the start summary. `config_path` is the `--config` file, if any, so the
     /// commands it suggests read the same config.
     pub fn log_summary(&self, config_path: Option<&Path>) {
-        let config = self.live.current();
+        let config = self.reloader.live.current();
         let with_config = config_path
             .map(|p| format!(" --config {}", p.display()))
             .unwrap_or_default();
-        for (domain, keys) in self.keys.current().summary() {
+        for (domain, keys) in self.reloader.keys.current().summary() {
             match keys {
                 Ok(selectors) => {
                     tracing::info!(domain = %domain, selectors = %selectors.join(", "), "signing")
