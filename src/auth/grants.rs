@@ -16,7 +16,8 @@ use std::net::IpAddr;
 pub enum DomainGrant {
     /// Every domain the relay signs for.
     Any,
-    /// Exactly these (lower case); a subdomain only when listed itself.
+    /// Exactly these (lower case); a subdomain only when listed itself or under a
+    /// `*.parent` entry.
     Only(Vec<String>),
 }
 
@@ -35,7 +36,12 @@ impl DomainGrant {
     pub fn permits(&self, domain: &str) -> bool {
         match self {
             DomainGrant::Any => true,
-            DomainGrant::Only(list) => list.iter().any(|d| d == domain),
+            DomainGrant::Only(list) => list.iter().any(|d| match d.strip_prefix("*.") {
+                Some(parent) => domain
+                    .strip_suffix(parent)
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                None => d == domain,
+            }),
         }
     }
 
@@ -105,6 +111,23 @@ mod tests {
             },
         ];
         Grants::from_config(&smtp)
+    }
+
+    /// Issue 14: `*.example.com` grants every subdomain, never the domain itself, and
+    /// never a name that merely ends in the same letters.
+    #[test]
+    fn a_wildcard_entry_grants_subdomains_only() {
+        let grant = DomainGrant::from_list(vec!["*.example.com".into()]);
+        for (domain, allowed) in [
+            ("web01.example.com", true),
+            ("a.b.example.com", true),
+            ("example.com", false),
+            ("badexample.com", false),
+            ("web01.example.com.evil.test", false),
+            (".example.com", false),
+        ] {
+            assert_eq!(grant.permits(domain), allowed, "{domain}");
+        }
     }
 
     #[test]

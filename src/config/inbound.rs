@@ -151,10 +151,12 @@ impl InboundAuthConfig {
 pub fn normalise_domains(field: &str, domains: &mut [String]) -> Result<(), ConfigError> {
     for (j, d) in domains.iter_mut().enumerate() {
         *d = crate::domain::normalise(d);
-        if d != "*" && !(super::is_dns_name(d) && d.contains('.')) {
+        // "*.example.com": every subdomain of example.com (not example.com itself).
+        let name = d.strip_prefix("*.").unwrap_or(d);
+        if d != "*" && !(super::is_dns_name(name) && name.contains('.')) {
             return Err(ConfigError::new(
                 format!("{field}[{j}]"),
-                format!("\"{d}\" is not a domain name (or \"*\")"),
+                format!("\"{d}\" is not a domain name (or \"*\", or \"*.\" and a domain)"),
             ));
         }
     }

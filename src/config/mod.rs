@@ -185,6 +185,17 @@ pub struct DomainConfig {
     /// The two Ed25519 selector slots.
     #[serde(default = "default_ed25519_selectors")]
     pub ed25519_selectors: [String; 2],
+    /// Sign mail whose From is in a subdomain (`root@web01.example.com`) with this
+    /// domain's keys (`d=example.com`), which DMARC's relaxed alignment (`adkim=r`, the
+    /// default) accepts. On by default: a Postfix host's default sender and cron's are
+    /// `user@<host name>`, and the relay exists to sign that mail. The closest configured
+    /// domain decides; `doctor` warns when the DMARC record asks for strict alignment.
+    #[serde(default = "default_true")]
+    pub subdomains: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_rsa_selectors() -> [String; 2] {
@@ -296,6 +307,7 @@ impl Default for Config {
                 ed25519: true,
                 rsa_selectors: default_rsa_selectors(),
                 ed25519_selectors: default_ed25519_selectors(),
+                subdomains: true,
             }],
             delivery: DeliveryConfig::default(),
             upstream: None,

@@ -7,7 +7,7 @@ use mail_auth::common::crypto::{
 };
 use mail_auth::common::headers::Writable;
 use rustls_pki_types::{pem::PemObject, PrivateKeyDer};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// One loaded private key. It deliberately has no derived `Debug`: the manual one shows
@@ -102,6 +102,8 @@ pub enum KeyLookup {
 #[derive(Debug, Default)]
 pub struct KeyRing {
     domains: HashMap<String, Result<Arc<DomainKeys>, String>>,
+    /// Configured domains whose keys also sign their subdomains (`subdomains = true`).
+    parents: HashSet<String>,
 }
 
 impl KeyRing {
@@ -122,11 +124,35 @@ impl KeyRing {
                 (name, keys)
             })
             .collect();
-        KeyRing { domains }
+        let parents = config
+            .domains
+            .iter()
+            .filter(|d| d.subdomains)
+            .map(|d| d.name.clone())
+            .collect();
+        KeyRing { domains, parents }
     }
 
+    /// The keys that sign mail from `domain` (lower case), and so its `d=`: the domain's
+    /// own, or else those of the closest domain above it in the ring when that one signs
+    /// for its subdomains. The one answer to "who signs this From", read at DATA (to
+    /// refuse what cannot be signed) and at each attempt (to sign).
     pub fn lookup(&self, domain: &str) -> KeyLookup {
-        match self.domains.get(domain) {
+        let mut name = domain;
+        let found = loop {
+            if let Some(keys) = self.domains.get(name) {
+                if name == domain || self.parents.contains(name) {
+                    break Some(keys);
+                }
+                break None; // the closest configured domain does not sign for subdomains
+            }
+            match name.split_once('.') {
+                // A parent of one label is a TLD: never a signing domain here.
+                Some((_, parent)) if parent.contains('.') => name = parent,
+                _ => break None,
+            }
+        };
+        match found {
             None => KeyLookup::Unknown,
             Some(Err(reason)) => KeyLookup::Unusable(reason.clone()),
             Some(Ok(keys)) => KeyLookup::Ready(keys.clone()),

@@ -53,6 +53,8 @@ impl Rotator {
                 }),
                 rsa_selectors: ["s1".into(), "s2".into()],
                 ed25519_selectors: ["e1".into(), "e2".into()],
+                // Only a configured domain signs for its subdomains.
+                subdomains: false,
             })
     }
 

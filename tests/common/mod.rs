@@ -41,6 +41,7 @@ pub fn domain(name: &str) -> DomainConfig {
         ed25519: true,
         rsa_selectors: ["s1".into(), "s2".into()],
         ed25519_selectors: ["e1".into(), "e2".into()],
+        subdomains: true,
     }
 }
 
