@@ -226,9 +226,11 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
     let store = KeyStore::new(&config.keys.dir);
     // One rotation pass before accepting mail: first keys for new domains, and whatever
     // became due while the relay was down.
+    // Hooks and DNS lookups wait for the scheduler's first run, right after the listener
+    // is up: a slow hook or a frozen DNS server never delays accepting mail.
     let rotator = Rotator::new(&config).map_err(StartError::Rotation)?;
     if config.rotation.enabled {
-        rotator.run_all(crate::clock::now_unix(), false).await;
+        rotator.run_all_local(crate::clock::now_unix()).await;
     }
     let keys = Arc::new(SharedKeyRing::new(load_keys(&store, &config)));
     let live = Arc::new(LiveConfig::new(config.clone()));
@@ -308,7 +310,9 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
     ));
     let rotate_now = Arc::new(tokio::sync::Notify::new());
     let mut tasks = vec![server, runner];
-    tasks.extend(start_control(&config, &queue, shutdown_rx.clone()));
+    let (trigger, jobs) = crate::rotation::trigger::channel();
+    let trigger = config.rotation.enabled.then_some(trigger);
+    tasks.extend(start_control(&config, &queue, trigger, shutdown_rx.clone()));
     if config.rotation.enabled {
         drop(rotator);
         tasks.push(tokio::spawn(rotation_scheduler(
@@ -317,6 +321,14 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
             store.clone(),
             queue.clone(),
             rotate_now.clone(),
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(rotation_jobs(
+            live.clone(),
+            keys.clone(),
+            store.clone(),
+            queue.clone(),
+            jobs,
             shutdown_rx.clone(),
         )));
     }
@@ -375,13 +387,18 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
 fn start_control(
     config: &Config,
     queue: &QueueHandle,
+    rotation: Option<crate::rotation::trigger::RotateTrigger>,
     shutdown: watch::Receiver<bool>,
 ) -> Option<JoinHandle<()>> {
     let path = crate::control::socket_path(&config.spool.dir);
     match crate::control::server::bind(&path) {
         Ok(listener) => Some(tokio::spawn(crate::control::server::serve(
             listener,
-            queue.clone(),
+            crate::control::server::Handlers {
+                queue: queue.clone(),
+                rotation,
+                rotation_timeout: crate::control::rotation_request_timeout(config),
+            },
             shutdown,
         ))),
         Err(e) => {
@@ -391,8 +408,27 @@ fn start_control(
     }
 }
 
-/// Runs the rotation planner every `rotation.check_every` and when asked; reloads the
-/// key ring and retries deferred mail when keys changed.
+/// A rotator for the relay's current config that swaps the signing keys the moment a
+/// new key is activated (before any replaced key can be retired or revoked).
+fn relay_rotator(
+    config: &Arc<Config>,
+    keys: &Arc<SharedKeyRing>,
+    store: &KeyStore,
+) -> Option<Rotator> {
+    match Rotator::new(config) {
+        Ok(r) => {
+            let (config, keys, store) = (config.clone(), keys.clone(), store.clone());
+            Some(r.with_key_swap(Arc::new(move || keys.replace(load_keys(&store, &config)))))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "rotation cannot run");
+            None
+        }
+    }
+}
+
+/// Runs the rotation planner at start, then every `rotation.check_every` and when asked;
+/// reloads the key ring and retries deferred mail when keys changed.
 async fn rotation_scheduler(
     live: Arc<LiveConfig>,
     keys: Arc<SharedKeyRing>,
@@ -401,30 +437,71 @@ async fn rotation_scheduler(
     wake: Arc<tokio::sync::Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut first = true;
     loop {
         let config = live.current();
-        tokio::select! {
-            _ = tokio::time::sleep(config.rotation.check_every.0) => {}
-            _ = wake.notified() => {}
-            _ = shutdown.changed() => return,
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                _ = tokio::time::sleep(config.rotation.check_every.0) => {}
+                _ = wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
         }
         // Built per run so a reloaded config (resolver, hook, policy) applies.
         let config = live.current();
         if !config.rotation.enabled {
             continue;
         }
-        let rotator = match Rotator::new(&config) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "rotation cannot run");
-                continue;
-            }
+        let Some(rotator) = relay_rotator(&config, &keys, &store) else {
+            continue;
         };
-        if rotator.run_all(crate::clock::now_unix(), false).await {
+        let run = rotator.run_all(crate::clock::now_unix(), false);
+        let changed = tokio::select! {
+            changed = run => changed,
+            _ = shutdown.changed() => return,
+        };
+        if changed {
             keys.replace(load_keys(&store, &config));
             // Mail that waited for a key may go now.
             queue.flush();
         }
+    }
+}
+
+/// Runs rotation jobs from the control socket (`keys rotate --emergency`, `keys
+/// publish`), each in its own task so it never waits behind a slow scheduled run.
+async fn rotation_jobs(
+    live: Arc<LiveConfig>,
+    keys: Arc<SharedKeyRing>,
+    store: KeyStore,
+    queue: QueueHandle,
+    mut jobs: crate::rotation::trigger::JobReceiver,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let job = tokio::select! {
+            Some(job) = jobs.recv() => job,
+            _ = shutdown.changed() => return,
+        };
+        let config = live.current();
+        let Some(rotator) = relay_rotator(&config, &keys, &store) else {
+            let _ = job
+                .reply
+                .send(Err("rotation cannot run; see the relay's log".into()));
+            continue;
+        };
+        let (keys, store, queue) = (keys.clone(), store.clone(), queue.clone());
+        tokio::spawn(async move {
+            let result = rotator
+                .run(&job.domain, crate::clock::now_unix(), job.ask)
+                .await;
+            keys.replace(load_keys(&store, &config));
+            // Mail that waited for a key may go now.
+            queue.flush();
+            let _ = job
+                .reply
+                .send(result.map(|report| report.lines(&job.domain)));
+        });
     }
 }
 
