@@ -32,9 +32,19 @@ pub fn stuck_message(state: &DomainState, now: u64, stuck_after: u64) -> Option<
     let slot = super::waiting_since(state)?;
     Some(format!(
         "rotation stuck for {} (longer than rotation.stuck_after): {} {}; fix the publish hook or DNS, then run: dkim-relay keys publish --domain {}",
-        crate::config::HumanDuration(std::time::Duration::from_secs(waited)),
+        rough(waited),
         slot.selector,
         describe(slot).unwrap_or_default(),
         state.domain
     ))
+}
+
+/// A wait in its largest whole unit ("3d", "5h", "12m", "40s").
+fn rough(seconds: u64) -> String {
+    match seconds {
+        s if s >= 2 * 86_400 => format!("{}d", s / 86_400),
+        s if s >= 2 * 3600 => format!("{}h", s / 3600),
+        s if s >= 120 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
