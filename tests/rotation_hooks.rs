@@ -411,7 +411,8 @@ async fn emergency_rotation_acts_at_once_through_the_running_relay() {
 }
 
 /// A rotation waiting on a hook that keeps failing: `keys status` says since when and how
-/// the hook's last run ended; `keys check` fails once it waited past `stuck_after`.
+/// the hook's last run ended; `keys check` fails and `doctor` reports an error once it
+/// waited past `stuck_after`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_rotation_shows_in_keys_status_and_fails_keys_check() {
     let dns = TestDns::start().await;
@@ -462,5 +463,13 @@ async fn a_stuck_rotation_shows_in_keys_status_and_fails_keys_check() {
     }
     store.save(&state).unwrap();
     let (ok, out) = run(&["keys", "check"]).await.unwrap();
-    assert!(!ok && out.contains("rotation stuck"), "{out}");
+    assert!(!ok && out.contains("rotation stuck for 2d"), "{out}");
+    assert!(out.contains("exit 1: provider said 403"), "{out}");
+    let (ok, out) = run(&["doctor", "--domain", "stuck.example"]).await.unwrap();
+    assert!(
+        !ok && out
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("rotation stuck")),
+        "{out}"
+    );
 }
