@@ -455,6 +455,14 @@ async fn a_stuck_rotation_shows_in_keys_status_and_fails_keys_check() {
     );
     let (ok, out) = run(&["keys", "check"]).await.unwrap();
     assert!(ok, "not stuck yet, nothing in use: {out}");
+    // `keys publish` runs the hook again at once and says how it ended.
+    let (ok, out) = run(&["keys", "publish", "--domain", "stuck.example"])
+        .await
+        .unwrap();
+    assert!(
+        ok && out.contains("s1: publish hook failed (exit 1: provider said 403)"),
+        "{out}"
+    );
     // Two days later (the key's creation moved back rather than the clock forward).
     let store = KeyStore::new(&keys);
     let mut state = store.load("stuck.example").unwrap().unwrap();
