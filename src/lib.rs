@@ -14,11 +14,12 @@
 //! Around them: [`auth`] (AUTH users, who may send as which domain), [`config`] (the TOML
 //! file, and the live snapshot hot reload swaps), [`domain`] (how domain names are spelled
 //! and checked), [`clock`] (the wall clock, in one place), [`keys`] (the key store on disk), [`rotation`] (the pure rotation planner and
-//! its executor: hook, DNS check, lock), [`message`] (header and From parsing),
+//! its executor: hooks with a timeout, DNS checks, the store lock held only to record; the
+//! trigger the control socket uses), [`message`] (header and From parsing),
 //! [`relay`] (wires the stages together), [`watch`] (hot reload of config and keys),
 //! [`queue`] (what each queue command means: one implementation, for the running relay
-//! and for the spool alone), [`control`] (how queue commands reach it: the control
-//! socket), [`metrics`] (/metrics, /healthz, /readyz), [`doctor`] (SPF, DKIM and DMARC
+//! and for the spool alone), [`control`] (how queue commands and `keys rotate
+//! --emergency` / `keys publish` reach it: the control socket), [`metrics`] (/metrics, /healthz, /readyz), [`doctor`] (SPF, DKIM and DMARC
 //! checks in DNS), [`systemd`] (readiness notification), [`cli`] (the command line),
 //! [`listener`] (what every listener does when accept fails), [`logging`].
 

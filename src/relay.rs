@@ -1,8 +1,9 @@
 //! Wires the stages together: key store → key ring, spool → queue runner, listener →
 //! sessions. [`start`] is what `serve` runs and what integration tests start in-process;
 //! it reads as the order of the start, each step in a file of its own: `open` (spool,
-//! key store, transport), `listeners`, `reload` (hot reload and the rotation scheduler,
-//! which apply changes the same way), `handle` (the running relay).
+//! key store, transport), `listeners`, `reload` (hot reload), `rotation` (the scheduler and
+//! the control socket's rotation jobs; both apply changes through `reload`), `handle`
+//! (the running relay).
 
 use crate::config::{Config, DomainConfig, LiveConfig};
 use crate::delivery::{self, DeliveryContext, Router};
@@ -10,7 +11,7 @@ use crate::dkim::SharedKeyRing;
 use crate::keys::{Algorithm, KeyError, KeyStore, SlotState};
 use crate::rotation::Rotator;
 use crate::smtp::{self, SmtpContext};
-use reload::{load_keys, rotation_scheduler, Reloader};
+use reload::{load_keys, Reloader};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
@@ -19,6 +20,7 @@ mod handle;
 mod listeners;
 mod open;
 mod reload;
+mod rotation;
 mod summary;
 
 pub use handle::RelayHandle;
@@ -100,10 +102,11 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
     let spool = open::spool(&config)?;
     let store = open::key_store(&config)?;
     // One rotation pass before accepting mail: first keys for new domains, and whatever
-    // became due while the relay was down.
+    // became due while the relay was down. Only the steps that need no hook and no DNS:
+    // the rest waits for the scheduler's first run, right after the listener is up.
     let rotator = Rotator::new(&config).map_err(StartError::Rotation)?;
     if config.rotation.enabled {
-        rotator.run_all(crate::clock::now_unix(), false).await;
+        rotator.run_all_local(crate::clock::now_unix()).await;
     }
     drop(rotator);
     let keys = Arc::new(SharedKeyRing::new(load_keys(&store, &config)));
@@ -145,7 +148,14 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         shutdown_rx.clone(),
     ));
     let mut tasks = vec![server, runner];
-    tasks.extend(listeners::control(&config, &queue, shutdown_rx.clone()));
+    let (trigger, jobs) = crate::rotation::trigger::channel();
+    let trigger = config.rotation.enabled.then_some(trigger);
+    tasks.extend(listeners::control(
+        &config,
+        &queue,
+        trigger,
+        shutdown_rx.clone(),
+    ));
 
     let reloader = Arc::new(Reloader {
         live: live.clone(),
@@ -156,9 +166,14 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
     });
     let rotate_now = Arc::new(tokio::sync::Notify::new());
     if config.rotation.enabled {
-        tasks.push(tokio::spawn(rotation_scheduler(
+        tasks.push(tokio::spawn(rotation::scheduler(
             reloader.clone(),
             rotate_now.clone(),
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(rotation::jobs(
+            reloader.clone(),
+            jobs,
             shutdown_rx.clone(),
         )));
     }

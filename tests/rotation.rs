@@ -414,7 +414,8 @@ async fn keys_check_reports_each_selector_and_fails_for_keys_in_use() {
             Algorithm::Rsa,
             2048,
             SlotState::Pending,
-            1,
+            // Pending since now: a key waiting since 1970 would be a stuck rotation.
+            dkim_relay::clock::now_unix(),
         )
         .unwrap();
     let run = || {

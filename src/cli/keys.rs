@@ -8,7 +8,7 @@ use crate::keys::{
 use crate::message::rfc5322_date;
 use crate::rotation::dns::DnsChecker;
 use crate::rotation::{
-    apply, free_slot, next_move, rotation_due, NextMove, PublishedBecause, Rotator, Step,
+    apply, free_slot, next_move, rotation_due, Ask, NextMove, PublishedBecause, Rotator, Step,
 };
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
@@ -27,6 +27,9 @@ pub enum KeysCommand {
     Check(DomainArgs),
     /// Rotate: `--due` (what the schedule says), `--now` (start one now), or `--emergency`.
     Rotate(RotateArgs),
+    /// Run the publish hook again for a domain's pending keys (after fixing the hook or
+    /// the DNS provider), through the running relay when there is one.
+    Publish(PublishArgs),
     /// Activate pending keys without waiting for DNS (the operator vouches for DNS).
     Activate(ActivateArgs),
     /// Import keys from an OpenDKIM KeyTable and SigningTable.
@@ -100,6 +103,13 @@ pub struct RotateArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The domain whose pending keys to publish again.
+    #[arg(long)]
+    pub domain: String,
+}
+
+#[derive(Debug, Args)]
 pub struct ActivateArgs {
     /// The domain whose pending keys to activate.
     #[arg(long)]
@@ -121,6 +131,7 @@ pub fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Dns(args) => dns(&store, args),
         KeysCommand::Check(args) => runtime.block_on(check(config, &store, args)),
         KeysCommand::Rotate(args) => runtime.block_on(rotate(config, &store, args)),
+        KeysCommand::Publish(args) => runtime.block_on(publish(config, &store, args)),
         KeysCommand::Activate(args) => activate(config, &store, args),
         KeysCommand::ImportOpendkim(args) => super::keys_import::import(&store, args),
     }
@@ -232,6 +243,9 @@ struct SlotStatus {
     next: String,
     next_at: Option<u64>,
     last_dns_check: Option<crate::keys::DnsCheck>,
+    /// For a pending key: since when it waits and the hook's last run.
+    waiting: Option<String>,
+    last_hook: Option<crate::keys::HookRun>,
 }
 
 /// The planner's next move for the slot, in words, and its time.
@@ -281,6 +295,8 @@ fn status(config: &Config, store: &KeyStore, args: DomainArgs) -> anyhow::Result
                 next,
                 next_at,
                 last_dns_check: slot.last_dns_check.clone(),
+                waiting: crate::rotation::waiting::describe(slot),
+                last_hook: slot.last_hook.clone(),
             });
         }
     }
@@ -303,11 +319,13 @@ fn status(config: &Config, store: &KeyStore, args: DomainArgs) -> anyhow::Result
             .next_at
             .map(|t| format!(" at {}", rfc5322_date(t)))
             .unwrap_or_default();
-        let dns = r
-            .last_dns_check
-            .as_ref()
-            .map(|c| format!(" [dns {:?} {}]", c.outcome, rfc5322_date(c.at)).to_lowercase())
-            .unwrap_or_default();
+        let dns = match (&r.waiting, &r.last_dns_check) {
+            (Some(waiting), _) => format!(" [{waiting}]"),
+            (None, Some(c)) => {
+                format!(" [dns {:?} {}]", c.outcome, rfc5322_date(c.at)).to_lowercase()
+            }
+            (None, None) => String::new(),
+        };
         table.push([
             r.domain,
             r.selector,
@@ -427,16 +445,71 @@ async fn check(config: &Config, store: &KeyStore, args: DomainArgs) -> anyhow::R
             );
         }
     }
-    if bad > 0 {
-        bail!("{bad} selector(s) in use are not served correctly by DNS");
+    let stuck_after = config.rotation.stuck_after.0.as_secs();
+    let mut stuck = 0;
+    for domain in domains(store, args.domain.as_deref())? {
+        let state = existing(store, &domain)?;
+        if let Some(message) = crate::rotation::waiting::stuck_message(&state, now(), stuck_after) {
+            stuck += 1;
+            eprintln!("{domain}: {message}");
+        }
+    }
+    match (bad, stuck) {
+        (0, 0) => Ok(()),
+        (0, n) => bail!("{n} domain(s) have a rotation stuck longer than rotation.stuck_after"),
+        (b, 0) => bail!("{b} selector(s) in use are not served correctly by DNS"),
+        (b, n) => bail!("{b} selector(s) in use are not served correctly by DNS, and {n} domain(s) have a rotation stuck longer than rotation.stuck_after"),
+    }
+}
+
+/// `keys publish`: the publish hook again, now, for the domain's pending keys.
+async fn publish(config: &Config, store: &KeyStore, args: PublishArgs) -> anyhow::Result<()> {
+    let domain = normalise(&args.domain)?;
+    if config.rotation.publish_hook.is_none() {
+        bail!("rotation.publish_hook is not set: publish the records yourself (dkim-relay keys dns --domain {domain})");
+    }
+    let state = existing(store, &domain)?;
+    if !state.slots.iter().any(|s| s.state == SlotState::Pending) {
+        bail!("{domain}: no pending key to publish (keys status shows each key's state)");
+    }
+    for line in run_now(config, &domain, Ask::Publish).await? {
+        println!("{line}");
     }
     Ok(())
+}
+
+/// Runs the domain's rotation now: in the running relay (through its control socket) when
+/// one runs, so its signing keys follow at once, else here.
+async fn run_now(config: &Config, domain: &str, ask: Ask) -> anyhow::Result<Vec<String>> {
+    if let Some(lines) = crate::control::cli::rotate_on_relay(config, domain, ask)? {
+        return Ok(lines);
+    }
+    let rotator = Rotator::new(config).map_err(anyhow::Error::msg)?;
+    let report = rotator
+        .run(domain, now(), ask)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(report.lines(domain))
 }
 
 async fn rotate(config: &Config, store: &KeyStore, args: RotateArgs) -> anyhow::Result<()> {
     if args.emergency {
         let domain = normalise(args.domain.as_deref().unwrap_or_default())?;
-        return emergency(config, store, &domain);
+        emergency(config, store, &domain)?;
+        if config.rotation.publish_hook.is_some() {
+            // Publish the new keys and revoke the old ones through the hook at once, in the
+            // running relay (which then stops signing with the old keys) or here.
+            println!("; the publish hook runs now:");
+            for line in run_now(config, &domain, Ask::Schedule).await? {
+                println!("{line}");
+            }
+        } else {
+            // Still have a running relay drop the deleted keys from memory now.
+            if let Err(e) = crate::control::cli::rotate_on_relay(config, &domain, Ask::Schedule) {
+                eprintln!("; the running relay was not told ({e}); it reloads the key store within a minute");
+            }
+        }
+        return Ok(());
     }
     if !args.due && !args.now {
         bail!("say --due (what the schedule says), --now, or --emergency");
@@ -454,22 +527,17 @@ async fn rotate(config: &Config, store: &KeyStore, args: RotateArgs) -> anyhow::
             .map_err(anyhow::Error::msg)?;
         for t in &report.transitions {
             out.push(serde_json::json!({"domain": domain, "selector": t.selector, "from": t.from, "to": t.to, "reason": t.reason}));
-            if !args.json {
-                let from = t.from.map_or("-", SlotState::as_str);
-                println!("{domain} {}: {from} -> {} ({})", t.selector, t.to, t.reason);
+        }
+        if !args.json {
+            for line in report.lines(&domain) {
+                println!("{line}");
             }
         }
-        for r in &report.to_publish {
-            if !args.json {
-                println!("; publish:\n{}", r.zone_line());
-            }
-        }
-        for w in &report.waiting {
-            if !args.json {
-                println!("{domain}: waiting: {w}");
-            }
-        }
-        if report.transitions.is_empty() && report.waiting.is_empty() && !args.json {
+        if report.transitions.is_empty()
+            && report.waiting.is_empty()
+            && report.hooks.is_empty()
+            && !args.json
+        {
             let due = store.load(&domain)?.is_some_and(|s| {
                 rotation_due(
                     &s,

@@ -40,10 +40,23 @@ pub struct RotationConfig {
     /// Executable run with DKIM_RELAY_ACTION=publish|revoke and the record in its
     /// environment (like certbot's manual hooks). Failures are retried; rotation waits.
     pub publish_hook: Option<PathBuf>,
+    /// How long the publish hook may run before it is killed and counted as failed.
+    pub hook_timeout: HumanDuration,
+    /// A rotation that has waited this long for its new key to be published is stuck:
+    /// `keys check` exits non-zero and `doctor` reports an error.
+    pub stuck_after: HumanDuration,
     /// How often `serve` runs the planner.
     pub check_every: HumanDuration,
     pub signing: SigningMode,
 }
+
+/// The shortest grace period accepted. A message signed with the old key in the last
+/// moment before the switch must still find that key in DNS when it is verified: the
+/// delivery attempt already under way (connect, TLS and command timeouts, minutes), other
+/// relays sharing the key store reloading it (up to a minute), and the receiving MTA's own
+/// queue and content scanning before its DKIM check (minutes, up to an hour under load).
+/// One hour covers these; `upstream_retry_window` adds the upstream's retries on top.
+pub const MIN_GRACE: Duration = Duration::from_secs(3600);
 
 impl Default for RotationConfig {
     fn default() -> Self {
@@ -57,6 +70,8 @@ impl Default for RotationConfig {
             dns_recheck: HumanDuration(Duration::from_secs(300)),
             resolver: None,
             publish_hook: None,
+            hook_timeout: HumanDuration(Duration::from_secs(60)),
+            stuck_after: HumanDuration(Duration::from_secs(86_400)),
             check_every: HumanDuration(Duration::from_secs(300)),
             signing: SigningMode::Active,
         }
@@ -65,6 +80,21 @@ impl Default for RotationConfig {
 
 impl RotationConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.grace.0 < MIN_GRACE {
+            return Err(ConfigError::new(
+                "rotation.grace",
+                format!(
+                    "is shorter than {}: a message signed with the old key just before the switch may still be on its way (the delivery attempt under way, other relays reloading the key store, the receiver's queue before its DKIM check) and would fail verification once the key is revoked; set rotation.grace to at least 1h",
+                    HumanDuration(MIN_GRACE)
+                ),
+            ));
+        }
+        if self.hook_timeout.0 < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "rotation.hook_timeout",
+                "must be at least 1s",
+            ));
+        }
         if self.grace < self.upstream_retry_window {
             return Err(ConfigError::new(
                 "rotation.grace",

@@ -92,3 +92,18 @@ fn a_hostname_that_is_not_a_host_name_is_refused() {
         Config::from_toml(&format!("hostname = {good:?}\n")).unwrap();
     }
 }
+
+#[test]
+fn a_grace_below_the_floor_is_refused_even_with_no_upstream_retries() {
+    let err = Config::from_toml("[rotation]\ngrace = \"0s\"\nupstream_retry_window = \"0s\"\n")
+        .unwrap_err();
+    assert_eq!(err.field, "rotation.grace");
+    assert!(err.problem.contains("at least 1h"), "{err}");
+    let err = Config::from_toml("[rotation]\ngrace = \"59m\"\nupstream_retry_window = \"0s\"\n")
+        .unwrap_err();
+    assert_eq!(err.field, "rotation.grace");
+    Config::from_toml(
+        "[rotation]\ngrace = \"1h\"\nupstream_retry_window = \"0s\"\ninterval = \"2h\"\n",
+    )
+    .unwrap();
+}

@@ -1,7 +1,7 @@
 //! `dkim-relay queue …`: through the control socket when a relay runs, or directly on the
 //! spool (holding its lock) when none does.
 
-use super::{offline, try_lock_spool, Entry, Request, Response};
+use super::{offline, try_lock_spool, ControlRequest, Entry, Request, Response, RotationRequest};
 use crate::config::Config;
 use crate::message::rfc5322_date;
 use crate::spool::{QueueId, RcptStatus, Spool};
@@ -98,14 +98,49 @@ pub fn execute(config: &Config, request: &Request) -> anyhow::Result<Response> {
         let spool = Spool::open(dir, config.spool.fsync)?;
         return offline::run(&spool, request);
     }
-    let path = super::socket_path(dir);
+    send(config, request, Duration::from_secs(30))
+}
+
+/// Has the running relay run `domain`'s rotation now and returns its report as lines;
+/// `Ok(None)` when no relay runs on this spool (the caller then runs it itself).
+pub fn rotate_on_relay(
+    config: &Config,
+    domain: &str,
+    ask: crate::rotation::Ask,
+) -> anyhow::Result<Option<Vec<String>>> {
+    let dir = &config.spool.dir;
+    if try_lock_spool(dir)
+        .with_context(|| format!("spool {}", dir.display()))?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let request = ControlRequest::Rotation(RotationRequest::Rotate {
+        domain: domain.to_string(),
+        ask,
+    });
+    let wait = super::rotation_request_timeout(config) + Duration::from_secs(10);
+    match send(config, &request, wait)? {
+        Response::Done(text) => Ok(Some(text.lines().map(String::from).collect())),
+        Response::Error(e) => bail!("the running relay: {e}"),
+        Response::Entries(_) => bail!("unexpected reply from the relay"),
+    }
+}
+
+/// One request line to the running relay's control socket, one reply line back.
+fn send(
+    config: &Config,
+    request: &impl serde::Serialize,
+    wait: Duration,
+) -> anyhow::Result<Response> {
+    let path = super::socket_path(&config.spool.dir);
     let mut stream = UnixStream::connect(&path).with_context(|| {
         format!(
             "a relay holds the spool lock but its control socket {} does not answer",
             path.display()
         )
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_read_timeout(Some(wait))?;
     stream.set_write_timeout(Some(Duration::from_secs(30)))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');

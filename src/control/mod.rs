@@ -6,6 +6,9 @@
 //! the queue in memory, so every change goes through it: nothing edits a file under a
 //! running relay's feet. When no relay holds the lock, the command takes the lock itself
 //! and works on the spool files directly.
+//!
+//! The same socket lets `keys rotate --emergency` and `keys publish` have the running
+//! relay's rotation act at once instead of at its next scheduled run.
 
 pub mod cli;
 mod offline;
@@ -14,6 +17,30 @@ pub mod server;
 use std::path::{Path, PathBuf};
 
 pub use crate::queue::{Entry, RcptEntry, Request, Response};
+
+/// A line on the control socket: a queue command, or a rotation run.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum ControlRequest {
+    Queue(Request),
+    Rotation(RotationRequest),
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub enum RotationRequest {
+    /// Run this domain's rotation now and answer with what it did (`keys rotate
+    /// --emergency`, `keys publish`, `keys rotate --now`).
+    Rotate {
+        domain: String,
+        ask: crate::rotation::Ask,
+    },
+}
+
+/// How long a rotation request on the control socket may take: four hook runs (publish
+/// and revoke, RSA and Ed25519) at their timeout, plus DNS lookups.
+pub fn rotation_request_timeout(config: &crate::config::Config) -> std::time::Duration {
+    config.rotation.hook_timeout.0 * 4 + std::time::Duration::from_secs(30)
+}
 
 pub fn socket_path(spool_dir: &Path) -> PathBuf {
     spool_dir.join("control.sock")

@@ -1,9 +1,11 @@
 //! The relay's side of the control socket: one JSON request line in, one JSON reply line
-//! out, handed to the queue runner. Bounded: a request line longer than 4 KiB or slower
-//! than 10 s is dropped, and at most 8 requests are served at once.
+//! out, handed to the queue runner or the rotation scheduler. Bounded: a request line
+//! longer than 4 KiB or slower than 10 s to arrive is dropped, a queue command gets 10 s
+//! and a rotation run its hooks' timeouts, and at most 8 requests are served at once.
 
-use super::{Request, Response};
+use super::{ControlRequest, Response, RotationRequest};
 use crate::delivery::QueueHandle;
+use crate::rotation::trigger::RotateTrigger;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,9 +29,19 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Who answers what.
+#[derive(Clone)]
+pub struct Handlers {
+    pub queue: QueueHandle,
+    /// None when rotation does not run in this relay (`rotation.enabled = false`).
+    pub rotation: Option<RotateTrigger>,
+    /// How long a rotation run may take before the request is answered with an error.
+    pub rotation_timeout: Duration,
+}
+
 pub async fn serve(
     listener: UnixListener,
-    queue: QueueHandle,
+    handlers: Handlers,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(8));
@@ -48,30 +60,54 @@ pub async fn serve(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             continue; // dropped: the command sees a closed connection and can retry
         };
-        let queue = queue.clone();
+        let handlers = handlers.clone();
         tokio::spawn(async move {
-            if tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, queue))
-                .await
-                .is_err()
-            {
-                tracing::info!("control request timed out");
-            }
+            answer(stream, handlers).await;
             drop(permit);
         });
     }
 }
 
-async fn answer(stream: UnixStream, queue: QueueHandle) {
+async fn answer(stream: UnixStream, handlers: Handlers) {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(r.take(MAX_REQUEST));
-    if reader.read_line(&mut line).await.is_err() {
-        return;
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => return,
+        Err(_) => {
+            tracing::info!("control request timed out");
+            return;
+        }
     }
-    let response = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(request) => {
+    let response = match serde_json::from_str::<ControlRequest>(line.trim()) {
+        Ok(ControlRequest::Queue(request)) => {
             tracing::info!(request = %request, "queue command");
-            queue.control(request).await
+            match tokio::time::timeout(REQUEST_TIMEOUT, handlers.queue.control(request)).await {
+                Ok(response) => response,
+                Err(_) => Response::Error("the queue runner did not answer in time".into()),
+            }
+        }
+        Ok(ControlRequest::Rotation(RotationRequest::Rotate { domain, ask })) => {
+            tracing::info!(domain = %domain, ask = ask.as_str(), "rotation requested on the control socket");
+            match &handlers.rotation {
+                None => Response::Error(
+                    "rotation does not run in this relay (rotation.enabled = false)".into(),
+                ),
+                Some(trigger) => match tokio::time::timeout(
+                    handlers.rotation_timeout,
+                    trigger.run(domain, ask),
+                )
+                .await
+                {
+                    Ok(Ok(lines)) => Response::Done(lines.join("\n")),
+                    Ok(Err(e)) => Response::Error(e),
+                    Err(_) => Response::Error(format!(
+                        "the rotation run took longer than {}s; it goes on in the relay (see its log and `keys status`)",
+                        handlers.rotation_timeout.as_secs()
+                    )),
+                },
+            }
         }
         Err(e) => Response::Error(format!("bad request: {e}")),
     };

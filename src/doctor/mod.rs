@@ -96,7 +96,7 @@ struct Plan {
     signing_since: Option<u64>,
 }
 
-fn plan(config: &Config, store: &KeyStore, domain: &str) -> Result<Plan, DoctorError> {
+fn plan(config: &Config, store: &KeyStore, domain: &str, now: u64) -> Result<Plan, DoctorError> {
     let mut slots = Vec::new();
     let mut slot_errors = Vec::new();
     let mut signing_since = None;
@@ -108,6 +108,10 @@ fn plan(config: &Config, store: &KeyStore, domain: &str) -> Result<Plan, DoctorE
         )),
         Some(state) => {
             signing_since = state.slots.iter().filter_map(|s| s.active_since).min();
+            let stuck_after = config.rotation.stuck_after.0.as_secs();
+            if let Some(message) = crate::rotation::waiting::stuck_message(&state, now, stuck_after) {
+                slot_errors.push(Finding::new(Check::Dkim, Severity::Error, message));
+            }
             for slot in &state.slots {
                 let record = match slot.state {
                     SlotState::Retired => None,
@@ -205,7 +209,7 @@ pub async fn run(config: &Config, only: Option<&str>, now: u64) -> Result<Report
     let store = KeyStore::new(&config.keys.dir);
     let plans = domains(config, &store, only)?
         .iter()
-        .map(|d| plan(config, &store, d))
+        .map(|d| plan(config, &store, d, now))
         .collect::<Result<Vec<_>, _>>()?;
     let checker =
         Arc::new(DnsChecker::new(config.rotation.resolver).map_err(DoctorError::Resolver)?);

@@ -20,5 +20,5 @@ mod store;
 pub use lock::StoreLock;
 pub use material::{generate, public_key_bits, public_key_of, Algorithm, KeyMaterial};
 pub use record::{public_key_bytes, DnsRecord};
-pub use state::{DnsCheck, DnsOutcome, DomainState, Slot, SlotState};
+pub use state::{DnsCheck, DnsOutcome, DomainState, HookRun, Slot, SlotState};
 pub use store::{KeyError, KeyStore};

@@ -62,6 +62,23 @@ pub struct Slot {
     /// When the revoke hook succeeded after retirement.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook_revoked: Option<u64>,
+    /// The last run of the hook for this key, success or not: kept so `keys status` can
+    /// say why a rotation waits, and so reruns back off. Holds no record value or secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_hook: Option<HookRun>,
+}
+
+/// One run of the publish hook (publish or revoke) for a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookRun {
+    /// Unix seconds when it finished.
+    pub at: u64,
+    /// Exited 0 within the timeout.
+    pub ok: bool,
+    /// "exit 0", "exit 1: <first stderr line>", "timed out after 60s", "cannot run: …".
+    pub result: String,
+    /// Publish runs for this key so far (reruns back off by it).
+    pub runs: u32,
 }
 
 /// What a DNS lookup of a selector found.

@@ -172,6 +172,7 @@ impl KeyStore {
             hook_published: None,
             last_dns_check: None,
             hook_revoked: None,
+            last_hook: None,
         };
         domain_state.slots.retain(|s| s.selector != selector);
         domain_state.slots.push(slot.clone());

@@ -27,6 +27,9 @@ pub struct Registry {
     refusals: Mutex<BTreeMap<(u16, &'static str), u64>>,
     /// Signatures by (domain, selector, algorithm).
     signatures: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    /// Publish hook runs that failed (non-zero exit, timeout, or exit 0 while DNS kept
+    /// serving another key), by domain.
+    hook_failures: Mutex<BTreeMap<String, u64>>,
     /// Unix time of the last delivery the upstream (or outbox) took, and of the last deferral.
     pub last_delivered: AtomicU64,
     pub last_deferred: AtomicU64,
@@ -63,6 +66,24 @@ impl Registry {
             .unwrap_or_else(|e| e.into_inner())
             .entry((domain.to_string(), selector.to_string(), algorithm))
             .or_default() += 1;
+    }
+
+    pub fn publish_hook_failure(&self, domain: &str) {
+        *self
+            .hook_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(domain.to_string())
+            .or_default() += 1;
+    }
+
+    fn hook_failures(&self) -> Vec<(String, u64)> {
+        self.hook_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 
     pub fn add(counter: &AtomicU64) {

@@ -163,7 +163,30 @@ pub fn render(config: &Config, store: &KeyStore, queue_dir: &Path, now: u64) -> 
             ));
         }
     }
+    rotation_waits(store, now, &mut line);
     out
+}
+
+/// Publish hook failures, and how long each domain's rotation has waited for its new key
+/// to be published (0: nothing waits), the planner's `waiting_since`.
+fn rotation_waits(store: &KeyStore, now: u64, line: &mut impl FnMut(String)) {
+    line("# TYPE dkim_relay_publish_hook_failures_total counter".into());
+    for (domain, n) in global().hook_failures() {
+        line(format!(
+            "dkim_relay_publish_hook_failures_total{{domain=\"{domain}\"}} {n}"
+        ));
+    }
+    line("# TYPE dkim_relay_rotation_stuck_seconds gauge".into());
+    for domain in store.domains().unwrap_or_default() {
+        let Ok(Some(state)) = store.load(&domain) else {
+            continue;
+        };
+        let waited = crate::rotation::waiting_since(&state)
+            .map_or(0, |slot| now.saturating_sub(slot.created));
+        line(format!(
+            "dkim_relay_rotation_stuck_seconds{{domain=\"{domain}\"}} {waited}"
+        ));
+    }
 }
 
 /// Why the relay is not ready, or Ok.

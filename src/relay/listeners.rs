@@ -1,11 +1,12 @@
 //! The relay's listeners: SMTP (plain, and implicit TLS when configured), /metrics, and
-//! the control socket. A port that cannot be bound stops the start with the address in
+//! the control socket (queue commands, and rotation jobs when rotation is on). A port that cannot be bound stops the start with the address in
 //! the error; the control socket is the exception (mail flows without it).
 
 use super::StartError;
 use crate::config::Config;
 use crate::delivery::QueueHandle;
 use crate::metrics::HttpContext;
+use crate::rotation::trigger::RotateTrigger;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -53,13 +54,18 @@ pub(super) async fn metrics(
 pub(super) fn control(
     config: &Config,
     queue: &QueueHandle,
+    rotation: Option<RotateTrigger>,
     shutdown: watch::Receiver<bool>,
 ) -> Option<JoinHandle<()>> {
     let path = crate::control::socket_path(&config.spool.dir);
     match crate::control::server::bind(&path) {
         Ok(listener) => Some(tokio::spawn(crate::control::server::serve(
             listener,
-            queue.clone(),
+            crate::control::server::Handlers {
+                queue: queue.clone(),
+                rotation,
+                rotation_timeout: crate::control::rotation_request_timeout(config),
+            },
             shutdown,
         ))),
         Err(e) => {

@@ -1,15 +1,14 @@
 //! The running relay's changes, applied one way whatever woke them: a file event or the
-//! periodic re-check (hot reload), a SIGHUP, or a rotation run that moved a key. Both
-//! loops below end in [`Reloader`]; neither has its own copy of what a reload does.
+//! periodic re-check (hot reload), a SIGHUP, or a rotation run that moved a key
+//! (`rotation.rs`). Each ends in [`Reloader`]; none has its own copy of what a reload does.
 
 use crate::config::{Config, LiveConfig};
 use crate::delivery::{QueueHandle, Router, SharedTransport, Transport};
 use crate::dkim::{KeyRing, SharedKeyRing};
 use crate::keys::KeyStore;
-use crate::rotation::Rotator;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
 /// What a reload replaces: the config snapshot, the key ring and the delivery router.
 pub(super) struct Reloader {
@@ -111,38 +110,6 @@ pub(super) async fn watch_task(
             tracing::info!("key store changed; reloading keys");
         }
         if changed {
-            reloader.keys_changed();
-        }
-    }
-}
-
-/// Runs the rotation planner every `rotation.check_every` and when woken; reloads the
-/// key ring and retries deferred mail when keys changed.
-pub(super) async fn rotation_scheduler(
-    reloader: Arc<Reloader>,
-    wake: Arc<Notify>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let config = reloader.live.current();
-        tokio::select! {
-            _ = tokio::time::sleep(config.rotation.check_every.0) => {}
-            _ = wake.notified() => {}
-            _ = shutdown.changed() => return,
-        }
-        // Built per run so a reloaded config (resolver, hook, policy) applies.
-        let config = reloader.live.current();
-        if !config.rotation.enabled {
-            continue;
-        }
-        let rotator = match Rotator::new(&config) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "rotation cannot run");
-                continue;
-            }
-        };
-        if rotator.run_all(crate::clock::now_unix(), false).await {
             reloader.keys_changed();
         }
     }

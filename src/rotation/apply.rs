@@ -42,6 +42,7 @@ pub fn apply(state: &mut DomainState, step: &Step, now: u64, policy: &Policy) ->
                 hook_published: None,
                 last_dns_check: None,
                 hook_revoked: None,
+                last_hook: None,
             });
             out.push(Transition {
                 selector: selector.clone(),
@@ -50,7 +51,7 @@ pub fn apply(state: &mut DomainState, step: &Step, now: u64, policy: &Policy) ->
                 reason: "new key generated; its record must be published".into(),
             });
         }
-        Step::PublishHook { selector } => {
+        Step::PublishHook { selector, .. } => {
             if let Some(slot) = slot_mut(state, selector) {
                 slot.hook_published = Some(now);
             }
@@ -135,6 +136,29 @@ pub fn apply(state: &mut DomainState, step: &Step, now: u64, policy: &Policy) ->
         }
     }
     out
+}
+
+/// Stores a hook run's result on the slot (the count of publish runs goes up by one).
+pub fn record_hook_run(
+    state: &mut DomainState,
+    selector: &str,
+    publish: bool,
+    at: u64,
+    result: Result<String, String>,
+) {
+    if let Some(slot) = slot_mut(state, selector) {
+        let runs = slot.last_hook.as_ref().map_or(0, |r| r.runs) + u32::from(publish);
+        let (ok, result) = match result {
+            Ok(r) => (true, r),
+            Err(r) => (false, r),
+        };
+        slot.last_hook = Some(crate::keys::HookRun {
+            at,
+            ok,
+            result,
+            runs,
+        });
+    }
 }
 
 /// Stores a DNS lookup's result on the slot.

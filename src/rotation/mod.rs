@@ -1,15 +1,19 @@
 //! Scheduled dual-selector key rotation (DESIGN §6): a pure [`planner`] decides the next
 //! steps from (state, now, policy); [`apply`] records them; the executor performs their
-//! effects (key files, hooks, DNS lookups) under the key store lock.
+//! effects (key files, hooks, DNS lookups), taking the key store lock only to read and
+//! record state, never while a hook or a lookup runs.
 
 pub mod apply;
 pub mod dns;
 pub mod executor;
 pub mod hook;
 pub mod planner;
+pub mod trigger;
+pub mod waiting;
 
-pub use apply::{apply, record_dns_check, Transition};
-pub use executor::{DomainReport, Rotator};
+pub use apply::{apply, record_dns_check, record_hook_run, Transition};
+pub use executor::{DomainReport, HookReport, KeySwap, Rotator};
 pub use planner::{
-    free_slot, next_move, plan, rotation_due, NextMove, Policy, PublishedBecause, Step,
+    free_slot, next_move, plan, rotation_due, stuck_for, waiting_since, Ask, HookBecause, NextMove,
+    Policy, PublishedBecause, Step,
 };

@@ -4,6 +4,10 @@
 
 use crate::keys::{Algorithm, DnsOutcome, DomainState, Slot, SlotState};
 
+/// The longest a publish hook that exits 0 while DNS serves another key waits between
+/// reruns, in multiples of `dns_recheck` (1, 2, 4 … 32).
+const MAX_RERUN_BACKOFF_SHIFT: u32 = 5;
+
 /// The rules of rotation for one domain, all in seconds.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -44,6 +48,42 @@ pub enum PublishedBecause {
     Forced,
 }
 
+/// What the caller asks of a run, beyond what the schedule says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ask {
+    /// Only what is due (the scheduler, `keys rotate --due`).
+    Schedule,
+    /// `keys rotate --now`: start a rotation, or, if one waits, run its publish hook again.
+    RotateNow,
+    /// `keys publish`: run the publish hook of every pending key again, now.
+    Publish,
+}
+
+impl Ask {
+    /// As a word, for the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ask::Schedule => "schedule",
+            Ask::RotateNow => "rotate now",
+            Ask::Publish => "publish",
+        }
+    }
+}
+
+/// Why the publish hook runs for a pending key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookBecause {
+    /// Never run for this key yet.
+    NewKey,
+    /// Its last run failed (non-zero exit, timeout): retried at every run.
+    LastRunFailed,
+    /// It exited 0 but DNS still serves another key (or nothing): run again, backing off.
+    DnsServesOther,
+    /// The operator asked (`keys rotate --now`, `keys publish`).
+    Asked,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Generate a key in this (free or retired) slot, as pending.
@@ -52,7 +92,10 @@ pub enum Step {
         selector: String,
     },
     /// Run the publish hook for a pending key.
-    PublishHook { selector: String },
+    PublishHook {
+        selector: String,
+        because: HookBecause,
+    },
     /// Look the pending key's record up in DNS and record what was found.
     CheckDns { selector: String },
     MarkPublished {
@@ -159,9 +202,63 @@ pub fn rotation_due(state: &DomainState, now: u64, policy: &Policy) -> bool {
     })
 }
 
-/// The next steps for one domain. `force_rotation` starts a rotation now (`keys rotate
-/// --now`) even if none is due.
-pub fn plan(state: &DomainState, now: u64, policy: &Policy, force_rotation: bool) -> Vec<Step> {
+/// Whether (and why) the publish hook runs for this pending key at `now`. A hook that
+/// exited 0 is run again only once a DNS lookup after it still found another key or none,
+/// at most every `dns_recheck`, doubling up to 32 times that, so a hook that published a
+/// wrong value cannot wedge the rotation and a broken one cannot hammer the provider.
+fn publish_hook_due(slot: &Slot, now: u64, policy: &Policy, ask: Ask) -> Option<HookBecause> {
+    if !policy.hook {
+        return None;
+    }
+    if matches!(ask, Ask::RotateNow | Ask::Publish) {
+        return Some(HookBecause::Asked);
+    }
+    let Some(published) = slot.hook_published else {
+        return Some(match &slot.last_hook {
+            Some(run) if !run.ok => HookBecause::LastRunFailed,
+            _ => HookBecause::NewKey,
+        });
+    };
+    if !policy.dns_check {
+        return None;
+    }
+    let check = slot.last_dns_check.as_ref()?;
+    if check.at < published || !matches!(check.outcome, DnsOutcome::Mismatch | DnsOutcome::Missing)
+    {
+        return None;
+    }
+    let runs = slot.last_hook.as_ref().map_or(1, |r| r.runs.max(1));
+    let last = slot
+        .last_hook
+        .as_ref()
+        .map_or(published, |r| r.at.max(published));
+    let wait = policy
+        .dns_recheck
+        .max(1)
+        .saturating_mul(1u64 << (runs - 1).min(MAX_RERUN_BACKOFF_SHIFT));
+    (now >= last.saturating_add(wait)).then_some(HookBecause::DnsServesOther)
+}
+
+/// Since when the domain's rotation has waited for a key to be published: the creation
+/// of its oldest pending key (None: nothing waits).
+pub fn waiting_since(state: &DomainState) -> Option<&Slot> {
+    state
+        .slots
+        .iter()
+        .filter(|s| s.state == SlotState::Pending)
+        .min_by_key(|s| s.created)
+}
+
+/// A rotation waiting longer than `stuck_after` (`rotation.stuck_after`, seconds): how
+/// long it has waited, in seconds.
+pub fn stuck_for(state: &DomainState, now: u64, stuck_after: u64) -> Option<u64> {
+    let waited = now.saturating_sub(waiting_since(state)?.created);
+    (waited > stuck_after).then_some(waited)
+}
+
+/// The next steps for one domain at `now`, and what the caller asked for.
+pub fn plan(state: &DomainState, now: u64, policy: &Policy, ask: Ask) -> Vec<Step> {
+    let force_rotation = ask == Ask::RotateNow;
     let mut steps = Vec::new();
     let rotating = policy
         .algorithms
@@ -198,8 +295,8 @@ pub fn plan(state: &DomainState, now: u64, policy: &Policy, force_rotation: bool
             continue;
         }
         let selector = slot.selector.clone();
-        if policy.hook && slot.hook_published.is_none() {
-            steps.push(Step::PublishHook { selector });
+        if let Some(because) = publish_hook_due(slot, now, policy, ask) {
+            steps.push(Step::PublishHook { selector, because });
             continue;
         }
         if policy.dns_check {
@@ -210,7 +307,10 @@ pub fn plan(state: &DomainState, now: u64, policy: &Policy, force_rotation: bool
                         because: PublishedBecause::DnsServesIt,
                     });
                 }
-                Some(check) if now < check.at.saturating_add(policy.dns_recheck) => {}
+                // Just published by the hook: look at once rather than at the next recheck.
+                Some(check)
+                    if now < check.at.saturating_add(policy.dns_recheck)
+                        && slot.hook_published.is_none_or(|h| h <= check.at) => {}
                 _ => steps.push(Step::CheckDns { selector }),
             }
         } else {

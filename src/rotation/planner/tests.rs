@@ -36,7 +36,7 @@ fn settle(
     log: &mut Vec<String>,
 ) {
     for _ in 0..20 {
-        let steps = plan(state, now, p, false);
+        let steps = plan(state, now, p, Ask::Schedule);
         if steps.is_empty() {
             return;
         }
@@ -44,7 +44,7 @@ fn settle(
         for step in &steps {
             match step {
                 // The hook succeeds; whether its record reaches DNS is up to the test.
-                Step::PublishHook { selector } if publish => {
+                Step::PublishHook { selector, .. } if publish => {
                     let created = state.slot(selector).unwrap().created;
                     dns.insert(selector.clone(), created);
                 }
@@ -152,7 +152,7 @@ fn two_full_cycles_on_a_fixed_clock() {
     );
 
     // Nothing happens before the interval.
-    let steps = plan(&state, t0 + 89 * DAY, &p, false);
+    let steps = plan(&state, t0 + 89 * DAY, &p, Ask::Schedule);
     assert!(steps.is_empty(), "{steps:?}");
 
     // Cycle 1: at 90 days, s2/e2 are generated, published, activated; s1/e1 retire.
@@ -215,7 +215,7 @@ fn rsa_and_ed25519_switch_together() {
     settle(&mut state, 0, &p, &mut dns, true, &mut log);
     let t = 90 * DAY;
     // Only the RSA record reaches DNS: nothing may switch.
-    let steps = plan(&state, t, &p, false);
+    let steps = plan(&state, t, &p, Ask::Schedule);
     for step in &steps {
         if let Step::Generate {
             algorithm,
@@ -249,7 +249,7 @@ fn rotation_waits_while_the_other_slot_is_in_its_grace_period() {
     settle(&mut state, 0, &p, &mut dns, true, &mut log);
     settle(&mut state, 90 * DAY, &p, &mut dns, true, &mut log);
     // Forced rotation one day later: s1 is still retiring, so there is nowhere to go.
-    let steps = plan(&state, 91 * DAY, &p, true);
+    let steps = plan(&state, 91 * DAY, &p, Ask::RotateNow);
     assert!(steps.is_empty(), "{steps:?}");
     assert_eq!(state.slot("s1").unwrap().state, SlotState::Retiring);
 }
@@ -308,6 +308,7 @@ fn next_move_follows_the_planner_rules() {
         hook_published: Some(1_500),
         last_dns_check: None,
         hook_revoked: None,
+        last_hook: None,
     };
     let next = |state, dns| next_move(&slot(state), 100_000, 600, dns);
     assert_eq!(
@@ -326,4 +327,92 @@ fn next_move_follows_the_planner_rules() {
         NextMove::RetiredAt(Some(9_000))
     );
     assert_eq!(next(SlotState::Retired, true).at(), None);
+}
+
+/// A pending key whose hook exited 0 at `published`, and a DNS lookup at `checked`.
+fn hooked_pending(published: u64, checked: u64, outcome: DnsOutcome) -> DomainState {
+    let mut state = DomainState::new("example.com");
+    state.slots.push(Slot {
+        selector: "s1".into(),
+        algorithm: Algorithm::Rsa,
+        key_file: "s1.pem".into(),
+        state: SlotState::Pending,
+        created: 0,
+        published: None,
+        active_since: None,
+        retiring_until: None,
+        hook_published: Some(published),
+        last_dns_check: Some(DnsCheck {
+            at: checked,
+            outcome,
+            detail: "another key".into(),
+        }),
+        hook_revoked: None,
+        last_hook: None,
+    });
+    state
+}
+
+fn rsa_only(mut p: Policy) -> Policy {
+    p.algorithms = vec![Algorithm::Rsa];
+    p
+}
+
+#[test]
+fn a_hook_that_exited_0_while_dns_serves_another_key_runs_again_backing_off() {
+    let p = rsa_only(policy(true));
+    let state = hooked_pending(100, 110, DnsOutcome::Mismatch);
+    let hook_steps = |state: &DomainState, now: u64, ask: Ask| -> Vec<HookBecause> {
+        plan(state, now, &p, ask)
+            .into_iter()
+            .filter_map(|s| match s {
+                Step::PublishHook { because, .. } => Some(because),
+                _ => None,
+            })
+            .collect()
+    };
+    // Not before dns_recheck has passed since the hook ran.
+    assert!(hook_steps(&state, 100 + 299, Ask::Schedule).is_empty());
+    assert_eq!(
+        hook_steps(&state, 100 + 300, Ask::Schedule),
+        [HookBecause::DnsServesOther]
+    );
+    // After the third run, it waits 4 × dns_recheck; capped at 32 ×.
+    let mut third = state.clone();
+    third.slots[0].last_hook = Some(crate::keys::HookRun {
+        at: 1000,
+        ok: true,
+        result: "exit 0".into(),
+        runs: 3,
+    });
+    third.slots[0].hook_published = Some(1000);
+    third.slots[0].last_dns_check.as_mut().unwrap().at = 1001;
+    assert!(hook_steps(&third, 1000 + 4 * 300 - 1, Ask::Schedule).is_empty());
+    assert_eq!(hook_steps(&third, 1000 + 4 * 300, Ask::Schedule).len(), 1);
+    third.slots[0].last_hook.as_mut().unwrap().runs = 40;
+    assert_eq!(hook_steps(&third, 1000 + 32 * 300, Ask::Schedule).len(), 1);
+    // A match, or a lookup that failed, is no reason to run it again.
+    assert!(hook_steps(
+        &hooked_pending(100, 110, DnsOutcome::Error),
+        DAY,
+        Ask::Schedule
+    )
+    .is_empty());
+    // The operator can always ask: `keys rotate --now`, `keys publish`.
+    assert_eq!(
+        hook_steps(&state, 101, Ask::RotateNow),
+        [HookBecause::Asked]
+    );
+    assert_eq!(hook_steps(&state, 101, Ask::Publish), [HookBecause::Asked]);
+}
+
+#[test]
+fn a_rotation_is_stuck_once_its_key_waited_longer_than_stuck_after() {
+    let state = hooked_pending(100, 110, DnsOutcome::Mismatch);
+    assert_eq!(waiting_since(&state).map(|s| s.created), Some(0));
+    assert_eq!(stuck_for(&state, DAY, DAY), None);
+    assert_eq!(stuck_for(&state, DAY + 1, DAY), Some(DAY + 1));
+    let mut done = state.clone();
+    done.slots[0].state = SlotState::Active;
+    assert_eq!(stuck_for(&done, 10 * DAY, DAY), None);
 }
