@@ -12,8 +12,8 @@
 //! - [`delivery`]: the queue runner, retry schedule, upstream SMTP client and outbox.
 //!
 //! Around them: [`auth`] (AUTH users, who may send as which domain), [`config`] (the TOML
-//! file, and the live snapshot hot reload swaps), [`clock`] (the wall clock, in one place), [`keys`] (the key store on disk), [`rotation`] (the pure rotation planner and
-//! its executor: hook, DNS check, lock), [`message`] (header and From parsing),
+//! file, and the live snapshot hot reload swaps), [`clock`] (the wall clock, in one place), [`keys`] (the key store on disk, and what the DNS watch last saw of each selector), [`rotation`] (the pure rotation planner and
+//! its executor: hook, DNS check, lock; the DNS watch while serving), [`message`] (header and From parsing),
 //! [`relay`] (wires the stages together), [`watch`] (hot reload of config and keys),
 //! [`queue`] (what each queue command means: one implementation, for the running relay
 //! and for the spool alone), [`control`] (how queue commands reach it: the control

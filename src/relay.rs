@@ -7,7 +7,7 @@ use crate::delivery::{
     SharedTransport, Transport,
 };
 use crate::dkim::{KeyRing, SharedKeyRing};
-use crate::keys::{Algorithm, KeyError, KeyStore, SlotState};
+use crate::keys::{Algorithm, DnsSeen, KeyError, KeyStore, SlotState};
 use crate::rotation::Rotator;
 use crate::smtp::{self, SmtpContext};
 use crate::spool::{MemoryBudget, Spool};
@@ -269,9 +269,11 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
 
     let (events, _) = broadcast::channel(4096);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let dns_seen = Arc::new(DnsSeen::default());
     let delivery_ctx = Arc::new(DeliveryContext {
         spool: spool.clone(),
         keys: keys.clone(),
+        dns: dns_seen.clone(),
         transport: transport.clone(),
         retry: RetryPolicy {
             initial: config.delivery.retry_initial.0,
@@ -320,6 +322,16 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
             shutdown_rx.clone(),
         )));
     }
+    // Its own task, never the rotation scheduler's: a slow DNS server delays nothing else.
+    let release = queue.clone();
+    tasks.push(tokio::spawn(crate::rotation::dns_watch::run(
+        live.clone(),
+        store.clone(),
+        dns_seen.clone(),
+        // Mail held for a record that is back may go now.
+        move || release.flush(),
+        shutdown_rx.clone(),
+    )));
     // Detached: it ends when the event channel closes, after the handle is dropped.
     tokio::spawn(crate::delivery::count_deliveries(events.subscribe()));
     let metrics_addr = match config.metrics.listen {
@@ -334,6 +346,7 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
                 live: live.clone(),
                 keys: keys.clone(),
                 store: store.clone(),
+                dns: dns_seen.clone(),
                 spool_dir: config.spool.dir.clone(),
                 queue_dir: spool_handle.queue_dir().to_path_buf(),
                 spool: spool_handle.clone(),

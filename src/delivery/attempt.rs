@@ -229,6 +229,14 @@ async fn prepare_and_send(
             )))
         }
     };
+    if let Some(keys) = &keys {
+        if let Some(why) = ctx
+            .dns
+            .hold(&keys.domain, keys.keys.iter().map(|k| k.selector.as_str()))
+        {
+            return Err(Cause::our_dns(why));
+        }
+    }
     let spool = ctx.spool.clone();
     let id = env.id.clone();
     let spooled = tokio::task::spawn_blocking(move || spool.read(&id))

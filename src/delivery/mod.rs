@@ -98,6 +98,8 @@ impl SharedTransport {
 pub struct DeliveryContext {
     pub spool: Spool,
     pub keys: Arc<SharedKeyRing>,
+    /// What the DNS watch last saw for each selector: it may hold a domain's mail.
+    pub dns: Arc<crate::keys::DnsSeen>,
     pub transport: Arc<SharedTransport>,
     pub retry: RetryPolicy,
     pub events: broadcast::Sender<DeliveryEvent>,
