@@ -76,7 +76,12 @@ fn keys_published_in(root: &Path, bind: &Bind) -> KeyStore {
     store
 }
 
-fn write_config(root: &Path, upstream: SocketAddr, resolver: SocketAddr) -> std::path::PathBuf {
+fn write_config(
+    root: &Path,
+    upstream: SocketAddr,
+    resolver: SocketAddr,
+    mode: &str,
+) -> std::path::PathBuf {
     let text = format!(
         r#"hostname = "relay.test"
 [smtp]
@@ -97,7 +102,7 @@ tls = "none"
 dns_check = true
 resolver = "{resolver}"
 dns_watch = "1s"
-on_dns_mismatch = "defer"
+on_dns_mismatch = "{mode}"
 [metrics]
 listen = "127.0.0.1:0"
 "#,
@@ -128,6 +133,25 @@ async fn verify_with(bind: &Bind, message: &[u8]) -> Vec<(String, mail_auth::Dki
         .collect()
 }
 
+/// The /metrics address, from the child relay's log.
+async fn metrics_addr(log: &Mutex<Vec<String>>) -> SocketAddr {
+    until("the metrics address", log, || async {
+        log.lock().unwrap().iter().find_map(|l| {
+            l.contains("metrics and health on")
+                .then(|| {
+                    l.split("listen=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .flatten()
+        })
+    })
+    .await
+}
+
 /// Sends one message; returns its queue id.
 async fn send(client: &mut Client, n: usize) -> String {
     let subject = format!("watch-{n}");
@@ -152,24 +176,10 @@ async fn a_deleted_record_is_noticed_and_with_defer_no_mail_goes_out_signed_with
     let upstream = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     keys_published_in(dir.path(), &bind);
-    let config = write_config(dir.path(), upstream.addr, bind.addr);
+    let config = write_config(dir.path(), upstream.addr, bind.addr, "defer");
     let log = Arc::new(Mutex::new(Vec::new()));
     let (_relay, smtp) = spawn_relay(&config, log.clone());
-    let http: SocketAddr = until("the metrics address", &log, || async {
-        log.lock().unwrap().iter().find_map(|l| {
-            l.contains("metrics and health on")
-                .then(|| {
-                    l.split("listen=")
-                        .nth(1)?
-                        .split_whitespace()
-                        .next()?
-                        .parse()
-                        .ok()
-                })
-                .flatten()
-        })
-    })
-    .await;
+    let http = metrics_addr(&log).await;
     let ok_series =
         r#"dkim_relay_selector_dns_ok{domain="example.com",selector="s1",algorithm="rsa"}"#;
     let metric = |want: &'static str| {
@@ -209,6 +219,10 @@ async fn a_deleted_record_is_noticed_and_with_defer_no_mail_goes_out_signed_with
 
     // The active RSA record is deleted from DNS.
     let t0 = Instant::now();
+    let t0_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
     let wall = |t: Instant| format!("+{:.2}s", t.duration_since(t0).as_secs_f64());
     bind.delete_txt(S1);
     let warn = until("the WARN", &log, || async {
@@ -231,6 +245,17 @@ async fn a_deleted_record_is_noticed_and_with_defer_no_mail_goes_out_signed_with
     })
     .await;
     let t_unready = Instant::now();
+    // The older per-key gauge follows the watch too (it used to keep activation's result).
+    let page = get(http, "/metrics").await.1;
+    assert_eq!(
+        series(
+            &page,
+            r#"dkim_relay_key_dns_check_ok{domain="example.com",selector="s1",algorithm="rsa"}"#
+        )
+        .as_deref(),
+        Some("0"),
+        "{page}"
+    );
     assert_eq!(code, 503);
     assert!(
         body.contains("DNS does not serve the active rsa key s1 of example.com"),
@@ -326,6 +351,12 @@ async fn a_deleted_record_is_noticed_and_with_defer_no_mail_goes_out_signed_with
     }
     until("the metric back at 1", &log, || metric("1")).await;
     assert_eq!(get(http, "/readyz").await.0, 200);
+    let listed = listing
+        .lines()
+        .find(|l| l.contains(held[0].as_str()))
+        .unwrap_or_default()
+        .to_string();
+    eprintln!("timeline: delete at unix {t0_unix:.3}\n  {warn}\n  {info}\n  queue list: {listed}");
     eprintln!(
         "timeline: delete +0.00s, WARN {}, metric 0 {}, /readyz 503 {}, both held in queue list {}, restore {}, INFO recovery {}, held mail delivered {}",
         wall(t_warn),
@@ -336,6 +367,58 @@ async fn a_deleted_record_is_noticed_and_with_defer_no_mail_goes_out_signed_with
         wall(t_info),
         wall(t_released),
     );
+}
+
+#[tokio::test]
+async fn with_alert_an_edited_record_is_reported_and_mail_keeps_flowing() {
+    let bind = Bind::start(DOMAIN);
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = keys_published_in(dir.path(), &bind);
+    let config = write_config(dir.path(), upstream.addr, bind.addr, "alert");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (_relay, smtp) = spawn_relay(&config, log.clone());
+    let http = metrics_addr(&log).await;
+    let ok_series =
+        r#"dkim_relay_selector_dns_ok{domain="example.com",selector="s1",algorithm="rsa"}"#;
+    until("the first watch pass", &log, || async {
+        (series(&get(http, "/metrics").await.1, ok_series).as_deref() == Some("1")).then_some(())
+    })
+    .await;
+
+    // s1 edited to hold another key (e1's bytes under k=rsa), as a wrong hook run would.
+    let state = store.load(DOMAIN).unwrap().unwrap();
+    let e1 = store.record(DOMAIN, state.slot("e1").unwrap()).unwrap();
+    let p = e1.value.split("p=").nth(1).unwrap();
+    bind.set_txt(S1, &format!("v=DKIM1; k=rsa; p={p}"));
+    let warn = until("the WARN", &log, || async {
+        log.lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("WARN") && l.contains("DNS no longer serves"))
+            .cloned()
+    })
+    .await;
+    assert!(warn.contains("dns=another key"), "{warn}");
+    assert!(warn.contains("DNS serves a different key"), "{warn}");
+    assert!(warn.contains("mail is still sent"), "{warn}");
+    let (code, body) = get(http, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(
+        series(&get(http, "/metrics").await.1, ok_series).as_deref(),
+        Some("0")
+    );
+
+    // Alert only: mail goes, and its s1 signature fails against what BIND serves.
+    let mut client = Client::greeted(smtp).await;
+    send(&mut client, 9).await;
+    until("the message upstream", &log, || async {
+        (upstream.received().len() == 1).then_some(())
+    })
+    .await;
+    let results = verify_with(&bind, &upstream.received()[0].data).await;
+    let s1 = results.iter().find(|(s, _)| s == "s1").unwrap();
+    assert_ne!(s1.1, mail_auth::DkimResult::Pass, "{results:?}");
 }
 
 /// One watch pass against TestDns at `now`; the change of example.com's s1.

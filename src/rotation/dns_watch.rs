@@ -111,14 +111,18 @@ pub async fn pass(
                 last: check,
                 answer,
             };
-            log_change(&seen, change, mode);
             out.push(Looked { seen, change });
         }
     }
+    // The board first, then the log: whoever reads a WARN finds /readyz, the metric and
+    // the hold already saying the same.
     board.replace(
         out.iter().map(|l| l.seen.clone()).collect(),
         mode == OnDnsMismatch::Defer,
     );
+    for looked in &out {
+        log_change(&looked.seen, looked.change, mode);
+    }
     out
 }
 
