@@ -192,8 +192,9 @@ pub fn jittered(base: Duration, random: u32) -> Duration {
 }
 
 /// The watch task: a pass at once, then one every `rotation.dns_watch` (read afresh from
-/// the live config each time), until `shutdown`. `release` is called after a pass in
-/// which a selector was served again, so mail held for it goes at once.
+/// the live config each time), until `shutdown`. `release` is called when held mail may
+/// go: after a pass in `defer` mode in which a selector was served again, and when a
+/// reload turned `defer` into `alert` (or the watch off).
 pub async fn run(
     live: Arc<LiveConfig>,
     store: KeyStore,
@@ -201,11 +202,18 @@ pub async fn run(
     release: impl Fn() + Send,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut announced = None;
+    let mut announced: Option<(bool, crate::config::HumanDuration, OnDnsMismatch)> = None;
     loop {
         let config = live.current();
         let r = &config.rotation;
         let settings = (r.dns_check, r.dns_watch, r.on_dns_mismatch);
+        let was_holding =
+            announced.is_some_and(|(check, _, mode)| check && mode == OnDnsMismatch::Defer);
+        let holds = r.dns_check && r.on_dns_mismatch == OnDnsMismatch::Defer;
+        if was_holding && !holds {
+            board.replace(board.all(), false);
+            release();
+        }
         if announced != Some(settings) {
             announced = Some(settings);
             if r.dns_check {
@@ -222,7 +230,7 @@ pub async fn run(
                         looked = pass(&store, &checker, &board, r.on_dns_mismatch, now) => looked,
                         _ = shutdown.changed() => return,
                     };
-                    if looked.iter().any(|l| l.change == Change::Recovered) {
+                    if holds && looked.iter().any(|l| l.change == Change::Recovered) {
                         release();
                     }
                 }
