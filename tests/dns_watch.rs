@@ -537,3 +537,66 @@ async fn the_watch_walks_served_missing_recovered_and_another_key() {
     assert!(board.get(DOMAIN, "s1").unwrap().unserved().is_some());
     assert_eq!(board.hold(DOMAIN, signing), None);
 }
+
+/// In-process relay: the hold is a typed deferral (`Fault::OurDns`), and a reload from
+/// `defer` to `alert` lets the held mail go at once, with no record restored.
+#[tokio::test]
+async fn held_mail_is_a_typed_our_dns_deferral_and_a_reload_to_alert_releases_it() {
+    use dkim_relay::delivery::{DeliveryEvent, Fault};
+    let dns = TestDns::start().await;
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let _ = common::config(dir.path(), None);
+    let store = KeyStore::new(dir.path().join("keys"));
+    let state = store.load(DOMAIN).unwrap().unwrap();
+    for slot in state.active() {
+        let record = store.record(DOMAIN, slot).unwrap();
+        dns.set_txt(&record.name, &record.value);
+    }
+    let path = dir.path().join("relay.toml");
+    let toml = |mode: &str| {
+        format!(
+            "hostname = \"relay.test\"\n[smtp]\nlisten = \"127.0.0.1:0\"\n[spool]\ndir = \"{}\"\n[keys]\ndir = \"{}\"\ngenerate_missing = false\n[[domains]]\nname = \"example.com\"\ned25519 = true\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n[rotation]\nresolver = \"{}\"\ndns_watch = \"1h\"\non_dns_mismatch = \"{mode}\"\n",
+            dir.path().join("spool").display(),
+            dir.path().join("keys").display(),
+            upstream.addr.port(),
+            dns.addr,
+        )
+    };
+    // Deleted while the relay was down: its first pass, at start, finds it lost. The
+    // next pass is an hour away, so only the reload can release the mail.
+    dns.remove(S1);
+    std::fs::write(&path, toml("defer")).unwrap();
+    let mut relay = common::start(dkim_relay::config::Config::from_file(&path).unwrap()).await;
+    relay.watch(Some(path.clone())).unwrap();
+    let mut events = relay.subscribe();
+
+    let mut client = Client::greeted(relay.smtp_addr()).await;
+    let id = send(&mut client, 20).await;
+    let cause = loop {
+        // Sent before the first pass was done, it may go; then try another.
+        match common::wait_for(&mut events, |e| {
+            matches!(
+                e,
+                DeliveryEvent::Deferred { .. } | DeliveryEvent::Done { .. }
+            )
+        })
+        .await
+        {
+            DeliveryEvent::Deferred { cause, .. } => break cause,
+            _ => {
+                send(&mut client, 21).await;
+            }
+        }
+    };
+    let _ = id;
+    assert_eq!(cause.fault, Fault::OurDns, "{cause}");
+    assert!(cause.to_string().contains("no TXT record at"), "{cause}");
+    let delivered_before = upstream.received().len();
+
+    std::fs::write(&path, toml("alert")).unwrap();
+    relay.reload();
+    common::wait_for(&mut events, |e| matches!(e, DeliveryEvent::Done { .. })).await;
+    assert_eq!(upstream.received().len(), delivered_before + 1);
+    relay.shutdown().await;
+}

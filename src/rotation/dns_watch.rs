@@ -193,8 +193,8 @@ pub fn jittered(base: Duration, random: u32) -> Duration {
 
 /// The watch task: a pass at once, then one every `rotation.dns_watch` (read afresh from
 /// the live config each time), until `shutdown`. `release` is called when held mail may
-/// go: after a pass in `defer` mode in which a selector was served again, and when a
-/// reload turned `defer` into `alert` (or the watch off).
+/// go: after a pass in `defer` mode in which a selector was served again, and within a
+/// second of a reload that turned `defer` into `alert` (or the watch off).
 pub async fn run(
     live: Arc<LiveConfig>,
     store: KeyStore,
@@ -240,9 +240,21 @@ pub async fn run(
             board.replace(Vec::new(), false);
         }
         let wait = jittered(r.dns_watch.0, getrandom::u32().unwrap_or(u32::MAX / 2));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => return,
+        let deadline = tokio::time::Instant::now() + wait;
+        // LiveConfig has no change signal: look at it every second, so a reload of the
+        // watch's settings (defer -> alert releases held mail) applies within a second,
+        // not after a whole wait.
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let r = &live.current().rotation;
+                    if (r.dns_check, r.dns_watch, r.on_dns_mismatch) != settings {
+                        break;
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
         }
     }
 }
