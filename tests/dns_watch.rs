@@ -600,3 +600,53 @@ async fn held_mail_is_a_typed_our_dns_deferral_and_a_reload_to_alert_releases_it
     assert_eq!(upstream.received().len(), delivered_before + 1);
     relay.shutdown().await;
 }
+
+/// An RSA-only route (the SES profile) is not held for a lost Ed25519 record: the hold
+/// counts only the selectors the message would be signed with.
+#[tokio::test]
+async fn a_lost_ed25519_record_does_not_hold_mail_on_an_rsa_only_route() {
+    use dkim_relay::delivery::DeliveryEvent;
+    let dns = TestDns::start().await;
+    let upstream = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let _ = common::config(dir.path(), None);
+    let store = KeyStore::new(dir.path().join("keys"));
+    let state = store.load(DOMAIN).unwrap().unwrap();
+    for slot in state.active() {
+        let record = store.record(DOMAIN, slot).unwrap();
+        dns.set_txt(&record.name, &record.value);
+    }
+    dns.remove("e1._domainkey.example.com");
+    let text = format!(
+        "hostname = \"relay.test\"\n[smtp]\nlisten = \"127.0.0.1:0\"\n[spool]\ndir = \"{}\"\n[keys]\ndir = \"{}\"\ngenerate_missing = false\n[[domains]]\nname = \"example.com\"\ned25519 = true\n[upstream]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nprofile = \"ses\"\n[rotation]\nresolver = \"{}\"\ndns_watch = \"1h\"\non_dns_mismatch = \"defer\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        dir.path().join("spool").display(),
+        dir.path().join("keys").display(),
+        upstream.addr.port(),
+        dns.addr,
+    );
+    let relay = common::start(dkim_relay::config::Config::from_toml(&text).unwrap()).await;
+    let http = relay.metrics_addr().unwrap();
+    let log = Mutex::new(Vec::new());
+    let e1 =
+        r#"dkim_relay_selector_dns_ok{domain="example.com",selector="e1",algorithm="ed25519"}"#;
+    until("the first pass: e1 lost", &log, || async {
+        (series(&get(http, "/metrics").await.1, e1).as_deref() == Some("0")).then_some(())
+    })
+    .await;
+    let mut events = relay.subscribe();
+    let mut client = Client::greeted(relay.smtp_addr()).await;
+    send(&mut client, 30).await;
+    match common::wait_for(&mut events, |e| {
+        matches!(
+            e,
+            DeliveryEvent::Deferred { .. } | DeliveryEvent::Done { .. }
+        )
+    })
+    .await
+    {
+        DeliveryEvent::Done { .. } => {}
+        other => panic!("held: {other:?}"),
+    }
+    assert_eq!(selectors(&upstream.received()[0].data), ["s1"]);
+    relay.shutdown().await;
+}
