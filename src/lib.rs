@@ -13,9 +13,10 @@
 //!
 //! Around them: [`auth`] (AUTH users, who may send as which domain), [`config`] (the TOML
 //! file, and the live snapshot hot reload swaps), [`domain`] (how domain names are spelled
-//! and checked), [`clock`] (the wall clock, in one place), [`keys`] (the key store on disk), [`rotation`] (the pure rotation planner and
-//! its executor: hooks with a timeout, DNS checks, the store lock held only to record; the
-//! trigger the control socket uses), [`message`] (header and From parsing),
+//! and checked), [`clock`] (the wall clock, in one place), [`keys`] (the key store on disk,
+//! and what the DNS watch last saw of each selector), [`rotation`] (the pure rotation
+//! planner and its executor: hooks with a timeout, DNS checks, the store lock held only to
+//! record; the trigger the control socket uses; the DNS watch while serving), [`message`] (header and From parsing),
 //! [`relay`] (wires the stages together), [`watch`] (hot reload of config and keys),
 //! [`queue`] (what each queue command means: one implementation, for the running relay
 //! and for the spool alone), [`control`] (how queue commands and `keys rotate

@@ -8,7 +8,7 @@
 use crate::config::{Config, DomainConfig, LiveConfig};
 use crate::delivery::{self, DeliveryContext, Router};
 use crate::dkim::SharedKeyRing;
-use crate::keys::{Algorithm, KeyError, KeyStore, SlotState};
+use crate::keys::{Algorithm, DnsSeen, KeyError, KeyStore, SlotState};
 use crate::rotation::Rotator;
 use crate::smtp::{self, SmtpContext};
 use reload::{load_keys, Reloader};
@@ -115,9 +115,11 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
 
     let (events, _) = broadcast::channel(4096);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let dns_seen = Arc::new(DnsSeen::default());
     let delivery_ctx = Arc::new(DeliveryContext {
         spool: spool.spool.clone(),
         keys: keys.clone(),
+        dns: dns_seen.clone(),
         transport: transport.clone(),
         live: live.clone(),
         events: events.clone(),
@@ -177,10 +179,21 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
             shutdown_rx.clone(),
         )));
     }
+    // Its own task, never the rotation scheduler's: a slow DNS server delays nothing else.
+    let release = reloader.queue.clone();
+    tasks.push(tokio::spawn(crate::rotation::dns_watch::run(
+        live.clone(),
+        store.clone(),
+        dns_seen.clone(),
+        // Mail held for a record that is back may go now.
+        move || release.flush(),
+        shutdown_rx.clone(),
+    )));
     let http = crate::metrics::HttpContext {
         live,
         keys,
         store,
+        dns: dns_seen,
         spool_dir: config.spool.dir.clone(),
         queue_dir: spool.spool.queue_dir().to_path_buf(),
         spool: spool.spool.clone(),

@@ -55,6 +55,7 @@ async fn retries_double_then_a_delay_warning_then_expiry_on_paused_time() {
     let ctx = Arc::new(DeliveryContext {
         spool: spool.clone(),
         keys,
+        dns: Arc::new(dkim_relay::keys::DnsSeen::default()),
         transport: Arc::new(SharedTransport::new(Transport::Outbox(outbox))),
         live: Arc::new(LiveConfig::new(config)),
         events,

@@ -135,7 +135,13 @@ async fn a_hook_that_exits_0_but_publishes_a_wrong_value_runs_again_and_on_reque
     let run = s1.last_hook.as_ref().unwrap();
     assert!(run.ok && run.runs == 5, "{run:?}");
     let now = s1.created + 3600;
-    let text = dkim_relay::metrics::render(&config, &store, dir.path(), now);
+    let text = dkim_relay::metrics::render(
+        &config,
+        &store,
+        &dkim_relay::keys::DnsSeen::default(),
+        dir.path(),
+        now,
+    );
     assert!(
         text.contains("dkim_relay_publish_hook_failures_total{domain=\"wedge.example\"}"),
         "{text}"

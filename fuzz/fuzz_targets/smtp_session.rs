@@ -68,6 +68,7 @@ fn world() -> &'static World {
         let delivery_ctx = Arc::new(DeliveryContext {
             spool: spool.clone(),
             keys: keys.clone(),
+            dns: Arc::new(dkim_relay::keys::DnsSeen::default()),
             transport: Arc::new(SharedTransport::new(Transport::Outbox(
                 Outbox::open(&config.delivery.outbox_dir, false).unwrap(),
             ))),

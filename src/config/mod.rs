@@ -18,7 +18,7 @@ pub use inbound::{normalise_domains, InboundAuthConfig, InboundTlsConfig, Sender
 
 pub use live::LiveConfig;
 pub use metrics::MetricsConfig;
-pub use rotation::{RotationConfig, SigningMode};
+pub use rotation::{OnDnsMismatch, RotationConfig, SigningMode};
 pub use units::{parse_duration, parse_size, ByteSize, HumanDuration};
 pub use upstreams::{RouteConfig, SigningProfileName};
 

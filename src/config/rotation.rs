@@ -6,6 +6,28 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// What the running relay does when its DNS watch finds that an active (or, with
+/// `signing = "all-published"`, any signing) selector is not served (DESIGN §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDnsMismatch {
+    /// Log a WARN, set the metric, fail /readyz; keep sending.
+    Alert,
+    /// All of that, and hold the domain's mail in the queue (deferred, reason in
+    /// `queue list`) until DNS serves the key again: no signatures that cannot verify.
+    Defer,
+}
+
+impl OnDnsMismatch {
+    /// The value as written in the config file, for log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnDnsMismatch::Alert => "alert",
+            OnDnsMismatch::Defer => "defer",
+        }
+    }
+}
+
 /// Which keys sign (DESIGN §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -35,6 +57,12 @@ pub struct RotationConfig {
     pub dns_check: bool,
     /// How often a pending key's record is looked up again.
     pub dns_recheck: HumanDuration,
+    /// How often `serve` looks up every active and retiring selector again, to notice a
+    /// record deleted or edited after activation. Each wait is jittered by up to ±10% so
+    /// relays sharing a key store do not query in step. Needs `dns_check`.
+    pub dns_watch: HumanDuration,
+    /// What a selector found unserved by that watch does to the domain's mail.
+    pub on_dns_mismatch: OnDnsMismatch,
     /// DNS server (ip:port) for those lookups; default: the system resolver.
     pub resolver: Option<SocketAddr>,
     /// Executable run with DKIM_RELAY_ACTION=publish|revoke and the record in its
@@ -68,6 +96,8 @@ impl Default for RotationConfig {
             upstream_retry_window: HumanDuration(Duration::from_secs(5 * 86_400)),
             dns_check: true,
             dns_recheck: HumanDuration(Duration::from_secs(300)),
+            dns_watch: HumanDuration(Duration::from_secs(600)),
+            on_dns_mismatch: OnDnsMismatch::Alert,
             resolver: None,
             publish_hook: None,
             hook_timeout: HumanDuration(Duration::from_secs(60)),
@@ -114,6 +144,18 @@ impl RotationConfig {
             return Err(ConfigError::new(
                 "rotation.check_every",
                 "must be at least 1s",
+            ));
+        }
+        if self.dns_watch.0 < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "rotation.dns_watch",
+                "must be at least 1s (it is how often every active selector is looked up)",
+            ));
+        }
+        if self.on_dns_mismatch == OnDnsMismatch::Defer && !self.dns_check {
+            return Err(ConfigError::new(
+                "rotation.on_dns_mismatch",
+                "is \"defer\" but rotation.dns_check is false, so DNS is never looked up and nothing would be deferred: set dns_check = true or on_dns_mismatch = \"alert\"",
             ));
         }
         if let Some(hook) = &self.publish_hook {

@@ -107,3 +107,31 @@ fn a_grace_below_the_floor_is_refused_even_with_no_upstream_retries() {
     )
     .unwrap();
 }
+
+#[test]
+fn the_dns_watch_defaults_to_ten_minutes_and_alert() {
+    let config = Config::from_toml("").unwrap();
+    assert_eq!(
+        config.rotation.dns_watch,
+        HumanDuration(Duration::from_secs(600))
+    );
+    assert_eq!(config.rotation.on_dns_mismatch, OnDnsMismatch::Alert);
+    let config =
+        Config::from_toml("[rotation]\ndns_watch = \"30s\"\non_dns_mismatch = \"defer\"\n")
+            .unwrap();
+    assert_eq!(config.rotation.dns_watch.0, Duration::from_secs(30));
+    assert_eq!(config.rotation.on_dns_mismatch, OnDnsMismatch::Defer);
+}
+
+#[test]
+fn a_dns_watch_that_cannot_work_is_refused_with_the_fix() {
+    let err = Config::from_toml("[rotation]\ndns_watch = \"0s\"\n").unwrap_err();
+    assert_eq!(err.field, "rotation.dns_watch");
+    let err = Config::from_toml("[rotation]\non_dns_mismatch = \"hold\"\n").unwrap_err();
+    assert!(err.to_string().contains("line 2"), "{err}");
+    assert!(err.to_string().contains("`alert` or `defer`"), "{err}");
+    let err = Config::from_toml("[rotation]\ndns_check = false\non_dns_mismatch = \"defer\"\n")
+        .unwrap_err();
+    assert_eq!(err.field, "rotation.on_dns_mismatch");
+    assert!(err.problem.contains("dns_check = true"), "{err}");
+}

@@ -249,6 +249,16 @@ async fn prepare_and_send(
                 tracing::info!(queue_id = %env.id, from_domain = %env.from_domain, "bounce sent unsigned: no keys exist for its domain");
                 return Ok(String::new());
             };
+            // Only the selectors this profile signs with count (an RSA-only route is
+            // not held for a lost Ed25519 record).
+            let signing = keys
+                .keys
+                .iter()
+                .filter(|k| !profile.rsa_only || k.algorithm == crate::keys::Algorithm::Rsa)
+                .map(|k| k.selector.as_str());
+            if let Some(why) = ctx.dns.hold(&keys.domain, signing) {
+                return Err(Cause::our_dns(why));
+            }
             let started = std::time::Instant::now();
             let signer = keys.clone();
             let signatures = tokio::task::spawn_blocking(move || {

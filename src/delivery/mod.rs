@@ -100,6 +100,8 @@ impl SharedTransport {
 pub struct DeliveryContext {
     pub spool: Spool,
     pub keys: Arc<SharedKeyRing>,
+    /// What the DNS watch last saw for each selector: it may hold a domain's mail.
+    pub dns: Arc<crate::keys::DnsSeen>,
     pub transport: Arc<SharedTransport>,
     /// The config in force: each attempt reads the retry schedule, `delay_warning` and
     /// the relay's name (Reporting-MTA, MAILER-DAEMON@ of bounces) from it, so a reload

@@ -55,6 +55,10 @@ pub enum Fault {
     OurConfig,
     /// The relay itself: no usable key, the spool, the signer.
     Relay,
+    /// Our DNS does not serve a key the message would be signed with, and
+    /// `rotation.on_dns_mismatch = "defer"`: sending would carry a signature no receiver
+    /// can verify. Mail waits until the DNS watch sees the record again.
+    OurDns,
     /// The queue lifetime ran out while every failure was temporary.
     Expired,
 }
@@ -67,6 +71,7 @@ impl Fault {
             Fault::Transport => "transport",
             Fault::OurConfig => "our-config",
             Fault::Relay => "relay",
+            Fault::OurDns => "our-dns",
             Fault::Expired => "expired",
         }
     }
@@ -104,6 +109,10 @@ impl Cause {
 
     pub fn relay(detail: impl Into<String>) -> Cause {
         Cause::of(Fault::Relay, detail)
+    }
+
+    pub fn our_dns(detail: impl Into<String>) -> Cause {
+        Cause::of(Fault::OurDns, detail)
     }
 
     fn of(fault: Fault, detail: impl Into<String>) -> Cause {

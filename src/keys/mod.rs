@@ -11,12 +11,14 @@
 //! them. Private key bytes never leave this module except into a signer, and no type
 //! here that holds them implements `Debug`.
 
+mod dns_seen;
 mod lock;
 mod material;
 mod record;
 mod state;
 mod store;
 
+pub use dns_seen::{DnsSeen, SelectorSeen, Served};
 pub use lock::StoreLock;
 pub use material::{generate, public_key_bits, public_key_of, Algorithm, KeyMaterial};
 pub use record::{public_key_bytes, DnsRecord};

@@ -20,6 +20,8 @@ pub struct HttpContext {
     pub live: Arc<LiveConfig>,
     pub keys: Arc<SharedKeyRing>,
     pub store: KeyStore,
+    /// The DNS watch's last results: per-selector metrics and a readiness reason.
+    pub dns: Arc<crate::keys::DnsSeen>,
     pub spool_dir: PathBuf,
     pub queue_dir: PathBuf,
     /// For the readiness probe: a test write into the queue, as a message would be stored.
@@ -75,7 +77,7 @@ async fn handle(mut stream: TcpStream, ctx: &HttpContext) -> std::io::Result<()>
     let config = ctx.live.current();
     let (status, content_type, body) = match (method, path) {
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/readyz") => match readiness(&config, &ctx.keys, &ctx.spool, now) {
+        ("GET", "/readyz") => match readiness(&config, &ctx.keys, &ctx.dns, &ctx.spool, now) {
             Ok(()) => ("200 OK", "text/plain", "ready\n".to_string()),
             Err(problems) => (
                 "503 Service Unavailable",
@@ -86,7 +88,7 @@ async fn handle(mut stream: TcpStream, ctx: &HttpContext) -> std::io::Result<()>
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4",
-            render(&config, &ctx.store, &ctx.queue_dir, now),
+            render(&config, &ctx.store, &ctx.dns, &ctx.queue_dir, now),
         ),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
         _ => (

@@ -1,6 +1,7 @@
 //! Metrics and health over a small HTTP listener (off unless `[metrics] listen` is set):
 //! `/metrics` (Prometheus text format), `/healthz` (the process answers) and `/readyz`
-//! (spool writable, keys loaded, an active key per configured domain, upstream reached).
+//! (spool writable, keys loaded, an active key per configured domain, DNS serving the keys
+//! in use as the DNS watch last saw, upstream reached).
 //!
 //! Counters live in one process-wide registry, like Prometheus client libraries do. Labels
 //! are bounded: reply codes, configured domains and selectors; never ids or addresses.

@@ -4,7 +4,7 @@
 use super::global;
 use crate::config::Config;
 use crate::dkim::{KeyLookup, SharedKeyRing};
-use crate::keys::{DnsOutcome, KeyStore, SlotState};
+use crate::keys::{DnsCheck, DnsOutcome, DnsSeen, KeyStore, SlotState};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -43,7 +43,13 @@ fn state_name(state: SlotState) -> &'static str {
     }
 }
 
-pub fn render(config: &Config, store: &KeyStore, queue_dir: &Path, now: u64) -> String {
+pub fn render(
+    config: &Config,
+    store: &KeyStore,
+    dns: &DnsSeen,
+    queue_dir: &Path,
+    now: u64,
+) -> String {
     let r = global();
     let mut out = String::new();
     let mut line = |s: String| {
@@ -122,19 +128,19 @@ pub fn render(config: &Config, store: &KeyStore, queue_dir: &Path, now: u64) -> 
                 "dkim_relay_key_state{{{labels},state=\"{}\"}} 1",
                 state_name(slot.state)
             ));
-            per_key.push((labels, slot.clone()));
+            per_key.push((domain.clone(), labels, slot.clone()));
         }
     }
     let rotation = &config.rotation;
     line("# TYPE dkim_relay_key_age_days gauge".into());
-    for (labels, slot) in &per_key {
+    for (_, labels, slot) in &per_key {
         line(format!(
             "dkim_relay_key_age_days{{{labels}}} {}",
             now.saturating_sub(slot.created) / 86_400
         ));
     }
     line("# TYPE dkim_relay_key_next_transition_seconds gauge".into());
-    for (labels, slot) in &per_key {
+    for (_, labels, slot) in &per_key {
         let at = crate::rotation::next_move(
             slot,
             rotation.interval.0.as_secs(),
@@ -149,10 +155,23 @@ pub fn render(config: &Config, store: &KeyStore, queue_dir: &Path, now: u64) -> 
             ));
         }
     }
+    // The freshest lookup of each key: the running relay's DNS watch, or the one the
+    // state file keeps from activation (and `keys check`) when it is newer or the only one.
+    let watched = dns.all();
+    let freshest = |domain: &str, slot: &crate::keys::Slot| -> Option<DnsCheck> {
+        let seen = watched
+            .iter()
+            .find(|w| w.domain == domain && w.selector == slot.selector)
+            .map(|w| w.last.clone());
+        match (seen, slot.last_dns_check.clone()) {
+            (Some(a), Some(b)) => Some(if a.at >= b.at { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    };
     line("# TYPE dkim_relay_key_dns_check_ok gauge".into());
     line("# TYPE dkim_relay_key_dns_check_timestamp_seconds gauge".into());
-    for (labels, slot) in &per_key {
-        if let Some(check) = &slot.last_dns_check {
+    for (domain, labels, slot) in &per_key {
+        if let Some(check) = freshest(domain, slot) {
             line(format!(
                 "dkim_relay_key_dns_check_ok{{{labels}}} {}",
                 u8::from(check.outcome == DnsOutcome::Match)
@@ -162,6 +181,25 @@ pub fn render(config: &Config, store: &KeyStore, queue_dir: &Path, now: u64) -> 
                 check.at
             ));
         }
+    }
+    // Every active and retiring selector as the DNS watch last saw it: 1 only when the
+    // last lookup found exactly this key (a failed lookup is 0: nothing is known).
+    line("# HELP dkim_relay_selector_dns_ok whether DNS served this key at the DNS watch's last lookup".into());
+    line("# TYPE dkim_relay_selector_dns_ok gauge".into());
+    line("# TYPE dkim_relay_selector_dns_checked_timestamp_seconds gauge".into());
+    for seen in &watched {
+        let labels = format!(
+            "domain=\"{}\",selector=\"{}\",algorithm=\"{}\"",
+            seen.domain, seen.selector, seen.algorithm
+        );
+        line(format!(
+            "dkim_relay_selector_dns_ok{{{labels}}} {}",
+            u8::from(seen.last.outcome == DnsOutcome::Match)
+        ));
+        line(format!(
+            "dkim_relay_selector_dns_checked_timestamp_seconds{{{labels}}} {}",
+            seen.last.at
+        ));
     }
     rotation_waits(store, now, &mut line);
     out
@@ -193,6 +231,7 @@ fn rotation_waits(store: &KeyStore, now: u64, line: &mut impl FnMut(String)) {
 pub fn readiness(
     config: &Config,
     keys: &SharedKeyRing,
+    dns: &DnsSeen,
     spool: &crate::spool::Spool,
     now: u64,
 ) -> Result<(), Vec<String>> {
@@ -214,6 +253,18 @@ pub fn readiness(
             KeyLookup::Unknown => {
                 problems.push(format!("no active key for {}: no keys loaded", domain.name))
             }
+        }
+    }
+    // An active key that DNS no longer serves: mail signed with it fails at receivers
+    // (or, with on_dns_mismatch = "defer", waits). A failed lookup alone does not count;
+    // a retiring key's record is a WARN and a metric, not a reason to take mail away.
+    for seen in dns.all().iter().filter(|s| s.role == SlotState::Active) {
+        if let Some(check) = seen.unserved() {
+            problems.push(format!(
+                "DNS does not serve {}: {}",
+                seen.describe(),
+                check.detail
+            ));
         }
     }
     // Upstream: unready only once deliveries have been deferred, without one success,

@@ -3,6 +3,7 @@
 //! mail-auth against the records the key store publishes (in-memory DNS, no network).
 #![allow(dead_code)]
 
+pub mod bind;
 pub mod child;
 pub mod dns;
 pub mod inbound;
