@@ -9,10 +9,11 @@
 //!   plus message bytes handed to the spool.
 //! - [`spool`]: the durable queue on disk; nothing is answered 250 before it is here.
 //! - [`dkim`]: signing at each delivery attempt with the keys active at that moment.
-//! - [`delivery`]: the queue runner, retry schedule, upstream SMTP client and outbox.
+//! - [`delivery`]: the queue runner, retry schedule, upstream SMTP client (also behind
+//!   `upstream check`) and outbox; failures typed with their phase and fix in `verdict`.
 //!
 //! Around them: [`auth`] (AUTH users, who may send as which domain), [`config`] (the TOML
-//! file, and the live snapshot hot reload swaps), [`clock`] (the wall clock, in one place), [`keys`] (the key store on disk), [`rotation`] (the pure rotation planner and
+//! file, the live snapshot hot reload swaps, and the table of known providers), [`clock`] (the wall clock, in one place), [`keys`] (the key store on disk), [`rotation`] (the pure rotation planner and
 //! its executor: hook, DNS check, lock), [`message`] (header and From parsing),
 //! [`relay`] (wires the stages together), [`watch`] (hot reload of config and keys),
 //! [`queue`] (what each queue command means: one implementation, for the running relay

@@ -251,6 +251,9 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
     let transport = match Router::from_config(&config).map_err(StartError::Upstream)? {
         Some(router) => {
             tracing::info!(upstreams = %router.describe(), "delivering to the upstreams");
+            for upstream in config.upstream_list() {
+                tracing::info!("{}", upstream.profile_choice().explain(&upstream));
+            }
             Transport::Upstreams(Arc::new(router))
         }
         None => {

@@ -6,6 +6,7 @@
 pub mod child;
 pub mod dns;
 pub mod inbound;
+pub mod pki;
 pub mod upstream;
 pub mod verify;
 
@@ -93,7 +94,9 @@ pub fn upstream_config(addr: SocketAddr) -> UpstreamConfig {
         command_timeout: dkim_relay::config::HumanDuration(Duration::from_secs(10)),
         idle_timeout: dkim_relay::config::HumanDuration(Duration::from_secs(60)),
         pool_size: 4,
-        profile: Default::default(),
+        profile: None,
+        provider: None,
+        allow_plaintext: false,
         unsigned_headers: Vec::new(),
     }
 }
