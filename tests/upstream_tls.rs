@@ -137,7 +137,11 @@ async fn an_untrusted_certificate_defers_instead_of_sending() {
         dkim_relay::delivery::Fault::OurConfig,
         "{cause}"
     );
-    assert_eq!(cause.phase, Some(dkim_relay::delivery::Phase::Tls), "{cause}");
+    assert_eq!(
+        cause.phase,
+        Some(dkim_relay::delivery::Phase::Tls),
+        "{cause}"
+    );
     assert!(cause.detail.contains("certificate"), "{cause}");
     assert!(cause.fix_field().contains("ca_file"), "{cause:?}");
     assert!(upstream.received().is_empty());

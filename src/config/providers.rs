@@ -37,7 +37,7 @@ impl HostPattern {
             HostPattern::OneLabel(prefix, suffix) => host
                 .strip_prefix(prefix)
                 .and_then(|h| h.strip_suffix(suffix))
-                .is_some_and(|label| super::is_dns_label(label)),
+                .is_some_and(super::is_dns_label),
         }
     }
 
