@@ -349,6 +349,58 @@ mod tests {
         assert_eq!(name("127.0.0.1"), None);
     }
 
+    const SES_AND_SENDGRID: &str = r#"
+[[domains]]
+name = "example.com"
+ed25519 = true
+[[upstreams]]
+name = "ses"
+host = "email-smtp.eu-west-1.amazonaws.com"
+profile = "standard"
+[[upstreams]]
+name = "sg"
+host = "smtp.sendgrid.net"
+"#;
+
+    #[test]
+    fn two_signatures_are_refused_only_where_mail_reaches_ses() {
+        let err = Config::from_toml(SES_AND_SENDGRID).unwrap_err();
+        assert_eq!(err.field, "upstream ses: profile");
+        assert!(err.problem.contains("at most 1 DKIM-Signature"), "{err}");
+        // Routed to SendGrid only, example.com never reaches SES.
+        let routed = format!(
+            "{SES_AND_SENDGRID}[[routes]]\nfrom_domains = [\"example.com\"]\nupstreams = [\"sg\"]\n"
+        );
+        Config::from_toml(&routed).unwrap();
+        // A client-network route may send any domain's mail to SES.
+        let by_network = format!(
+            "{routed}[[routes]]\nclient_networks = [\"10.0.0.0/8\"]\nupstreams = [\"ses\"]\n"
+        );
+        assert!(Config::from_toml(&by_network).is_err());
+    }
+
+    #[test]
+    fn signing_with_every_published_key_is_refused_for_ses() {
+        let text = SES_AND_SENDGRID.replace("profile = \"standard\"\n", "")
+            + "[rotation]\nsigning = \"all-published\"\n";
+        let err = Config::from_toml(&text).unwrap_err();
+        assert!(err.problem.contains("all-published"), "{err}");
+        let ok = SES_AND_SENDGRID.replace("profile = \"standard\"\n", "");
+        let config = Config::from_toml(&ok).unwrap();
+        let choice = config.upstream_list()[0].profile_choice();
+        assert_eq!(choice.profile, SigningProfileName::Ses);
+        assert!(!choice.explicit);
+    }
+
+    #[test]
+    fn plain_text_off_loopback_needs_allow_plaintext() {
+        let text = "[upstream]\nhost = \"10.1.2.3\"\ntls = \"none\"\n";
+        let err = Config::from_toml(text).unwrap_err();
+        assert!(err.problem.contains("allow_plaintext = true"), "{err}");
+        Config::from_toml(&format!("{text}allow_plaintext = true\n")).unwrap();
+        Config::from_toml("[upstream]\nhost = \"::1\"\ntls = \"none\"\n").unwrap();
+    }
+
     /// docs/upstreams.md lists the table; a provider added here must be added there.
     #[test]
     fn the_docs_list_every_provider() {

@@ -67,7 +67,7 @@ impl Upstream {
             match super::transaction::transact(&mut conn, &test.envelope, &rcpts, &parts).await {
                 Ok(outcomes) => {
                     let (said, delivered) = match outcomes.into_iter().next() {
-                        Some((_, Verdict::Delivered(said))) => (said, true),
+                        Some((_, Verdict::Delivered(said))) => (self.redact(&said), true),
                         Some((_, Verdict::Deferred(c) | Verdict::Failed(c))) => {
                             (self.own_cause(c).to_string(), false)
                         }

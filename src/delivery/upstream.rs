@@ -207,6 +207,11 @@ impl Upstream {
         &self.config
     }
 
+    /// A reply text with our credentials taken out.
+    pub(super) fn redact(&self, text: &str) -> String {
+        self.redactor.redact(text)
+    }
+
     /// Names this upstream in a cause, and takes our credentials out of its words.
     pub(super) fn own_cause(&self, cause: Cause) -> Cause {
         let mut cause = self.redactor.cause(cause);
