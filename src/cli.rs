@@ -3,6 +3,7 @@
 
 mod keys;
 mod keys_import;
+mod upstream_check;
 
 use crate::config::Config;
 use crate::logging::{self, LogFormat};
@@ -48,6 +49,9 @@ pub enum Command {
     /// store's keys, DMARC has a policy. Exit 0 without errors, 1 with errors, 2 when the
     /// config or arguments are bad.
     Doctor(DoctorArgs),
+    /// Upstream commands.
+    #[command(subcommand)]
+    Upstream(UpstreamCommand),
     /// Ask the running relay's health endpoint (for container HEALTHCHECKs); exit 0 if
     /// it answers 200. Uses `[metrics] listen` from the config.
     Health {
@@ -111,6 +115,14 @@ pub enum AuthCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum UpstreamCommand {
+    /// Connect to each upstream as delivery would and say what works: reachable, TLS and
+    /// certificate, EHLO capabilities, AUTH, and what the relay will do. Sends no mail
+    /// unless --send-to. Exit 0 when every upstream is usable, 1 otherwise.
+    Check(upstream_check::UpstreamCheckArgs),
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Read and validate the config; exit non-zero with the field and problem if it is bad.
     Check,
@@ -119,7 +131,7 @@ pub enum ConfigCommand {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let config = match load_config(cli.config.as_deref()) {
         Ok(config) => config,
-        Err(e) if matches!(cli.command, Command::Doctor(_)) => {
+        Err(e) if matches!(cli.command, Command::Doctor(_) | Command::Upstream(_)) => {
             return Err(Exit::usage(format!("{e:#}")))
         }
         Err(e) => return Err(e),
@@ -139,9 +151,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_or("the embedded defaults".to_string(), |p| {
                     p.display().to_string()
                 });
+            for upstream in config.upstream_list() {
+                println!("{}", upstream.profile_choice().explain(&upstream));
+            }
             println!("{source}: OK");
             Ok(())
         }
+        Command::Upstream(UpstreamCommand::Check(args)) => upstream_check::run(&config, args),
         Command::Keys(command) => {
             logging::init(cli.log_format);
             keys::run(&config, command)

@@ -9,10 +9,11 @@
 //!   plus message bytes handed to the spool.
 //! - [`spool`]: the durable queue on disk; nothing is answered 250 before it is here.
 //! - [`dkim`]: signing at each delivery attempt with the keys active at that moment.
-//! - [`delivery`]: the queue runner, retry schedule, upstream SMTP client and outbox.
+//! - [`delivery`]: the queue runner, retry schedule, upstream SMTP client (also behind
+//!   `upstream check`) and outbox; failures typed with their phase and fix in `verdict`.
 //!
 //! Around them: [`auth`] (AUTH users, who may send as which domain), [`config`] (the TOML
-//! file, and the live snapshot hot reload swaps), [`domain`] (how domain names are spelled
+//! file, the live snapshot hot reload swaps, and the table of known providers), [`domain`] (how domain names are spelled
 //! and checked), [`clock`] (the wall clock, in one place), [`keys`] (the key store on disk,
 //! and what the DNS watch last saw of each selector), [`rotation`] (the pure rotation
 //! planner and its executor: hooks with a timeout, DNS checks, the store lock held only to

@@ -139,7 +139,7 @@ async fn the_ses_profile_signs_once_with_rsa_and_leaves_date_and_message_id_out(
     let ses = FakeUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path(), Some(ses.addr));
-    config.upstream.as_mut().unwrap().profile = SigningProfileName::Ses;
+    config.upstream.as_mut().unwrap().profile = Some(SigningProfileName::Ses);
     let relay = start(config).await;
     let mut events = relay.subscribe();
     send_one(&relay, "a@example.com", &["u@example.net"], "ses").await;

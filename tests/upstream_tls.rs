@@ -130,15 +130,20 @@ async fn an_untrusted_certificate_defers_instead_of_sending() {
     let dkim_relay::delivery::DeliveryEvent::Deferred { cause, .. } = deferred else {
         unreachable!()
     };
+    // A certificate that does not verify is for the operator to fix (ca_file, or the
+    // upstream's certificate): mail waits, the log says ERROR and what to change.
     assert_eq!(
         cause.fault,
-        dkim_relay::delivery::Fault::Transport,
+        dkim_relay::delivery::Fault::OurConfig,
         "{cause}"
     );
-    assert!(
-        cause.detail.contains("TLS") || cause.detail.contains("certificate"),
+    assert_eq!(
+        cause.phase,
+        Some(dkim_relay::delivery::Phase::Tls),
         "{cause}"
     );
+    assert!(cause.detail.contains("certificate"), "{cause}");
+    assert!(cause.fix_field().contains("ca_file"), "{cause:?}");
     assert!(upstream.received().is_empty());
     relay.shutdown().await;
 }

@@ -9,6 +9,7 @@ mod inbound;
 mod live;
 mod metrics;
 mod paths;
+pub mod providers;
 mod relay_space;
 mod rotation;
 mod units;
@@ -18,6 +19,7 @@ pub use inbound::{normalise_domains, InboundAuthConfig, InboundTlsConfig, Sender
 
 pub use live::LiveConfig;
 pub use metrics::MetricsConfig;
+pub use providers::{ProfileChoice, Provider, ProviderId};
 pub use rotation::{OnDnsMismatch, RotationConfig, SigningMode};
 pub use units::{parse_duration, parse_size, ByteSize, HumanDuration};
 pub use upstreams::{RouteConfig, SigningProfileName};
@@ -268,9 +270,17 @@ pub struct UpstreamConfig {
     #[serde(default = "upstreams::default_pool_size")]
     pub pool_size: usize,
     /// How mail for this upstream is signed: "standard", or "ses" (Amazon SES: one RSA
-    /// signature, Date and Message-ID left out of h=).
+    /// signature, Date and Message-ID left out of h=). Absent: the profile of its
+    /// provider (`ses` for Amazon SES), else "standard".
     #[serde(default)]
-    pub profile: SigningProfileName,
+    pub profile: Option<SigningProfileName>,
+    /// Which known provider this is (src/config/providers.rs). Absent: recognised from
+    /// `host`; set it when the host name does not show it (a proxy, a tunnel).
+    #[serde(default)]
+    pub provider: Option<ProviderId>,
+    /// Allow `tls = "none"` to a host that is not on loopback (a trusted network only).
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// More header fields to leave out of h= (ones this upstream rewrites).
     #[serde(default)]
     pub unsigned_headers: Vec<String>,
@@ -459,6 +469,7 @@ impl Config {
         }
         self.validate_upstreams()?;
         self.rotation.validate()?;
+        self.validate_signature_limits()?;
         Ok(())
     }
 
@@ -605,6 +616,12 @@ impl UpstreamConfig {
                 "\"none\" would send the password in clear text to a remote host",
             ));
         }
+        if self.tls == TlsMode::None && !self.host_is_loopback() && !self.allow_plaintext {
+            return Err(ConfigError::new(
+                "upstream.tls",
+                format!("\"none\" sends mail in clear text to {}, which is not on loopback: use \"starttls\" or \"implicit\", or set allow_plaintext = true for a trusted network", self.host),
+            ));
+        }
         if let Some(path) = &self.password_file {
             std::fs::metadata(path).map_err(|e| {
                 ConfigError::new("upstream.password_file", format!("{}: {e}", path.display()))
@@ -618,7 +635,7 @@ impl UpstreamConfig {
         Ok(())
     }
 
-    fn host_is_loopback(&self) -> bool {
+    pub fn host_is_loopback(&self) -> bool {
         self.host == "localhost"
             || self
                 .host

@@ -28,6 +28,24 @@ impl SigningProfileName {
             SigningProfileName::Ses => (&["Date", "Message-ID"], true),
         }
     }
+
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            SigningProfileName::Standard => "standard",
+            SigningProfileName::Ses => "ses",
+        }
+    }
+
+    /// What the profile does, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SigningProfileName::Standard => {
+                "an RSA signature, plus Ed25519 for domains with ed25519 = true"
+            }
+            SigningProfileName::Ses => "one RSA signature only; Date and Message-ID left out of h=",
+        }
+    }
 }
 
 /// Sends matching mail to named upstreams instead of the whole priority list.
@@ -151,7 +169,7 @@ upstreams = ["backup"]
         let config = Config::from_toml(TWO).unwrap();
         let list = config.upstream_list();
         assert_eq!(list.len(), 2);
-        assert_eq!(list[0].profile, SigningProfileName::Ses);
+        assert_eq!(list[0].profile, Some(SigningProfileName::Ses));
         assert_eq!(list[1].pool_size, 2);
         assert_eq!(config.routes[0].from_domains, ["example.org"]);
     }
@@ -177,6 +195,9 @@ upstreams = ["backup"]
         let list = config.upstream_list();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].name, "upstream");
-        assert_eq!(list[0].profile, SigningProfileName::Standard);
+        assert_eq!(
+            list[0].profile_choice().profile,
+            SigningProfileName::Standard
+        );
     }
 }

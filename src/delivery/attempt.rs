@@ -77,7 +77,7 @@ pub async fn attempt(ctx: &DeliveryContext, mut item: QueuedMessage, now: u64) -
                 // The message itself is safe in the spool; only progress may be repeated.
                 tracing::error!(queue_id = %id, error = %e, "cannot save delivery state");
             }
-            tracing::info!(queue_id = %id, attempts = item.state.attempts, fault = cause.fault.name(), reason = %cause, retry_in_s = at.saturating_sub(now), "deferred");
+            tracing::info!(queue_id = %id, attempts = item.state.attempts, fault = cause.fault.name(), upstream = %cause.upstream_field(), phase = %cause.phase_field(), reason = %cause, fix = %cause.fix_field(), retry_in_s = at.saturating_sub(now), "deferred");
             ctx.emit(DeliveryEvent::Deferred { id, cause });
             AttemptResult {
                 requeue: Some(item),
@@ -92,7 +92,7 @@ fn fail(ctx: &DeliveryContext, item: &mut QueuedMessage, i: usize, cause: Cause)
     let rcpt = item.envelope.rcpts[i].clone();
     item.state.rcpts[i] = RcptStatus::Failed;
     item.state.failures.insert(i, cause.problem());
-    tracing::warn!(queue_id = %id, rcpt = %rcpt, fault = cause.fault.name(), reason = %cause, "failed permanently");
+    tracing::warn!(queue_id = %id, rcpt = %rcpt, fault = cause.fault.name(), upstream = %cause.upstream_field(), phase = %cause.phase_field(), reason = %cause, "failed permanently");
     ctx.emit(DeliveryEvent::Failed {
         id: id.clone(),
         rcpt,
@@ -318,21 +318,24 @@ async fn prepare_and_send(
                     }
                     Err(e) => e,
                 };
-                if e.cause.fault == Fault::OurConfig {
-                    tracing::error!(queue_id = %env.id, upstream = %upstream.describe(), reason = %e.cause, "upstream refused our configuration; mail waits until it is fixed");
-                }
                 let more = n + 1 < candidates.len();
+                let c = &e.cause;
+                if c.fault == Fault::OurConfig {
+                    tracing::error!(queue_id = %env.id, upstream = %c.upstream_field(), phase = %c.phase_field(), reason = %c, fix = %c.fix_field(), "upstream refused our configuration; mail waits until it is fixed");
+                } else if e.at == FailedAt::Connect {
+                    let next = if more {
+                        "failing over to the next"
+                    } else {
+                        "mail waits for the next attempt"
+                    };
+                    tracing::warn!(queue_id = %env.id, upstream = %c.upstream_field(), phase = %c.phase_field(), reason = %c, fix = %c.fix_field(), next, "upstream unavailable");
+                }
                 match e.at {
                     FailedAt::Connect if more => {
-                        tracing::warn!(queue_id = %env.id, upstream = %upstream.describe(), reason = %e.cause, "upstream unavailable; failing over to the next");
                         last = e.cause;
                         signed = Some((upstream.profile(), headers));
                     }
-                    FailedAt::Connect | FailedAt::Transaction => {
-                        let mut cause = e.cause;
-                        cause.upstream = Some(upstream.name().to_string());
-                        return Err(cause);
-                    }
+                    FailedAt::Connect | FailedAt::Transaction => return Err(e.cause),
                 }
             }
             Err(last)

@@ -6,7 +6,10 @@
 //! at once (what `queue flush` and tests use instead of waiting).
 //!
 //! Files: `attempt` (one attempt of one message), `router` (which upstreams, in which
-//! order), `upstream` (one server: pool, connect, AUTH), `transaction` (MAIL/RCPT/DATA),
+//! order), `upstream` (one server: pool, signing profile), `connect` (opening a session
+//! step by step: TCP, TLS, EHLO, AUTH), `tls` (trusted CAs, the presented certificate),
+//! `check` (`upstream check`: one session opened as delivery would, reported),
+//! `transaction` (MAIL/RCPT/DATA),
 //! `verdict` (the typed result of an attempt: reply, whose fault, retry or not),
 //! `redact` (our credentials out of upstream replies), `bounce` (RFC 3464 DSNs),
 //! `control` (queue commands inside the runner), `schedule` (retry times), `tally`
@@ -14,22 +17,28 @@
 
 mod attempt;
 mod bounce;
+mod check;
+mod connect;
 mod control;
 mod outbox;
 mod redact;
 mod router;
 mod schedule;
 mod tally;
+mod tls;
 mod transaction;
 mod upstream;
 mod verdict;
 
+pub use check::{CheckReport, TestSend};
+pub use connect::{Capabilities, Seen};
 pub use outbox::Outbox;
 pub use router::Router;
 pub use schedule::{NextStep, RetryPolicy};
 pub use tally::count_deliveries;
+pub use tls::CertificateFacts;
 pub use upstream::{FailedAt, SendError, SigningProfile, Upstream};
-pub use verdict::{Cause, Fault, UpstreamReply, Verdict};
+pub use verdict::{Cause, Fault, Phase, UpstreamReply, Verdict};
 
 use crate::clock::Clock;
 use crate::config::LiveConfig;

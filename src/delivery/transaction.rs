@@ -3,7 +3,7 @@
 //! and the dot-stuffing DATA writer.
 
 use super::upstream::{Client, Connection};
-use super::verdict::{Cause, Fault, UpstreamReply, Verdict};
+use super::verdict::{Cause, Fault, Phase, UpstreamReply, Verdict};
 use crate::message::{Mailbox, ReversePath};
 use crate::spool::Envelope;
 use mail_send::SmtpClient;
@@ -90,10 +90,19 @@ fn commands(
     Ok((cmds, unsendable))
 }
 
-fn before_data(e: mail_send::Error) -> TransactError {
-    TransactError {
-        cause: Cause::from_send(&e),
+fn before_data(phase: Phase) -> impl Fn(mail_send::Error) -> TransactError {
+    move |e| TransactError {
+        cause: Cause::from_send(&e, phase, ""),
         retry_now: true,
+    }
+}
+
+/// The phase a reply answers: the n-th reply after MAIL's is a RCPT's, then DATA's.
+fn phase_of(n: usize, rcpts: usize) -> Phase {
+    if n < rcpts {
+        Phase::Rcpt
+    } else {
+        Phase::Data
     }
 }
 
@@ -104,8 +113,10 @@ fn auth_required(reply: &smtp_proto::Response<String>) -> TransactError {
         cause: Cause {
             fault: Fault::OurConfig,
             reply: Some(UpstreamReply::from_response(reply)),
-            detail: "upstream requires AUTH: set username and password_file".into(),
+            detail: "the upstream requires AUTH".into(),
             upstream: None,
+            phase: Some(Phase::Mail),
+            fix: Some("set username and password_file".into()),
         },
         retry_now: false,
     }
@@ -140,7 +151,7 @@ fn settle(rcpts: &[usize], mail: &Reply, rest: &[Reply]) -> Settled {
         return Settled::Done {
             outcomes: rcpts
                 .iter()
-                .map(|&i| (i, Verdict::from_response(mail)))
+                .map(|&i| (i, Verdict::from_response(mail, Phase::Mail)))
                 .collect(),
             closing: mail.code == 421,
         };
@@ -152,8 +163,11 @@ fn settle(rcpts: &[usize], mail: &Reply, rest: &[Reply]) -> Settled {
             .iter()
             .enumerate()
             .map(|(j, &i)| match rest.get(j) {
-                Some(r) if j < p && !ok(r) => (i, Verdict::from_response(r)),
-                _ => (i, Verdict::from_response(&rest[p])),
+                Some(r) if j < p && !ok(r) => (i, Verdict::from_response(r, Phase::Rcpt)),
+                _ => (
+                    i,
+                    Verdict::from_response(&rest[p], phase_of(p, rcpts.len())),
+                ),
             })
             .collect();
         return Settled::Done {
@@ -167,7 +181,7 @@ fn settle(rcpts: &[usize], mail: &Reply, rest: &[Reply]) -> Settled {
         if ok(r) {
             accepted.push(i);
         } else {
-            outcomes.push((i, Verdict::from_response(r)));
+            outcomes.push((i, Verdict::from_response(r, Phase::Rcpt)));
         }
     }
     if accepted.is_empty() {
@@ -178,8 +192,8 @@ fn settle(rcpts: &[usize], mail: &Reply, rest: &[Reply]) -> Settled {
     }
     let data = match rest.get(rcpts.len()) {
         Some(data) if data.code == 354 => return Settled::SendData { accepted, outcomes },
-        Some(data) => Verdict::from_response(data),
-        None => Verdict::Deferred(Cause::transport("no reply to DATA")),
+        Some(data) => Verdict::from_response(data, Phase::Data),
+        None => Verdict::Deferred(Cause::transport("no reply to DATA").at(Phase::Data)),
     };
     outcomes.extend(accepted.iter().map(|&i| (i, data.clone())));
     Settled::Done {
@@ -230,14 +244,19 @@ async fn pipelined<T: AsyncRead + AsyncWrite + Unpin>(
         Ok::<_, std::io::Error>(read_replies(&mut c.stream, rcpts.len() + 2).await)
     })
     .await
-    .map_err(|_| before_data(mail_send::Error::Timeout))?
-    .map_err(|e| before_data(mail_send::Error::Io(e)))?;
+    .map_err(|_| before_data(Phase::Mail)(mail_send::Error::Timeout))?
+    .map_err(|e| before_data(Phase::Mail)(mail_send::Error::Io(e)))?;
     let closing = replies.iter().any(|r| r.code == 421);
     if let (Some(e), false) = (cut, closing) {
-        return Err(before_data(e));
+        // The first reply missing says which command the upstream did not answer.
+        let phase = match replies.len() {
+            0 => Phase::Mail,
+            n => phase_of(n - 1, rcpts.len()),
+        };
+        return Err(before_data(phase)(e));
     }
     let Some((mail, rest)) = replies.split_first() else {
-        return Err(before_data(mail_send::Error::UnparseableReply));
+        return Err(before_data(Phase::Mail)(mail_send::Error::UnparseableReply));
     };
     let settled = settle(rcpts, mail, rest);
     let data_started = rest.get(rcpts.len()).is_some_and(|d| d.code == 354);
@@ -256,11 +275,17 @@ async fn transact_on<T: AsyncRead + AsyncWrite + Unpin>(
     parts: &[&[u8]],
 ) -> Result<Outcomes, TransactError> {
     let rcpts = &cmds.rcpts[..];
-    let mail = c.cmd(cmds.mail.as_bytes()).await.map_err(before_data)?;
+    let mail = c
+        .cmd(cmds.mail.as_bytes())
+        .await
+        .map_err(before_data(Phase::Mail))?;
     let mut rest = Vec::with_capacity(rcpts.len() + 1);
     if (200..300).contains(&mail.code) {
         for line in &cmds.rcpt_lines {
-            let reply = c.cmd(line.as_bytes()).await.map_err(before_data)?;
+            let reply = c
+                .cmd(line.as_bytes())
+                .await
+                .map_err(before_data(Phase::Rcpt))?;
             let closing = reply.code == 421;
             rest.push(reply);
             if closing {
@@ -269,7 +294,7 @@ async fn transact_on<T: AsyncRead + AsyncWrite + Unpin>(
         }
         let all_answered = rest.len() == rcpts.len();
         if all_answered && rest.iter().any(|r| (200..300).contains(&r.code)) {
-            rest.push(c.cmd(b"DATA\r\n").await.map_err(before_data)?);
+            rest.push(c.cmd(b"DATA\r\n").await.map_err(before_data(Phase::Data))?);
         }
     }
     conclude(c, settle(rcpts, &mail, &rest), parts).await
@@ -320,8 +345,8 @@ async fn send_data<T: AsyncRead + AsyncWrite + Unpin>(
     let written = tokio::time::timeout(timeout, write_data(&mut c.stream, parts)).await;
     match written {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(before_data(mail_send::Error::Io(e))),
-        Err(_) => return Err(before_data(mail_send::Error::Timeout)),
+        Ok(Err(e)) => return Err(before_data(Phase::Data)(mail_send::Error::Io(e))),
+        Err(_) => return Err(before_data(Phase::Data)(mail_send::Error::Timeout)),
     }
     // From here the upstream may have the message: a lost reply means a possible
     // duplicate on retry, never a loss.
@@ -330,10 +355,10 @@ async fn send_data<T: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| mail_send::Error::Timeout)
         .and_then(|r| r)
         .map_err(|e| TransactError {
-            cause: Cause::from_send(&e),
+            cause: Cause::from_send(&e, Phase::Data, ""),
             retry_now: false,
         })?;
-    let outcome = Verdict::from_response(&reply);
+    let outcome = Verdict::from_response(&reply, Phase::Data);
     outcomes.extend(accepted.iter().map(|&i| (i, outcome.clone())));
     Ok(outcomes)
 }

@@ -2,15 +2,16 @@
 //! busy and idle together), reused from message to message and reconnected when they
 //! fail, and the signing profile mail for this upstream gets (DESIGN §5, §7).
 
+use super::connect::{Capabilities, Seen};
 use super::redact::Redactor;
+use super::tls::SeenChain;
 use super::transaction::{transact, Outcomes};
 use super::verdict::Cause;
 use crate::config::{SigningProfileName, TlsMode, UpstreamConfig};
 use crate::spool::Envelope;
-use mail_send::{Credentials, SmtpClient, SmtpClientBuilder};
+use mail_send::SmtpClient;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::client::TlsStream;
@@ -36,6 +37,29 @@ pub(super) struct Connection {
     /// The upstream advertised PIPELINING (RFC 2920): MAIL, RCPT and DATA go in one write.
     pub pipelining: bool,
     last_used: Instant,
+}
+
+impl Connection {
+    pub(super) fn new(client: Client, caps: &Capabilities) -> Connection {
+        Connection {
+            client,
+            eight_bit: caps.eight_bit_mime,
+            pipelining: caps.pipelining,
+            last_used: Instant::now(),
+        }
+    }
+
+    /// Ends the session politely (`upstream check`); errors do not matter any more.
+    pub(super) async fn quit(self) {
+        match self.client {
+            Client::Tls(c) => {
+                let _ = c.quit().await;
+            }
+            Client::Plain(c) => {
+                let _ = c.quit().await;
+            }
+        }
+    }
 }
 
 /// Where a send failed: before a session existed (the upstream is down or refuses us,
@@ -76,7 +100,13 @@ impl SigningProfile {
 }
 
 /// The password, kept out of every `Debug` and log line.
-struct Secret(String);
+pub(super) struct Secret(String);
+
+impl Secret {
+    pub(super) fn expose(&self) -> &str {
+        &self.0
+    }
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,11 +115,14 @@ impl std::fmt::Debug for Secret {
 }
 
 pub struct Upstream {
-    config: UpstreamConfig,
-    hostname: String,
-    connector: TlsConnector,
-    username: Option<String>,
-    password: Option<Secret>,
+    pub(super) config: UpstreamConfig,
+    /// Our name, said in EHLO.
+    pub(super) hostname: String,
+    pub(super) connector: TlsConnector,
+    /// The chain the upstream presented in the last handshake (for `upstream check`).
+    pub(super) seen_chain: SeenChain,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<Secret>,
     /// Takes our credentials out of the upstream's replies before anyone sees them.
     redactor: Redactor,
     profile: SigningProfile,
@@ -133,8 +166,10 @@ impl Upstream {
             }
             None => None,
         };
+        let seen_chain = SeenChain::default();
         Ok(Arc::new(Upstream {
-            connector: tls_connector(config)?,
+            connector: super::tls::connector(config, seen_chain.clone())?,
+            seen_chain,
             config: config.clone(),
             hostname: hostname.to_string(),
             username: config.username.clone(),
@@ -143,7 +178,10 @@ impl Upstream {
                 password.as_ref().map(|p: &Secret| p.0.as_str()),
             ),
             password,
-            profile: SigningProfile::from_config(config.profile, &config.unsigned_headers),
+            profile: SigningProfile::from_config(
+                config.profile_choice().profile,
+                &config.unsigned_headers,
+            ),
             idle: Mutex::new(Vec::new()),
             in_use: Semaphore::new(config.pool_size.max(1)),
             down_until: Mutex::new(None),
@@ -163,6 +201,22 @@ impl Upstream {
 
     pub fn profile(&self) -> &SigningProfile {
         &self.profile
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    /// A reply text with our credentials taken out.
+    pub(super) fn redact(&self, text: &str) -> String {
+        self.redactor.redact(text)
+    }
+
+    /// Names this upstream in a cause, and takes our credentials out of its words.
+    pub(super) fn own_cause(&self, cause: Cause) -> Cause {
+        let mut cause = self.redactor.cause(cause);
+        cause.upstream = Some(self.describe());
+        cause
     }
 
     /// The last connection attempt failed recently (see [`DOWN_FOR`]).
@@ -188,10 +242,16 @@ impl Upstream {
         match self.send_unredacted(envelope, rcpts, parts).await {
             Ok(outcomes) => Ok(outcomes
                 .into_iter()
-                .map(|(i, v)| (i, self.redactor.verdict(v)))
+                .map(|(i, v)| {
+                    let mut v = self.redactor.verdict(v);
+                    if let Some(cause) = v.cause_mut() {
+                        cause.upstream = Some(self.describe());
+                    }
+                    (i, v)
+                })
                 .collect()),
             Err(SendError { cause, at }) => Err(SendError {
-                cause: self.redactor.cause(cause),
+                cause: self.own_cause(cause),
                 at,
             }),
         }
@@ -241,7 +301,8 @@ impl Upstream {
                 }
                 // A kept-open connection the server had closed: try once on a fresh one.
                 Err(e) if was_reused && e.retry_now => {
-                    tracing::debug!(reason = %self.redactor.cause(e.cause.clone()), "reused upstream connection failed; reconnecting");
+                    let cause = self.own_cause(e.cause);
+                    tracing::debug!(upstream = %cause.upstream_field(), phase = %cause.phase_field(), reason = %cause, "reused upstream connection failed; reconnecting");
                     continue;
                 }
                 Err(e) => {
@@ -284,83 +345,8 @@ impl Upstream {
 
     async fn connect(&self) -> Result<Connection, Cause> {
         let cfg = &self.config;
-        let builder = SmtpClientBuilder::new_with_tls_connector(
-            cfg.host.clone(),
-            cfg.port,
-            self.connector.clone(),
-        )
-        .helo_host(self.hostname.clone())
-        .implicit_tls(cfg.tls == TlsMode::Implicit)
-        // We say EHLO and AUTH ourselves, to keep the capabilities.
-        .say_ehlo(false)
-        .timeout(cfg.connect_timeout.0);
-        let fail = |e: mail_send::Error| Cause::from_send(&e);
-        let conn = match cfg.tls {
-            TlsMode::Implicit | TlsMode::Starttls => {
-                let mut c = builder.connect().await.map_err(fail)?;
-                c.timeout = cfg.command_timeout.0;
-                let (eight_bit, pipelining) = self.greet(&mut c).await?;
-                Connection {
-                    client: Client::Tls(Box::new(c)),
-                    eight_bit,
-                    pipelining,
-                    last_used: Instant::now(),
-                }
-            }
-            TlsMode::None => {
-                let mut c = builder.connect_plain().await.map_err(fail)?;
-                c.timeout = cfg.command_timeout.0;
-                let (eight_bit, pipelining) = self.greet(&mut c).await?;
-                Connection {
-                    client: Client::Plain(c),
-                    eight_bit,
-                    pipelining,
-                    last_used: Instant::now(),
-                }
-            }
-        };
+        let conn = self.open(&mut Seen::default()).await?;
         tracing::info!(upstream = %self.describe(), tls = match cfg.tls { TlsMode::Starttls => "starttls", TlsMode::Implicit => "implicit", TlsMode::None => "none" }, pool_size = cfg.pool_size, "connected to upstream");
         Ok(conn)
     }
-
-    /// EHLO and AUTH; returns whether the upstream takes 8-bit data and pipelining.
-    async fn greet<T: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        c: &mut SmtpClient<T>,
-    ) -> Result<(bool, bool), Cause> {
-        let fail = |e: mail_send::Error| Cause::from_send(&e);
-        let caps = c.ehlo(&self.hostname).await.map_err(fail)?;
-        if let (Some(user), Some(secret)) = (&self.username, &self.password) {
-            let credentials = Credentials::new(user.clone(), secret.0.clone());
-            c.authenticate(&credentials, &caps).await.map_err(fail)?;
-        }
-        Ok((
-            caps.has_capability(smtp_proto::EXT_8BIT_MIME),
-            caps.has_capability(smtp_proto::EXT_PIPELINING),
-        ))
-    }
-}
-
-fn tls_connector(config: &UpstreamConfig) -> Result<TlsConnector, String> {
-    use rustls_pki_types::{pem::PemObject, CertificateDer};
-    let Some(path) = &config.ca_file else {
-        return mail_send::smtp::tls::build_tls_connector(false);
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("upstream.ca_file {}: {e}", path.display()))?;
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(tls)))
 }

@@ -6,6 +6,37 @@
 
 use crate::spool::Problem;
 
+mod words;
+
+/// Where in the conversation with the upstream something went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// TCP connection and the greeting.
+    Connect,
+    /// STARTTLS or the TLS handshake (implicit TLS).
+    Tls,
+    Ehlo,
+    Auth,
+    Mail,
+    Rcpt,
+    Data,
+}
+
+impl Phase {
+    /// A word for log fields and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Connect => "connect",
+            Phase::Tls => "TLS",
+            Phase::Ehlo => "EHLO",
+            Phase::Auth => "AUTH",
+            Phase::Mail => "MAIL",
+            Phase::Rcpt => "RCPT",
+            Phase::Data => "DATA",
+        }
+    }
+}
+
 /// An SMTP reply from the upstream, parsed once, where it was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamReply {
@@ -85,8 +116,12 @@ pub struct Cause {
     pub reply: Option<UpstreamReply>,
     /// The relay's own words: the whole reason without a reply, the context with one.
     pub detail: String,
-    /// The upstream (by its configured name) that answered or could not be reached.
+    /// The upstream that answered or could not be reached: "name (host:port)".
     pub upstream: Option<String>,
+    /// The step of the conversation it happened in, when an upstream was involved.
+    pub phase: Option<Phase>,
+    /// What the operator should change, for the failures that have a usual remedy.
+    pub fix: Option<String>,
 }
 
 impl Cause {
@@ -96,7 +131,33 @@ impl Cause {
             reply: Some(reply),
             detail: String::new(),
             upstream: None,
+            phase: None,
+            fix: None,
         }
+    }
+
+    /// The same cause, observed in `phase`.
+    pub fn at(mut self, phase: Phase) -> Cause {
+        self.phase = Some(phase);
+        self
+    }
+
+    pub fn with_fix(mut self, fix: impl Into<String>) -> Cause {
+        self.fix = Some(fix.into());
+        self
+    }
+
+    /// Log fields: the upstream, or "" when none was involved.
+    pub fn upstream_field(&self) -> &str {
+        self.upstream.as_deref().unwrap_or("")
+    }
+
+    pub fn phase_field(&self) -> &'static str {
+        self.phase.map_or("", Phase::name)
+    }
+
+    pub fn fix_field(&self) -> &str {
+        self.fix.as_deref().unwrap_or("")
     }
 
     pub fn transport(detail: impl Into<String>) -> Cause {
@@ -121,6 +182,8 @@ impl Cause {
             reply: None,
             detail: detail.into(),
             upstream: None,
+            phase: None,
+            fix: None,
         }
     }
 
@@ -131,48 +194,15 @@ impl Cause {
             reply: last.reply.clone(),
             detail: format!("expired after {attempts} attempts; last error: {last}"),
             upstream: last.upstream.clone(),
+            phase: last.phase,
+            fix: last.fix.clone(),
         }
     }
 
-    /// Classifies a mail-send error on the way to the upstream (connect, TLS, EHLO, AUTH).
-    pub fn from_send(error: &mail_send::Error) -> Cause {
-        use mail_send::Error as E;
-        match error {
-            E::Io(e) => Cause::transport(format!("connection error: {e}")),
-            E::Tls(e) => Cause::transport(format!("TLS error: {e}")),
-            E::Timeout => Cause::transport("timed out"),
-            E::UnparseableReply => Cause::transport("unparseable reply or connection closed"),
-            E::UnexpectedReply(r) => Cause {
-                fault: Fault::Upstream,
-                reply: Some(UpstreamReply::from_response(r)),
-                detail: "unexpected reply".into(),
-                upstream: None,
-            },
-            // A 2xx here is no refusal: the upstream took AUTH as some other command.
-            E::AuthenticationFailed(r) if r.code < 300 => Cause {
-                fault: Fault::OurConfig,
-                reply: Some(UpstreamReply::from_response(r)),
-                detail: "the upstream answered AUTH with this instead of 235, so it does not take AUTH there: check upstream.host, port and tls, or remove upstream.username if it needs no AUTH".into(),
-                upstream: None,
-            },
-            E::AuthenticationFailed(r) => Cause {
-                fault: Fault::OurConfig,
-                reply: Some(UpstreamReply::from_response(r)),
-                detail: "AUTH refused: check upstream.username and upstream.password_file".into(),
-                upstream: None,
-            },
-            E::MissingCredentials => Cause::our_config("no credentials for AUTH"),
-            E::UnsupportedAuthMechanism => {
-                Cause::our_config("upstream offers no AUTH mechanism we support")
-            }
-            E::Auth(_) => Cause::our_config("AUTH exchange failed"),
-            E::InvalidTLSName => Cause::our_config("upstream.host is not a valid TLS name"),
-            E::MissingStartTls => {
-                Cause::our_config("upstream does not offer STARTTLS, which upstream.tls requires")
-            }
-            E::Base64(_) => Cause::our_config("AUTH encoding error"),
-            E::MissingMailFrom | E::MissingRcptTo => Cause::relay("internal: incomplete envelope"),
-        }
+    /// Classifies a mail-send error seen in `phase` of the conversation with `host`, in
+    /// words, with the usual fix where there is one (see `words`).
+    pub fn from_send(error: &mail_send::Error, phase: Phase, host: &str) -> Cause {
+        words::from_send(error, phase, host).at(phase)
     }
 
     /// The record a DSN reports: the reply's own enhanced status when its class fits,
@@ -185,18 +215,32 @@ impl Cause {
                 .filter(|s| s.as_bytes().first() == reply.code.to_string().as_bytes().first()),
             (_, None) => None,
         };
-        Problem {
-            status,
-            text: self.to_string(),
-            smtp: self.reply.is_some() && self.fault != Fault::Expired,
-        }
+        let smtp = self.reply.is_some() && self.fault != Fault::Expired;
+        // An SMTP diagnostic (RFC 3464 §2.3.6) is the reply itself; who said it and when
+        // is for our log, not for the sender's DSN.
+        let text = if smtp {
+            Cause {
+                upstream: None,
+                phase: None,
+                ..self.clone()
+            }
+            .to_string()
+        } else {
+            self.to_string()
+        };
+        Problem { status, text, smtp }
     }
 }
 
 impl std::fmt::Display for Cause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if let (Some(name), false) = (&self.upstream, self.fault == Fault::Expired) {
-            write!(f, "{name}: ")?;
+        let expired = self.fault == Fault::Expired;
+        match (&self.upstream, self.phase) {
+            _ if expired => {}
+            (Some(name), Some(phase)) => write!(f, "{name} at {}: ", phase.name())?,
+            (Some(name), None) => write!(f, "{name}: ")?,
+            (None, Some(phase)) => write!(f, "at {}: ", phase.name())?,
+            (None, None) => {}
         }
         match (&self.reply, self.detail.is_empty()) {
             (Some(reply), true) => write!(f, "{reply}"),
@@ -231,8 +275,21 @@ impl Verdict {
         }
     }
 
-    pub fn from_response(reply: &smtp_proto::Response<String>) -> Verdict {
-        Verdict::from_reply(UpstreamReply::from_response(reply))
+    /// The verdict of a reply read in `phase` of a transaction.
+    pub fn from_response(reply: &smtp_proto::Response<String>, phase: Phase) -> Verdict {
+        match Verdict::from_reply(UpstreamReply::from_response(reply)) {
+            Verdict::Delivered(said) => Verdict::Delivered(said),
+            Verdict::Deferred(cause) => Verdict::Deferred(cause.at(phase)),
+            Verdict::Failed(cause) => Verdict::Failed(cause.at(phase)),
+        }
+    }
+
+    /// The cause, for a verdict that has one.
+    pub fn cause_mut(&mut self) -> Option<&mut Cause> {
+        match self {
+            Verdict::Delivered(_) => None,
+            Verdict::Deferred(cause) | Verdict::Failed(cause) => Some(cause),
+        }
     }
 
     /// After this verdict the upstream closes the connection, so it must not be reused.
@@ -288,8 +345,10 @@ mod tests {
             esc: [5, 7, 8],
             message: "bad".into(),
         });
-        let cause = Cause::from_send(&e);
+        let cause = Cause::from_send(&e, Phase::Auth, "smtp.example.net");
         assert_eq!(cause.fault, Fault::OurConfig);
+        assert_eq!(cause.phase, Some(Phase::Auth));
+        assert!(cause.fix_field().contains("password_file"), "{cause:?}");
         assert_eq!(cause.reply.as_ref().map(|r| r.code), Some(535));
     }
 

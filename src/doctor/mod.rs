@@ -58,24 +58,16 @@ pub fn domains(
     Ok(all)
 }
 
-/// The upstream hosts mail from `domain` may go to: its route's, else every upstream.
-pub fn upstream_hosts(config: &Config, domain: &str) -> Vec<String> {
-    let list = config.upstream_list();
-    let routed: Vec<String> = config
-        .routes
-        .iter()
-        .filter(|r| r.from_domains.iter().any(|d| d == domain))
-        .flat_map(|r| r.upstreams.iter())
-        .filter_map(|name| list.iter().find(|u| &u.name == name))
-        .map(|u| u.host.clone())
-        .collect();
-    let mut hosts = if routed.is_empty() {
-        list.into_iter().map(|u| u.host).collect()
-    } else {
-        routed
-    };
-    hosts.dedup();
-    hosts
+/// The upstreams mail from `domain` may go to (its route's, else every upstream), each
+/// once, with the provider behind it.
+pub fn upstream_hosts(config: &Config, domain: &str) -> Vec<spf::Target> {
+    let mut targets: Vec<spf::Target> = Vec::new();
+    for upstream in config.upstreams_for_domain(domain) {
+        if !targets.iter().any(|t| t.host == upstream.host) {
+            targets.push(spf::Target::of(&upstream));
+        }
+    }
+    targets
 }
 
 /// A naive organisational domain (the last two labels) for a subdomain, where receivers
@@ -89,7 +81,7 @@ fn parent_of(domain: &str) -> Option<String> {
 /// Everything to look up for one domain.
 struct Plan {
     domain: String,
-    upstreams: Vec<String>,
+    upstreams: Vec<spf::Target>,
     slots: Vec<dkim::KeySlot>,
     slot_errors: Vec<Finding>,
     parent: Option<String>,
@@ -244,10 +236,11 @@ upstreams = ["sg"]
 "#,
         )
         .unwrap();
-        assert_eq!(
-            upstream_hosts(&config, "news.example.net"),
-            ["smtp.sendgrid.net"]
-        );
+        let hosts: Vec<String> = upstream_hosts(&config, "news.example.net")
+            .into_iter()
+            .map(|t| t.host)
+            .collect();
+        assert_eq!(hosts, ["smtp.sendgrid.net"]);
         assert_eq!(upstream_hosts(&config, "example.net").len(), 2);
     }
 

@@ -3,60 +3,23 @@
 
 use super::report::{Check, Finding, Severity};
 use super::TxtLookup;
+use crate::config::Provider;
 
-/// A hosted provider the relay can deliver through, and the SPF include it publishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Provider {
-    pub name: &'static str,
-    pub include: &'static str,
+/// An upstream mail for the domain can go to, and the known provider behind it
+/// (src/config/providers.rs: from `provider`, else from the host name).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub host: String,
+    pub provider: Option<&'static Provider>,
 }
 
-/// (upstream host suffix, provider). A host matches when it is the suffix or ends in
-/// `.suffix`.
-const PROVIDERS: &[(&str, Provider)] = &[
-    (
-        "amazonaws.com",
-        Provider {
-            name: "Amazon SES",
-            include: "amazonses.com",
-        },
-    ),
-    (
-        "sendgrid.net",
-        Provider {
-            name: "SendGrid",
-            include: "sendgrid.net",
-        },
-    ),
-    (
-        "outlook.com",
-        Provider {
-            name: "Microsoft 365",
-            include: "spf.protection.outlook.com",
-        },
-    ),
-    (
-        "office365.com",
-        Provider {
-            name: "Microsoft 365",
-            include: "spf.protection.outlook.com",
-        },
-    ),
-    (
-        "mailgun.org",
-        Provider {
-            name: "Mailgun",
-            include: "mailgun.org",
-        },
-    ),
-];
-
-/// The provider behind an upstream host name, if it is one we know.
-pub fn provider(host: &str) -> Option<Provider> {
-    let host = crate::domain::normalise(host);
-    PROVIDERS.iter().find_map(|(suffix, p)| {
-        (host == *suffix || host.ends_with(&format!(".{suffix}"))).then_some(*p)
-    })
+impl Target {
+    pub fn of(upstream: &crate::config::UpstreamConfig) -> Target {
+        Target {
+            host: upstream.host.clone(),
+            provider: upstream.known_provider(),
+        }
+    }
 }
 
 fn is_spf(record: &str) -> bool {
@@ -97,19 +60,19 @@ fn suggestion(domain: &str, includes: &[&str], existing: Option<&str>) -> String
 }
 
 /// Checks the TXT records at `domain` against the upstream hosts mail for it goes to.
-pub fn check(domain: &str, lookup: &TxtLookup, upstream_hosts: &[String]) -> Vec<Finding> {
+pub fn check(domain: &str, lookup: &TxtLookup, upstreams: &[Target]) -> Vec<Finding> {
     let f = |severity, message: String| Finding::new(Check::Spf, severity, message);
-    let mut known: Vec<(String, Provider)> = upstream_hosts
+    let mut known: Vec<(String, &Provider)> = upstreams
         .iter()
-        .filter_map(|h| provider(h).map(|p| (h.clone(), p)))
+        .filter_map(|t| t.provider.map(|p| (t.host.clone(), p)))
         .collect();
     let mut seen = Vec::new();
     known.retain(|(_, p)| {
-        let first = !seen.contains(&p.include);
-        seen.push(p.include);
+        let first = !seen.contains(&p.spf_include);
+        seen.push(p.spf_include);
         first
     });
-    let includes: Vec<&str> = known.iter().map(|(_, p)| p.include).collect();
+    let includes: Vec<&str> = known.iter().map(|(_, p)| p.spf_include).collect();
     let records: Vec<String> = match lookup {
         TxtLookup::Failed(e) => {
             return vec![f(
@@ -151,7 +114,7 @@ pub fn check(domain: &str, lookup: &TxtLookup, upstream_hosts: &[String]) -> Vec
         .collect();
     let mut missing = Vec::new();
     for (host, p) in &known {
-        let wanted = format!("include:{}", p.include);
+        let wanted = format!("include:{}", p.spf_include);
         if terms.iter().any(|t| t.trim_start_matches('+') == wanted) {
             out.push(f(
                 Severity::Ok,
@@ -161,7 +124,7 @@ pub fn check(domain: &str, lookup: &TxtLookup, upstream_hosts: &[String]) -> Vec
                 ),
             ));
         } else {
-            missing.push(p.include);
+            missing.push(p.spf_include);
             out.push(f(
                 Severity::Error,
                 format!(
@@ -174,13 +137,17 @@ pub fn check(domain: &str, lookup: &TxtLookup, upstream_hosts: &[String]) -> Vec
     if let Some(last) = out.iter_mut().rev().find(|x| x.severity == Severity::Error) {
         last.publish = Some(suggestion(domain, &missing, Some(&record)));
     }
-    for host in upstream_hosts.iter().filter(|h| provider(h).is_none()) {
+    for host in upstreams
+        .iter()
+        .filter(|t| t.provider.is_none())
+        .map(|t| &t.host)
+    {
         out.push(f(
             Severity::Info,
             format!("the upstream {host} is not a provider doctor knows; check that \"{record}\" covers its addresses"),
         ));
     }
-    if upstream_hosts.is_empty() {
+    if upstreams.is_empty() {
         out.push(f(
             Severity::Ok,
             format!("\"{record}\" (no upstream configured: mail goes to the outbox)"),
@@ -225,23 +192,29 @@ mod tests {
 
     const SES: &str = "email-smtp.eu-west-1.amazonaws.com";
 
+    /// Upstreams by host name, their providers recognised from the table.
+    fn to(hosts: &[&str]) -> Vec<Target> {
+        hosts
+            .iter()
+            .map(|h| Target {
+                host: h.to_string(),
+                provider: crate::config::providers::by_host(h),
+            })
+            .collect()
+    }
+
+    /// A provider named by `provider = …` counts even when the host does not show it.
     #[test]
-    fn providers_are_recognised_by_host_suffix() {
-        assert_eq!(provider(SES).map(|p| p.include), Some("amazonses.com"));
-        assert_eq!(
-            provider("smtp.sendgrid.net").map(|p| p.name),
-            Some("SendGrid")
-        );
-        assert_eq!(
-            provider("smtp.office365.com").map(|p| p.include),
-            Some("spf.protection.outlook.com")
-        );
-        assert_eq!(
-            provider("smtp.eu.mailgun.org").map(|p| p.name),
-            Some("Mailgun")
-        );
-        assert_eq!(provider("notamazonaws.com"), None);
-        assert_eq!(provider("mail.example.net"), None);
+    fn an_explicit_provider_is_checked_like_a_recognised_one() {
+        let target = Target {
+            host: "smtp-proxy.internal".into(),
+            provider: Some(crate::config::providers::by_id(
+                crate::config::ProviderId::Ses,
+            )),
+        };
+        let out = check("example.net", &found(&["v=spf1 mx -all"]), &[target]);
+        assert_eq!(out[0].severity, Severity::Error);
+        assert!(out[0].message.contains("does not authorise Amazon SES"));
     }
 
     #[test]
@@ -252,7 +225,7 @@ mod tests {
                 "google-site-verification=x",
                 "v=spf1 include:amazonses.com -all",
             ]),
-            &[SES.into()],
+            &to(&[SES]),
         );
         assert_eq!(severities(&out), [Severity::Ok, Severity::Info]);
         assert!(out[0].message.contains("authorises Amazon SES"));
@@ -262,7 +235,7 @@ mod tests {
     #[test]
     fn a_missing_record_is_an_error_with_a_record_to_publish() {
         for lookup in [TxtLookup::Missing, found(&["some-other=txt"])] {
-            let out = check("example.net", &lookup, &[SES.into()]);
+            let out = check("example.net", &lookup, &to(&[SES]));
             assert_eq!(severities(&out), [Severity::Error]);
             assert!(out[0].message.contains("no SPF record"));
             assert_eq!(
@@ -277,7 +250,7 @@ mod tests {
         let out = check(
             "example.net",
             &found(&["v=spf1 include:amazonses.com -all", "v=spf1 mx -all"]),
-            &[SES.into()],
+            &to(&[SES]),
         );
         assert_eq!(severities(&out), [Severity::Error]);
         assert!(out[0].message.contains("2 SPF records"));
@@ -289,7 +262,7 @@ mod tests {
         let out = check(
             "example.net",
             &found(&["v=spf1 include:_spf.google.com ~all"]),
-            &["smtp.sendgrid.net".into()],
+            &to(&["smtp.sendgrid.net"]),
         );
         assert_eq!(out[0].severity, Severity::Error);
         assert!(out[0].message.contains("does not authorise SendGrid"));
@@ -314,7 +287,7 @@ mod tests {
         let out = check(
             "example.net",
             &found(&["v=spf1 ip4:192.0.2.1 -all"]),
-            &["mail.example.org".into()],
+            &to(&["mail.example.org"]),
         );
         assert_eq!(severities(&out), [Severity::Info]);
         assert!(out[0].message.contains("v=spf1 ip4:192.0.2.1 -all"));

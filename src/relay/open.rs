@@ -55,6 +55,9 @@ pub(super) fn transport(config: &Config) -> Result<Arc<SharedTransport>, StartEr
     let transport = match Router::from_config(config).map_err(StartError::Upstream)? {
         Some(router) => {
             tracing::info!(upstreams = %router.describe(), "delivering to the upstreams");
+            for upstream in config.upstream_list() {
+                tracing::info!("{}", upstream.profile_choice().explain(&upstream));
+            }
             Transport::Upstreams(Arc::new(router))
         }
         None => {

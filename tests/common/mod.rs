@@ -7,6 +7,7 @@ pub mod bind;
 pub mod child;
 pub mod dns;
 pub mod inbound;
+pub mod pki;
 pub mod upstream;
 pub mod verify;
 
@@ -95,7 +96,9 @@ pub fn upstream_config(addr: SocketAddr) -> UpstreamConfig {
         command_timeout: dkim_relay::config::HumanDuration(Duration::from_secs(10)),
         idle_timeout: dkim_relay::config::HumanDuration(Duration::from_secs(60)),
         pool_size: 4,
-        profile: Default::default(),
+        profile: None,
+        provider: None,
+        allow_plaintext: false,
         unsigned_headers: Vec::new(),
     }
 }

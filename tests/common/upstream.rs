@@ -58,6 +58,10 @@ struct Script {
     transactions: usize,
     /// Leave PIPELINING out of the EHLO reply, so the relay sends command by command.
     no_pipelining: bool,
+    /// Answer a message with more than one DKIM-Signature field as Amazon SES does.
+    one_signature_only: bool,
+    /// Messages refused for a second DKIM-Signature.
+    duplicate_refused: usize,
 }
 
 #[derive(Clone)]
@@ -176,6 +180,26 @@ impl FakeUpstream {
     pub fn transactions(&self) -> usize {
         self.script.lock().unwrap().transactions
     }
+
+    /// Behave like Amazon SES: "554 Transaction failed: Duplicate header
+    /// 'DKIM-Signature'." for a message with two or more DKIM-Signature fields.
+    pub fn refuse_second_signature(&self) {
+        self.script.lock().unwrap().one_signature_only = true;
+    }
+
+    pub fn duplicate_refused(&self) -> usize {
+        self.script.lock().unwrap().duplicate_refused
+    }
+}
+
+/// DKIM-Signature fields in the header section of `data`.
+pub fn dkim_signatures(data: &[u8]) -> usize {
+    let text = String::from_utf8_lossy(data);
+    let header = text.split("\r\n\r\n").next().unwrap_or("");
+    header
+        .split("\r\n")
+        .filter(|l| l.to_ascii_lowercase().starts_with("dkim-signature:"))
+        .count()
 }
 
 fn address(line: &str) -> String {
@@ -323,10 +347,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
             let (reply, delay) = {
                 let mut s = script.lock().unwrap();
-                let reply = s
-                    .data_replies
-                    .pop_front()
-                    .unwrap_or_else(|| "250 2.0.0 queued".to_string());
+                let reply = if s.one_signature_only && dkim_signatures(&data) > 1 {
+                    s.duplicate_refused += 1;
+                    "554 Transaction failed: Duplicate header 'DKIM-Signature'.".to_string()
+                } else {
+                    s.data_replies
+                        .pop_front()
+                        .unwrap_or_else(|| "250 2.0.0 queued".to_string())
+                };
                 if reply.starts_with('2') {
                     s.received.push(Received {
                         mail_from: mail_from.clone(),
