@@ -256,8 +256,15 @@ pub fn message(from: &str, subject: &str) -> String {
 
 /// A port nothing listens on: bind, note, drop.
 pub fn closed_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    // Bound but never listening: a connect is refused, and no other socket (the relay's
+    // own listener on port 0, say) can be given this port while the test runs. A port
+    // that was bound and released could be, and the relay then delivered to itself.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    // Held for the life of the test process.
+    std::mem::forget(socket);
+    addr
 }
 
 /// A relay whose loopback clients may use only example.com, like a tenant's network.
