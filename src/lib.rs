@@ -14,6 +14,7 @@
 //! Around them: [`auth`] (AUTH users, who may send as which domain), [`config`] (the TOML
 //! file, and the live snapshot hot reload swaps), [`clock`] (the wall clock, in one place), [`keys`] (the key store on disk), [`rotation`] (the pure rotation planner and
 //! its executor: hook, DNS check, lock), [`message`] (header and From parsing),
+//! [`oauth`] (OAuth 2.0 tokens for upstream AUTH XOAUTH2: fetch, cache, renew),
 //! [`relay`] (wires the stages together), [`watch`] (hot reload of config and keys),
 //! [`queue`] (what each queue command means: one implementation, for the running relay
 //! and for the spool alone), [`control`] (how queue commands reach it: the control
@@ -34,6 +35,7 @@ pub mod keys;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod oauth;
 pub mod queue;
 pub mod relay;
 pub mod rotation;

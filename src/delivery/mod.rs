@@ -6,7 +6,8 @@
 //! at once (what `queue flush` and tests use instead of waiting).
 //!
 //! Files: `attempt` (one attempt of one message), `router` (which upstreams, in which
-//! order), `upstream` (one server: pool, connect, AUTH), `transaction` (MAIL/RCPT/DATA),
+//! order), `upstream` (one server: pool, connect), `login` (AUTH: password or XOAUTH2
+//! with an OAuth token), `transaction` (MAIL/RCPT/DATA),
 //! `verdict` (the typed result of an attempt: reply, whose fault, retry or not),
 //! `redact` (our credentials out of upstream replies), `bounce` (RFC 3464 DSNs),
 //! `control` (queue commands inside the runner), `schedule` (retry times), `tally`
@@ -15,6 +16,7 @@
 mod attempt;
 mod bounce;
 mod control;
+mod login;
 mod outbox;
 mod redact;
 mod router;

@@ -2,12 +2,13 @@
 //! busy and idle together), reused from message to message and reconnected when they
 //! fail, and the signing profile mail for this upstream gets (DESIGN §5, §7).
 
+use super::login::Login;
 use super::redact::Redactor;
 use super::transaction::{transact, Outcomes};
 use super::verdict::Cause;
 use crate::config::{SigningProfileName, TlsMode, UpstreamConfig};
 use crate::spool::Envelope;
-use mail_send::{Credentials, SmtpClient, SmtpClientBuilder};
+use mail_send::{SmtpClient, SmtpClientBuilder};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -75,21 +76,12 @@ impl SigningProfile {
     }
 }
 
-/// The password, kept out of every `Debug` and log line.
-struct Secret(String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 pub struct Upstream {
     config: UpstreamConfig,
     hostname: String,
     connector: TlsConnector,
-    username: Option<String>,
-    password: Option<Secret>,
+    /// AUTH: none, password, or XOAUTH2 with its token source.
+    login: Login,
     /// Takes our credentials out of the upstream's replies before anyone sees them.
     redactor: Redactor,
     profile: SigningProfile,
@@ -110,39 +102,23 @@ impl std::fmt::Debug for Upstream {
             .field("host", &self.config.host)
             .field("port", &self.config.port)
             .field("tls", &self.config.tls)
-            .field("username", &self.username)
-            .field("password", &self.password)
+            .field("username", &self.login.user())
+            .field("login", &self.login)
             .finish()
     }
 }
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig, hostname: &str) -> Result<Arc<Upstream>, String> {
-        let password = match &config.password_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("upstream.password_file {}: {e}", path.display()))?;
-                let first = text.lines().next().unwrap_or("").trim_end().to_string();
-                if first.is_empty() {
-                    return Err(format!(
-                        "upstream.password_file {} is empty",
-                        path.display()
-                    ));
-                }
-                Some(Secret(first))
-            }
-            None => None,
-        };
+        let connector = tls_connector(config)?;
+        // The token endpoint trusts what the upstream trusts (ca_file).
+        let login = Login::from_config(config, connector.config().clone())?;
         Ok(Arc::new(Upstream {
-            connector: tls_connector(config)?,
+            connector,
             config: config.clone(),
             hostname: hostname.to_string(),
-            username: config.username.clone(),
-            redactor: Redactor::new(
-                config.username.as_deref(),
-                password.as_ref().map(|p: &Secret| p.0.as_str()),
-            ),
-            password,
+            redactor: login.redactor(),
+            login,
             profile: SigningProfile::from_config(config.profile, &config.unsigned_headers),
             idle: Mutex::new(Vec::new()),
             in_use: Semaphore::new(config.pool_size.max(1)),
@@ -330,10 +306,7 @@ impl Upstream {
     ) -> Result<(bool, bool), Cause> {
         let fail = |e: mail_send::Error| Cause::from_send(&e);
         let caps = c.ehlo(&self.hostname).await.map_err(fail)?;
-        if let (Some(user), Some(secret)) = (&self.username, &self.password) {
-            let credentials = Credentials::new(user.clone(), secret.0.clone());
-            c.authenticate(&credentials, &caps).await.map_err(fail)?;
-        }
+        self.login.authenticate(c, &caps, &self.describe()).await?;
         Ok((
             caps.has_capability(smtp_proto::EXT_8BIT_MIME),
             caps.has_capability(smtp_proto::EXT_PIPELINING),

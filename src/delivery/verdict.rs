@@ -166,6 +166,36 @@ impl Cause {
         }
     }
 
+    /// Classifies a failed OAuth token request: the endpoint refusing our credentials,
+    /// grant or scope (a 4xx) is our configuration; no answer, a 5xx, 429 or 408 is a
+    /// passing outage. Either way the mail waits; it is never bounced for this.
+    pub fn from_token(error: &crate::oauth::TokenError) -> Cause {
+        use crate::oauth::TokenProblem as P;
+        let fault = match &error.problem {
+            P::Unreachable(_) => Fault::Transport,
+            P::Refused { status, .. } => match status {
+                408 | 429 | 500..=599 => Fault::Transport,
+                0..=407 | 409..=428 | 430..=499 | 600..=u16::MAX => Fault::OurConfig,
+            },
+            P::BadAnswer { .. } | P::Local(_) => Fault::OurConfig,
+        };
+        Cause::of(fault, error.to_string())
+    }
+
+    /// An AUTH XOAUTH2 refusal of a token fetched a moment ago: the token endpoint
+    /// issues tokens the upstream does not take, which is for the operator to fix.
+    pub fn oauth_refused(error: &mail_send::Error) -> Cause {
+        match error {
+            mail_send::Error::AuthenticationFailed(r) if r.code >= 300 => Cause {
+                fault: Fault::OurConfig,
+                reply: Some(UpstreamReply::from_response(r)),
+                detail: "AUTH XOAUTH2 refused a freshly fetched token: check upstream.username (the mailbox) and the app's rights: Microsoft 365 needs SMTP.SendAsApp with admin consent, an Exchange service principal with access to the mailbox and SMTP AUTH enabled for it; Google needs domain-wide delegation of https://mail.google.com/".into(),
+                upstream: None,
+            },
+            other => Cause::from_send(other),
+        }
+    }
+
     /// The record a DSN reports: the reply's own enhanced status when its class fits,
     /// 4.4.7 for an expired message, otherwise the DSN kind's generic status (`None`).
     pub fn problem(&self) -> Problem {

@@ -6,6 +6,7 @@
 pub mod child;
 pub mod dns;
 pub mod inbound;
+pub mod oauth;
 pub mod upstream;
 pub mod verify;
 
@@ -95,6 +96,14 @@ pub fn upstream_config(addr: SocketAddr) -> UpstreamConfig {
         pool_size: 4,
         profile: Default::default(),
         unsigned_headers: Vec::new(),
+        auth: None,
+        oauth2_preset: None,
+        tenant: None,
+        token_url: None,
+        client_id: None,
+        client_secret_file: None,
+        service_account_file: None,
+        scope: None,
     }
 }
 
