@@ -189,6 +189,66 @@ async fn a_refused_cached_token_is_renewed_and_the_message_delivered() {
     relay.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_google_service_account_gets_its_token_with_a_signed_jwt() {
+    use rustls_pki_types::{pem::PemObject, PrivateKeyDer};
+    let pki = pki();
+    let endpoint = TokenEndpoint::start(pki.acceptor.clone()).await;
+    let key = dkim_relay::keys::generate(dkim_relay::keys::Algorithm::Rsa, 2048).unwrap();
+    let der = PrivateKeyDer::from_pem_slice(key.private_pem.as_bytes()).unwrap();
+    let pair = ring::signature::RsaKeyPair::from_pkcs8(der.secret_der()).unwrap();
+    let email = "relay@project.iam.gserviceaccount.com";
+    endpoint.trust_service_account(
+        email,
+        ring::signature::KeyPair::public_key(&pair)
+            .as_ref()
+            .to_vec(),
+    );
+    let upstream = FakeUpstream::start().await;
+    upstream.accept_xoauth2(endpoint.valid.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), Some(upstream.addr));
+    use_oauth(
+        &mut config,
+        dir.path(),
+        &endpoint,
+        &pki.ca_pem,
+        CLIENT_SECRET,
+    );
+    let key_file = dir.path().join("service-account.json");
+    let json = serde_json::json!({
+        "type": "service_account",
+        "project_id": "project",
+        "private_key_id": "0123abcd",
+        "private_key": key.private_pem.as_str(),
+        "client_email": email,
+        "client_id": "123456789012345678901",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    });
+    std::fs::write(&key_file, json.to_string()).unwrap();
+    let u = config.upstream.as_mut().unwrap();
+    u.client_id = None;
+    u.client_secret_file = None;
+    u.service_account_file = Some(key_file);
+    u.scope = Some("https://mail.google.com/".into());
+    config.validate().unwrap();
+    let relay = start(config).await;
+    let mut events = relay.subscribe();
+    let mut client = Client::greeted(relay.smtp_addr()).await;
+    send_one(&mut client, "google").await;
+    wait_done(&mut events, 1).await;
+    assert_eq!(upstream.received().len(), 1);
+    let claims = endpoint.claims();
+    assert_eq!(claims.len(), 1, "one verified assertion");
+    assert_eq!(claims[0]["sub"], MAILBOX);
+    assert_eq!(claims[0]["scope"], "https://mail.google.com/");
+    assert_eq!(
+        upstream.xoauth2_logins(),
+        [(MAILBOX.to_string(), endpoint.issued()[0].clone())]
+    );
+    relay.shutdown().await;
+}
+
 /// A relay child process (its log is read) sending through the endpoint's tokens, with
 /// `secret` as its client secret.
 struct ChildSetup {

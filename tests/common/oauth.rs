@@ -53,6 +53,10 @@ struct State {
     expires_in: u64,
     /// The form fields of each request, as received.
     forms: Vec<Vec<(String, String)>>,
+    /// For the JWT bearer grant: the service account's email and RSA public key (PKCS#1).
+    service_account: Option<(String, Vec<u8>)>,
+    /// The claims of each assertion that verified.
+    claims: Vec<serde_json::Value>,
 }
 
 #[derive(Clone)]
@@ -111,6 +115,15 @@ impl TokenEndpoint {
         self.state.lock().unwrap().forms.clone()
     }
 
+    /// Take JWT bearer assertions (RFC 7523) signed by this account's key.
+    pub fn trust_service_account(&self, email: &str, public_key: Vec<u8>) {
+        self.state.lock().unwrap().service_account = Some((email.to_string(), public_key));
+    }
+
+    pub fn claims(&self) -> Vec<serde_json::Value> {
+        self.state.lock().unwrap().claims.clone()
+    }
+
     pub fn set_down(&self, down: bool) {
         self.state.lock().unwrap().down = down;
     }
@@ -157,12 +170,25 @@ impl TokenEndpoint {
             let mut s = self.state.lock().unwrap();
             s.requests += 1;
             s.forms.push(form.clone());
-            if !request_line.starts_with("POST /tenant-id/oauth2/v2.0/token ") {
+            let (status, json) = if !request_line.starts_with("POST /tenant-id/oauth2/v2.0/token ")
+            {
                 (
                     404,
                     r#"{"error":"invalid_request","error_description":"no such tenant"}"#
                         .to_string(),
                 )
+            } else if field("grant_type") == "urn:ietf:params:oauth:grant-type:jwt-bearer" {
+                match verify_assertion(&field("assertion"), s.service_account.as_ref(), &self.url())
+                {
+                    Ok(claims) => {
+                        s.claims.push(claims);
+                        (200, String::new())
+                    }
+                    Err(why) => (
+                        400,
+                        format!(r#"{{"error":"invalid_grant","error_description":"{why}"}}"#),
+                    ),
+                }
             } else if field("grant_type") != "client_credentials" {
                 (400, r#"{"error":"unsupported_grant_type"}"#.to_string())
             } else if field("client_id") != CLIENT_ID || field("client_secret") != CLIENT_SECRET {
@@ -171,6 +197,9 @@ impl TokenEndpoint {
                     r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.","error_codes":[7000215]}"#.to_string(),
                 )
             } else {
+                (200, String::new())
+            };
+            if status == 200 {
                 let token = format!("eyJ0eXAiOiJKV1Qi.token-{}", s.issued.len() + 1);
                 s.issued.push(token.clone());
                 self.valid.lock().unwrap().push(token.clone());
@@ -181,6 +210,8 @@ impl TokenEndpoint {
                         s.expires_in
                     ),
                 )
+            } else {
+                (status, json)
             }
         };
         let reason = match status {
@@ -196,6 +227,48 @@ impl TokenEndpoint {
         let _ = r.get_mut().write_all(response.as_bytes()).await;
         let _ = r.get_mut().shutdown().await;
     }
+}
+
+/// Checks an RS256 JWT as Google does: signature by the account's key, iss, aud, exp.
+fn verify_assertion(
+    jwt: &str,
+    account: Option<&(String, Vec<u8>)>,
+    url: &str,
+) -> Result<serde_json::Value, String> {
+    use base64::Engine;
+    let (email, public_key) = account.ok_or("no service account is trusted")?;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [header, claims, signature] = parts[..] else {
+        return Err("not a JWT".into());
+    };
+    let header: serde_json::Value =
+        serde_json::from_slice(&b64.decode(header).map_err(|_| "header")?).map_err(|_| "header")?;
+    if header["alg"] != "RS256" {
+        return Err("alg is not RS256".into());
+    }
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        public_key,
+    )
+    .verify(
+        format!("{}.{}", parts[0], parts[1]).as_bytes(),
+        &b64.decode(signature).map_err(|_| "signature")?,
+    )
+    .map_err(|_| "Invalid JWT Signature.")?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&b64.decode(claims).map_err(|_| "claims")?).map_err(|_| "claims")?;
+    if claims["iss"] != email.as_str() || claims["aud"] != url {
+        return Err("iss or aud wrong".into());
+    }
+    let (iat, exp) = (
+        claims["iat"].as_u64().unwrap_or(0),
+        claims["exp"].as_u64().unwrap_or(0),
+    );
+    if exp <= iat || exp - iat > 3600 {
+        return Err("Invalid JWT: exp".into());
+    }
+    Ok(claims)
 }
 
 /// application/x-www-form-urlencoded, decoded.
