@@ -42,7 +42,15 @@ impl Endpoint {
         &self.host
     }
 
+    /// One token request. An endpoint that echoes the client secret in its error text
+    /// gets it taken out here, before any log line or cause sees it.
     pub async fn fetch(&self, grant: &Grant) -> Result<Fetched, TokenError> {
+        self.request(grant)
+            .await
+            .map_err(|e| scrub(e, grant.secret()))
+    }
+
+    async fn request(&self, grant: &Grant) -> Result<Fetched, TokenError> {
         let fail = |problem| TokenError {
             endpoint: self.host.clone(),
             problem,
@@ -78,6 +86,37 @@ impl Endpoint {
         }
         read_answer(status, &body).map_err(fail)
     }
+}
+
+/// `error` with every copy of `secret` (as is and form-encoded) replaced.
+fn scrub(mut error: TokenError, secret: Option<&str>) -> TokenError {
+    let Some(secret) = secret.filter(|s| s.len() >= 4) else {
+        return error;
+    };
+    let encoded: String = reqwest::Url::parse_with_params("https://x/", [("s", secret)])
+        .ok()
+        .and_then(|u| u.query().map(|q| q.trim_start_matches("s=").to_string()))
+        .unwrap_or_default();
+    // Encoders differ on `~`; take both spellings out.
+    let tilde = encoded.replace("%7E", "~");
+    let clean = |text: &mut String| {
+        for form in [secret, encoded.as_str(), tilde.as_str()] {
+            if form.len() >= 4 && text.contains(form) {
+                *text = text.replace(form, "[redacted]");
+            }
+        }
+    };
+    match &mut error.problem {
+        TokenProblem::Unreachable(t) | TokenProblem::Local(t) => clean(t),
+        TokenProblem::BadAnswer { problem, .. } => clean(problem),
+        TokenProblem::Refused {
+            error, description, ..
+        } => {
+            error.iter_mut().for_each(clean);
+            description.iter_mut().for_each(clean);
+        }
+    }
+    error
 }
 
 #[derive(serde::Deserialize)]
@@ -170,6 +209,22 @@ mod tests {
             description.as_deref(),
             Some("AADSTS7000215: Invalid client secret provided.  Trace ID: 1")
         );
+    }
+
+    #[test]
+    fn an_echoed_secret_is_taken_out_of_the_error() {
+        let body = br#"{"error":"invalid_client","error_description":"secret Xy8Q~s3cr+t/= is not valid (Xy8Q~s3cr%2Bt%2F%3D)"}"#;
+        let problem = read_answer(401, body).err().unwrap();
+        let e = scrub(
+            TokenError {
+                endpoint: "login.test".into(),
+                problem,
+            },
+            Some("Xy8Q~s3cr+t/="),
+        );
+        let text = e.to_string();
+        assert!(!text.contains("s3cr"), "{text}");
+        assert!(text.contains("[redacted]"), "{text}");
     }
 
     #[test]
