@@ -182,14 +182,21 @@ impl Cause {
         Cause::of(fault, error.to_string())
     }
 
-    /// An AUTH XOAUTH2 refusal of a token fetched a moment ago: the token endpoint
-    /// issues tokens the upstream does not take, which is for the operator to fix.
+    /// AUTH XOAUTH2 failed with a token the relay would not renew (fetched a moment ago,
+    /// or refused with something other than 535): a 5xx means the endpoint issues tokens
+    /// the upstream does not take, which is for the operator to fix; a 4xx passes.
     pub fn oauth_refused(error: &mail_send::Error) -> Cause {
         match error {
-            mail_send::Error::AuthenticationFailed(r) if r.code >= 300 => Cause {
+            mail_send::Error::AuthenticationFailed(r) if r.code >= 500 => Cause {
                 fault: Fault::OurConfig,
                 reply: Some(UpstreamReply::from_response(r)),
-                detail: "AUTH XOAUTH2 refused a freshly fetched token: check upstream.username (the mailbox) and the app's rights: Microsoft 365 needs SMTP.SendAsApp with admin consent, an Exchange service principal with access to the mailbox and SMTP AUTH enabled for it; Google needs domain-wide delegation of https://mail.google.com/".into(),
+                detail: "AUTH XOAUTH2 refused the token: check upstream.username (the mailbox) and the app's rights: Microsoft 365 needs SMTP.SendAsApp with admin consent, an Exchange service principal with access to the mailbox and SMTP AUTH enabled for it; Google needs domain-wide delegation of https://mail.google.com/".into(),
+                upstream: None,
+            },
+            mail_send::Error::AuthenticationFailed(r) if r.code >= 400 => Cause {
+                fault: Fault::Upstream,
+                reply: Some(UpstreamReply::from_response(r)),
+                detail: "AUTH XOAUTH2 failed for now".into(),
                 upstream: None,
             },
             other => Cause::from_send(other),
@@ -312,6 +319,55 @@ mod tests {
         let cause = Cause::from_send(&e);
         assert_eq!(cause.fault, Fault::OurConfig);
         assert_eq!(cause.reply.as_ref().map(|r| r.code), Some(535));
+    }
+
+    #[test]
+    fn a_token_the_upstream_refuses_is_our_config_and_a_4xx_passes() {
+        let failed = |code, esc| {
+            mail_send::Error::AuthenticationFailed(smtp_proto::Response {
+                code,
+                esc,
+                message: "no".into(),
+            })
+        };
+        let refused = Cause::oauth_refused(&failed(535, [5, 7, 3]));
+        assert_eq!(refused.fault, Fault::OurConfig);
+        assert!(refused.detail.contains("SMTP.SendAsApp"), "{refused}");
+        assert_eq!(
+            Cause::oauth_refused(&failed(454, [4, 7, 0])).fault,
+            Fault::Upstream
+        );
+    }
+
+    #[test]
+    fn token_failures_are_our_config_when_refused_and_transport_when_unanswered() {
+        use crate::oauth::{TokenError, TokenProblem};
+        let of = |problem| {
+            Cause::from_token(&TokenError {
+                endpoint: "login.test".into(),
+                problem,
+            })
+            .fault
+        };
+        let refused = |status| TokenProblem::Refused {
+            status,
+            error: None,
+            description: None,
+        };
+        assert_eq!(of(refused(401)), Fault::OurConfig);
+        assert_eq!(of(refused(400)), Fault::OurConfig);
+        assert_eq!(of(refused(404)), Fault::OurConfig);
+        assert_eq!(of(refused(429)), Fault::Transport);
+        assert_eq!(of(refused(503)), Fault::Transport);
+        assert_eq!(
+            of(TokenProblem::Unreachable("reset".into())),
+            Fault::Transport
+        );
+        let bad = TokenProblem::BadAnswer {
+            status: 200,
+            problem: "not JSON".into(),
+        };
+        assert_eq!(of(bad), Fault::OurConfig);
     }
 
     /// What the DSN's Status: says: the reply's own code, a generic one, or 4.4.7.
