@@ -349,6 +349,8 @@ mod tests {
             (format!("{base}oauth2_preset = \"microsoft365\"\ntenant = \"t\"\nclient_id = \"a\"\nclient_secret_file = \"/nonexistent/secret\"\n"), "upstream.client_secret_file"),
             (format!("{base}oauth2_preset = \"microsoft365\"\ntenant = \"t\"\nclient_id = \"a\"\nclient_secret_file = \"SECRET\"\npassword_file = \"SECRET\"\n"), "upstream.password_file"),
             ("auth = \"oauth2\"\noauth2_preset = \"google\"\nservice_account_file = \"KEY\"\n".to_string(), "upstream.username"),
+            // The token would cross the network in clear text.
+            (format!("{base}tls = \"none\"\noauth2_preset = \"google\"\nservice_account_file = \"KEY\"\n"), "upstream.tls"),
         ] {
             let err = refused(&body);
             assert_eq!(err.field, field, "{body}: {err}");
