@@ -18,6 +18,7 @@
 //! and what the DNS watch last saw of each selector), [`rotation`] (the pure rotation
 //! planner and its executor: hooks with a timeout, DNS checks, the store lock held only to
 //! record; the trigger the control socket uses; the DNS watch while serving), [`message`] (header and From parsing),
+//! [`oauth`] (OAuth 2.0 tokens for upstream AUTH XOAUTH2: fetch, cache, renew),
 //! [`relay`] (wires the stages together), [`watch`] (hot reload of config and keys),
 //! [`queue`] (what each queue command means: one implementation, for the running relay
 //! and for the spool alone), [`control`] (how queue commands and `keys rotate
@@ -40,6 +41,7 @@ pub mod listener;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod oauth;
 pub mod queue;
 pub mod relay;
 pub mod rotation;

@@ -8,6 +8,7 @@
 mod inbound;
 mod live;
 mod metrics;
+mod oauth;
 mod paths;
 pub mod providers;
 mod relay_space;
@@ -19,6 +20,7 @@ pub use inbound::{normalise_domains, InboundAuthConfig, InboundTlsConfig, Sender
 
 pub use live::LiveConfig;
 pub use metrics::MetricsConfig;
+pub use oauth::{AuthMethod, OAuthGrant, OAuthPreset, OAuthSettings};
 pub use providers::{ProfileChoice, Provider, ProviderId};
 pub use rotation::{OnDnsMismatch, RotationConfig, SigningMode};
 pub use units::{parse_duration, parse_size, ByteSize, HumanDuration};
@@ -284,6 +286,32 @@ pub struct UpstreamConfig {
     /// More header fields to leave out of h= (ones this upstream rewrites).
     #[serde(default)]
     pub unsigned_headers: Vec<String>,
+    /// "password" (the default: AUTH with username and password_file when set) or
+    /// "oauth2" (AUTH XOAUTH2 as username with a token the relay fetches; see
+    /// src/config/oauth.rs and docs/upstreams.md).
+    #[serde(default)]
+    pub auth: Option<AuthMethod>,
+    /// OAuth: "microsoft365" (with `tenant`) or "google" fills token_url and scope.
+    #[serde(default)]
+    pub oauth2_preset: Option<OAuthPreset>,
+    /// OAuth, Microsoft 365: the directory (tenant) id or the tenant's domain.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// OAuth: the token endpoint (https://); overrides the preset's.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// OAuth client-credentials grant: the application (client) id.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// OAuth client-credentials grant: file holding the client secret (first line).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// OAuth JWT bearer grant: a Google service-account JSON key file.
+    #[serde(default)]
+    pub service_account_file: Option<PathBuf>,
+    /// OAuth: the scope to ask for; overrides the preset's.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 fn default_upstream_port() -> u16 {
@@ -595,8 +623,9 @@ impl UpstreamConfig {
         if self.port == 0 {
             return Err(ConfigError::new("upstream.port", "must not be 0"));
         }
+        self.validate_auth()?;
         match (&self.username, &self.password_file) {
-            (Some(_), None) => {
+            (Some(_), None) if self.auth_method() == AuthMethod::Password => {
                 return Err(ConfigError::new(
                     "upstream.password_file",
                     "is required when upstream.username is set",

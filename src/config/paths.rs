@@ -46,6 +46,8 @@ impl Config {
         for upstream in self.upstream.iter_mut().chain(self.upstreams.iter_mut()) {
             upstream.password_file.iter_mut().for_each(at);
             upstream.ca_file.iter_mut().for_each(at);
+            upstream.client_secret_file.iter_mut().for_each(at);
+            upstream.service_account_file.iter_mut().for_each(at);
         }
         self.rotation.publish_hook.iter_mut().for_each(at);
     }

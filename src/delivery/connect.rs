@@ -7,7 +7,7 @@ use super::tls::{certificate_facts, CertificateFacts};
 use super::upstream::{Client, Connection, Upstream};
 use super::verdict::{Cause, Phase, UpstreamReply};
 use crate::config::TlsMode;
-use mail_send::{Credentials, SmtpClient};
+use mail_send::SmtpClient;
 use smtp_proto::EhloResponse;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -156,11 +156,13 @@ impl Upstream {
             .map_err(|e| Cause::from_send(&e, Phase::Ehlo, host))?;
         let facts = Capabilities::of(&caps);
         seen.ehlo = Some(facts.clone());
-        if let (Some(user), Some(secret)) = (&self.username, &self.password) {
-            let credentials = Credentials::new(user.clone(), secret.expose().to_string());
-            let result = c.authenticate(&credentials, &caps).await;
+        if self.login.user().is_some() {
+            let result = self
+                .login
+                .authenticate(c, &caps, host, &self.describe())
+                .await;
             seen.auth_ok = Some(result.is_ok());
-            result.map_err(|e| Cause::from_send(&e, Phase::Auth, host))?;
+            result?;
         }
         Ok(facts)
     }

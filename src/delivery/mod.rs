@@ -7,9 +7,9 @@
 //!
 //! Files: `attempt` (one attempt of one message), `router` (which upstreams, in which
 //! order), `upstream` (one server: pool, signing profile), `connect` (opening a session
-//! step by step: TCP, TLS, EHLO, AUTH), `tls` (trusted CAs, the presented certificate),
-//! `check` (`upstream check`: one session opened as delivery would, reported),
-//! `transaction` (MAIL/RCPT/DATA),
+//! step by step: TCP, TLS, EHLO, AUTH), `login` (AUTH: password or XOAUTH2 with an OAuth
+//! token), `tls` (trusted CAs, the presented certificate), `check` (`upstream check`: one
+//! session opened as delivery would, reported), `transaction` (MAIL/RCPT/DATA),
 //! `verdict` (the typed result of an attempt: reply, whose fault, retry or not),
 //! `redact` (our credentials out of upstream replies), `bounce` (RFC 3464 DSNs),
 //! `control` (queue commands inside the runner), `schedule` (retry times), `tally`
@@ -20,6 +20,7 @@ mod bounce;
 mod check;
 mod connect;
 mod control;
+mod login;
 mod outbox;
 mod redact;
 mod router;

@@ -47,6 +47,19 @@ impl Redactor {
         Redactor { forms }
     }
 
+    /// The forms an OAuth bearer token travels in: as is, and inside the AUTH XOAUTH2
+    /// initial response for `user` (base64, padded or not).
+    pub fn bearer(user: &str, token: &str) -> Redactor {
+        let xoauth2 = format!("user={user}\x01auth=Bearer {token}\x01\x01");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(xoauth2);
+        let mut forms = vec![
+            Zeroizing::new(encoded.trim_end_matches('=').to_string()),
+            Zeroizing::new(token.to_string()),
+        ];
+        forms.retain(|f| f.len() >= 4);
+        Redactor { forms }
+    }
+
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
         for form in &self.forms {
@@ -100,5 +113,20 @@ mod tests {
         }
         assert_eq!(r.redact("250 2.0.0 ok relay"), "250 2.0.0 ok relay");
         assert!(!format!("{r:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_bearer_token_is_taken_out_alone_and_inside_xoauth2() {
+        let r = Redactor::bearer("box@example.com", "eyJ0eXAi.tok-en");
+        let b64 = base64::engine::general_purpose::STANDARD
+            .encode("user=box@example.com\x01auth=Bearer eyJ0eXAi.tok-en\x01\x01");
+        for reply in [
+            format!("535 5.7.3 bad {b64}"),
+            "535 5.7.3 token eyJ0eXAi.tok-en expired".to_string(),
+        ] {
+            let out = r.redact(&reply);
+            assert!(out.contains(REDACTED) && !out.contains("tok-en"), "{out}");
+            assert!(!out.contains(&b64[..20]), "{out}");
+        }
     }
 }

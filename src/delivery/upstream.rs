@@ -3,6 +3,7 @@
 //! fail, and the signing profile mail for this upstream gets (DESIGN §5, §7).
 
 use super::connect::{Capabilities, Seen};
+use super::login::Login;
 use super::redact::Redactor;
 use super::tls::SeenChain;
 use super::transaction::{transact, Outcomes};
@@ -99,21 +100,6 @@ impl SigningProfile {
     }
 }
 
-/// The password, kept out of every `Debug` and log line.
-pub(super) struct Secret(String);
-
-impl Secret {
-    pub(super) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 pub struct Upstream {
     pub(super) config: UpstreamConfig,
     /// Our name, said in EHLO.
@@ -121,8 +107,8 @@ pub struct Upstream {
     pub(super) connector: TlsConnector,
     /// The chain the upstream presented in the last handshake (for `upstream check`).
     pub(super) seen_chain: SeenChain,
-    pub(super) username: Option<String>,
-    pub(super) password: Option<Secret>,
+    /// AUTH: none, password, or XOAUTH2 with its token source.
+    pub(super) login: Login,
     /// Takes our credentials out of the upstream's replies before anyone sees them.
     redactor: Redactor,
     profile: SigningProfile,
@@ -143,41 +129,25 @@ impl std::fmt::Debug for Upstream {
             .field("host", &self.config.host)
             .field("port", &self.config.port)
             .field("tls", &self.config.tls)
-            .field("username", &self.username)
-            .field("password", &self.password)
+            .field("username", &self.login.user())
             .finish()
     }
 }
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig, hostname: &str) -> Result<Arc<Upstream>, String> {
-        let password = match &config.password_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("upstream.password_file {}: {e}", path.display()))?;
-                let first = text.lines().next().unwrap_or("").trim_end().to_string();
-                if first.is_empty() {
-                    return Err(format!(
-                        "upstream.password_file {} is empty",
-                        path.display()
-                    ));
-                }
-                Some(Secret(first))
-            }
-            None => None,
-        };
         let seen_chain = SeenChain::default();
+        // The token endpoint trusts what the upstream trusts (ca_file); its certificates
+        // are not the upstream's, so they are not kept for `upstream check`.
+        let token_tls = super::tls::connector(config, SeenChain::default())?;
+        let login = Login::from_config(config, token_tls.config().clone())?;
         Ok(Arc::new(Upstream {
             connector: super::tls::connector(config, seen_chain.clone())?,
             seen_chain,
             config: config.clone(),
             hostname: hostname.to_string(),
-            username: config.username.clone(),
-            redactor: Redactor::new(
-                config.username.as_deref(),
-                password.as_ref().map(|p: &Secret| p.0.as_str()),
-            ),
-            password,
+            redactor: login.redactor(),
+            login,
             profile: SigningProfile::from_config(
                 config.profile_choice().profile,
                 &config.unsigned_headers,

@@ -205,6 +205,44 @@ impl Cause {
         words::from_send(error, phase, host).at(phase)
     }
 
+    /// Classifies a failed OAuth token request: the endpoint refusing our credentials,
+    /// grant or scope (a 4xx) is our configuration; no answer, a 5xx, 429 or 408 is a
+    /// passing outage. Either way the mail waits; it is never bounced for this.
+    pub fn from_token(error: &crate::oauth::TokenError) -> Cause {
+        use crate::oauth::TokenProblem as P;
+        let fault = match &error.problem {
+            P::Unreachable(_) => Fault::Transport,
+            P::Refused { status, .. } => match status {
+                408 | 429 | 500..=599 => Fault::Transport,
+                0..=407 | 409..=428 | 430..=499 | 600..=u16::MAX => Fault::OurConfig,
+            },
+            P::BadAnswer { .. } | P::Local(_) => Fault::OurConfig,
+        };
+        Cause::of(fault, error.to_string())
+    }
+
+    /// AUTH XOAUTH2 failed with a token the relay would not renew (fetched a moment ago,
+    /// or refused with something other than 535): a 5xx means the endpoint issues tokens
+    /// the upstream does not take, which is for the operator to fix; a 4xx passes.
+    pub fn oauth_refused(error: &mail_send::Error, host: &str) -> Cause {
+        match error {
+            mail_send::Error::AuthenticationFailed(r) if r.code >= 500 => {
+                let mut cause = Cause::reply(UpstreamReply::from_response(r))
+                    .with_fix("check upstream.username (the mailbox) and the app's rights: Microsoft 365 needs SMTP.SendAsApp with admin consent, an Exchange service principal with access to the mailbox and SMTP AUTH enabled for it; Google needs domain-wide delegation of https://mail.google.com/")
+                    .at(Phase::Auth);
+                cause.fault = Fault::OurConfig;
+                cause.detail = "AUTH XOAUTH2 refused the token".into();
+                cause
+            }
+            mail_send::Error::AuthenticationFailed(r) if r.code >= 400 => {
+                let mut cause = Cause::reply(UpstreamReply::from_response(r)).at(Phase::Auth);
+                cause.detail = "AUTH XOAUTH2 failed for now".into();
+                cause
+            }
+            other => Cause::from_send(other, Phase::Auth, host),
+        }
+    }
+
     /// The record a DSN reports: the reply's own enhanced status when its class fits,
     /// 4.4.7 for an expired message, otherwise the DSN kind's generic status (`None`).
     pub fn problem(&self) -> Problem {
@@ -350,6 +388,55 @@ mod tests {
         assert_eq!(cause.phase, Some(Phase::Auth));
         assert!(cause.fix_field().contains("password_file"), "{cause:?}");
         assert_eq!(cause.reply.as_ref().map(|r| r.code), Some(535));
+    }
+
+    #[test]
+    fn a_token_the_upstream_refuses_is_our_config_and_a_4xx_passes() {
+        let failed = |code, esc| {
+            mail_send::Error::AuthenticationFailed(smtp_proto::Response {
+                code,
+                esc,
+                message: "no".into(),
+            })
+        };
+        let refused = Cause::oauth_refused(&failed(535, [5, 7, 3]), "smtp.test");
+        assert_eq!(refused.fault, Fault::OurConfig);
+        assert!(refused.fix_field().contains("SMTP.SendAsApp"), "{refused:?}");
+        assert_eq!(
+            Cause::oauth_refused(&failed(454, [4, 7, 0]), "smtp.test").fault,
+            Fault::Upstream
+        );
+    }
+
+    #[test]
+    fn token_failures_are_our_config_when_refused_and_transport_when_unanswered() {
+        use crate::oauth::{TokenError, TokenProblem};
+        let of = |problem| {
+            Cause::from_token(&TokenError {
+                endpoint: "login.test".into(),
+                problem,
+            })
+            .fault
+        };
+        let refused = |status| TokenProblem::Refused {
+            status,
+            error: None,
+            description: None,
+        };
+        assert_eq!(of(refused(401)), Fault::OurConfig);
+        assert_eq!(of(refused(400)), Fault::OurConfig);
+        assert_eq!(of(refused(404)), Fault::OurConfig);
+        assert_eq!(of(refused(429)), Fault::Transport);
+        assert_eq!(of(refused(503)), Fault::Transport);
+        assert_eq!(
+            of(TokenProblem::Unreachable("reset".into())),
+            Fault::Transport
+        );
+        let bad = TokenProblem::BadAnswer {
+            status: 200,
+            problem: "not JSON".into(),
+        };
+        assert_eq!(of(bad), Fault::OurConfig);
     }
 
     /// What the DSN's Status: says: the reply's own code, a generic one, or 4.4.7.

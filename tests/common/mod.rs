@@ -7,6 +7,7 @@ pub mod bind;
 pub mod child;
 pub mod dns;
 pub mod inbound;
+pub mod oauth;
 pub mod pki;
 pub mod upstream;
 pub mod verify;
@@ -100,6 +101,14 @@ pub fn upstream_config(addr: SocketAddr) -> UpstreamConfig {
         provider: None,
         allow_plaintext: false,
         unsigned_headers: Vec::new(),
+        auth: None,
+        oauth2_preset: None,
+        tenant: None,
+        token_url: None,
+        client_id: None,
+        client_secret_file: None,
+        service_account_file: None,
+        scope: None,
     }
 }
 

@@ -62,6 +62,11 @@ struct Script {
     one_signature_only: bool,
     /// Messages refused for a second DKIM-Signature.
     duplicate_refused: usize,
+    /// When set, AUTH XOAUTH2 is offered and takes exactly these bearer tokens.
+    xoauth2_tokens: Option<Arc<Mutex<Vec<String>>>>,
+    /// (user, token) of each AUTH XOAUTH2 taken, and the number refused.
+    xoauth2_logins: Vec<(String, String)>,
+    xoauth2_refused: usize,
 }
 
 #[derive(Clone)]
@@ -177,6 +182,20 @@ impl FakeUpstream {
         self.script.lock().unwrap().rcpt_replies.clear();
     }
 
+    /// Offer AUTH XOAUTH2 and take the tokens in `valid` (as it is at each AUTH); a
+    /// refusal goes as Gmail's does: 334 with a JSON error, then 535 to the client's next line.
+    pub fn accept_xoauth2(&self, valid: Arc<Mutex<Vec<String>>>) {
+        self.script.lock().unwrap().xoauth2_tokens = Some(valid);
+    }
+
+    pub fn xoauth2_logins(&self) -> Vec<(String, String)> {
+        self.script.lock().unwrap().xoauth2_logins.clone()
+    }
+
+    pub fn xoauth2_refused(&self) -> usize {
+        self.script.lock().unwrap().xoauth2_refused
+    }
+
     pub fn transactions(&self) -> usize {
         self.script.lock().unwrap().transactions
     }
@@ -253,10 +272,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let upper = line.to_ascii_uppercase();
         let reply = if upper.starts_with("EHLO") {
-            let tls_or_auth = if offer_starttls {
-                "STARTTLS"
-            } else {
-                "AUTH PLAIN"
+            let xoauth2 = script.lock().unwrap().xoauth2_tokens.is_some();
+            let tls_or_auth = match (offer_starttls, xoauth2) {
+                (true, _) => "STARTTLS",
+                (false, true) => "AUTH PLAIN XOAUTH2",
+                (false, false) => "AUTH PLAIN",
             };
             if script.lock().unwrap().no_pipelining {
                 format!("250-fake.upstream\r\n250-8BITMIME\r\n250 {tls_or_auth}")
@@ -296,6 +316,47 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 "235 2.7.0 authenticated".to_string()
             } else {
                 "501 5.5.2 bad AUTH PLAIN".to_string()
+            }
+        } else if upper.starts_with("AUTH XOAUTH2 ") && !offer_starttls {
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(line[13..].trim())
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&decoded).into_owned();
+            // user=U \x01 auth=Bearer T \x01 \x01
+            let mut fields = text.split('\x01');
+            let user = fields.next().and_then(|f| f.strip_prefix("user="));
+            let token = fields.next().and_then(|f| f.strip_prefix("auth=Bearer "));
+            let ends_right = text.ends_with("\x01\x01");
+            let valid = script.lock().unwrap().xoauth2_tokens.clone();
+            let taken = match (user, token, valid) {
+                (Some(u), Some(t), Some(v))
+                    if ends_right && v.lock().unwrap().iter().any(|x| x == t) =>
+                {
+                    Some((u.to_string(), t.to_string()))
+                }
+                _ => None,
+            };
+            match taken {
+                Some(login) => {
+                    script.lock().unwrap().xoauth2_logins.push(login);
+                    "235 2.7.0 Accepted".to_string()
+                }
+                None => {
+                    script.lock().unwrap().xoauth2_refused += 1;
+                    let challenge = base64::engine::general_purpose::STANDARD.encode(
+                        r#"{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}"#,
+                    );
+                    let _ = r
+                        .get_mut()
+                        .write_all(format!("334 {challenge}\r\n").as_bytes())
+                        .await;
+                    let mut ignored = String::new();
+                    if r.read_line(&mut ignored).await.unwrap_or(0) == 0 {
+                        return None;
+                    }
+                    "535 5.7.8 Username and Password not accepted".to_string()
+                }
             }
         } else if upper.starts_with("MAIL FROM:") {
             mail_from = address(&line);
