@@ -2,7 +2,7 @@
 //! what it saw, and, when asked, one signed test message sent through the same
 //! transaction code delivery uses. Nothing here is used by `serve`.
 
-use super::connect::Seen;
+use super::connection::Seen;
 use super::upstream::Upstream;
 use super::verdict::{Cause, Verdict};
 use crate::spool::Envelope;

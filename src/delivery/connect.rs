@@ -3,79 +3,15 @@
 //! happened in, and so that `upstream check` sees exactly what delivery sees: both call
 //! [`Upstream::open`].
 
-use super::tls::{certificate_facts, CertificateFacts};
-use super::upstream::{Client, Connection, Upstream};
+use super::connection::{Capabilities, Client, Connection, Seen};
+use super::tls::certificate_facts;
+use super::upstream::Upstream;
 use super::verdict::{Cause, Phase, UpstreamReply};
 use crate::config::TlsMode;
 use mail_send::SmtpClient;
-use smtp_proto::EhloResponse;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-
-/// What opening a session saw, step by step; a step not reached stays None.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Seen {
-    /// The address connected to.
-    pub address: Option<String>,
-    pub connect_ms: Option<u64>,
-    pub greeting: Option<String>,
-    /// Whether the first EHLO offered STARTTLS (`tls = "starttls"` only).
-    pub starttls_offered: Option<bool>,
-    /// "TLS 1.3" or "TLS 1.2".
-    pub tls_version: Option<String>,
-    pub cipher: Option<String>,
-    /// The certificate the upstream presented (leaf), verified or not.
-    pub certificate: Option<CertificateFacts>,
-    /// Issuers of the rest of the chain it sent.
-    pub chain_issuers: Vec<String>,
-    pub ehlo: Option<Capabilities>,
-    /// None: no credentials configured; else whether AUTH succeeded.
-    pub auth_ok: Option<bool>,
-}
-
-/// The EHLO capabilities delivery depends on.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Capabilities {
-    pub pipelining: bool,
-    /// SIZE and its limit in bytes (0: offered without a limit).
-    pub size: Option<usize>,
-    pub eight_bit_mime: bool,
-    pub smtputf8: bool,
-    pub starttls: bool,
-    pub auth: Vec<String>,
-}
-
-impl Capabilities {
-    fn of(caps: &EhloResponse<String>) -> Capabilities {
-        use smtp_proto::*;
-        let mechanisms = [
-            (AUTH_PLAIN, "PLAIN"),
-            (AUTH_LOGIN, "LOGIN"),
-            (AUTH_CRAM_MD5, "CRAM-MD5"),
-            (AUTH_DIGEST_MD5, "DIGEST-MD5"),
-            (AUTH_XOAUTH2, "XOAUTH2"),
-            (AUTH_OAUTHBEARER, "OAUTHBEARER"),
-            (AUTH_SCRAM_SHA_256, "SCRAM-SHA-256"),
-            (AUTH_SCRAM_SHA_1, "SCRAM-SHA-1"),
-            (AUTH_NTLM, "NTLM"),
-            (AUTH_GSSAPI, "GSSAPI"),
-            (AUTH_EXTERNAL, "EXTERNAL"),
-        ];
-        Capabilities {
-            pipelining: caps.has_capability(EXT_PIPELINING),
-            size: caps.has_capability(EXT_SIZE).then_some(caps.size),
-            eight_bit_mime: caps.has_capability(EXT_8BIT_MIME),
-            smtputf8: caps.has_capability(EXT_SMTP_UTF8),
-            starttls: caps.has_capability(EXT_START_TLS),
-            auth: mechanisms
-                .iter()
-                .filter(|(bit, _)| caps.auth_mechanisms & bit != 0)
-                .map(|(_, name)| name.to_string())
-                .collect(),
-        }
-    }
-}
 
 impl Upstream {
     /// Opens a session ready for MAIL: connected, TLS as configured, EHLO said, AUTH done.

@@ -7,7 +7,8 @@
 //!
 //! Files: `attempt` (one attempt of one message), `router` (which upstreams, in which
 //! order), `upstream` (one server: pool, signing profile), `connect` (opening a session
-//! step by step: TCP, TLS, EHLO, AUTH), `login` (AUTH: password or XOAUTH2 with an OAuth
+//! step by step: TCP, TLS, EHLO, AUTH), `connection` (an open session and what opening it
+//! saw), `login` (AUTH: password or XOAUTH2 with an OAuth
 //! token), `tls` (trusted CAs, the presented certificate), `check` (`upstream check`: one
 //! session opened as delivery would, reported), `transaction` (MAIL/RCPT/DATA),
 //! `verdict` (the typed result of an attempt: reply, whose fault, retry or not),
@@ -19,6 +20,7 @@ mod attempt;
 mod bounce;
 mod check;
 mod connect;
+mod connection;
 mod control;
 mod login;
 mod outbox;
@@ -32,7 +34,7 @@ mod upstream;
 mod verdict;
 
 pub use check::{CheckReport, TestSend};
-pub use connect::{Capabilities, Seen};
+pub use connection::{Capabilities, Seen};
 pub use outbox::Outbox;
 pub use router::Router;
 pub use schedule::{NextStep, RetryPolicy};

@@ -2,7 +2,7 @@
 //! and command by command otherwise, so that each recipient's result is known (DESIGN §7),
 //! and the dot-stuffing DATA writer.
 
-use super::upstream::{Client, Connection};
+use super::connection::{Client, Connection};
 use super::verdict::{Cause, Fault, Phase, UpstreamReply, Verdict};
 use crate::message::{Mailbox, ReversePath};
 use crate::spool::Envelope;

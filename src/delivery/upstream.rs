@@ -2,7 +2,7 @@
 //! busy and idle together), reused from message to message and reconnected when they
 //! fail, and the signing profile mail for this upstream gets (DESIGN §5, §7).
 
-use super::connect::{Capabilities, Seen};
+use super::connection::{Client, Connection, Seen};
 use super::login::Login;
 use super::redact::Redactor;
 use super::tls::SeenChain;
@@ -10,12 +10,9 @@ use super::transaction::{transact, Outcomes};
 use super::verdict::Cause;
 use crate::config::{SigningProfileName, TlsMode, UpstreamConfig};
 use crate::spool::Envelope;
-use mail_send::SmtpClient;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 /// How long an upstream that refused a connection is tried after the others.
@@ -24,44 +21,6 @@ const DOWN_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 /// A reused connection idle longer than this is reset with RSET (which also proves it is
 /// alive) before use.
 const PROBE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
-
-pub(super) enum Client {
-    // Boxed: the TLS state is over a kilobyte and connections move in and out of the pool.
-    Tls(Box<SmtpClient<TlsStream<TcpStream>>>),
-    Plain(SmtpClient<TcpStream>),
-}
-
-pub(super) struct Connection {
-    pub client: Client,
-    /// The upstream advertised 8BITMIME.
-    pub eight_bit: bool,
-    /// The upstream advertised PIPELINING (RFC 2920): MAIL, RCPT and DATA go in one write.
-    pub pipelining: bool,
-    last_used: Instant,
-}
-
-impl Connection {
-    pub(super) fn new(client: Client, caps: &Capabilities) -> Connection {
-        Connection {
-            client,
-            eight_bit: caps.eight_bit_mime,
-            pipelining: caps.pipelining,
-            last_used: Instant::now(),
-        }
-    }
-
-    /// Ends the session politely (`upstream check`); errors do not matter any more.
-    pub(super) async fn quit(self) {
-        match self.client {
-            Client::Tls(c) => {
-                let _ = c.quit().await;
-            }
-            Client::Plain(c) => {
-                let _ = c.quit().await;
-            }
-        }
-    }
-}
 
 /// Where a send failed: before a session existed (the upstream is down or refuses us,
 /// so another upstream may be tried) or inside a transaction (this upstream decides).

@@ -401,7 +401,10 @@ mod tests {
         };
         let refused = Cause::oauth_refused(&failed(535, [5, 7, 3]), "smtp.test");
         assert_eq!(refused.fault, Fault::OurConfig);
-        assert!(refused.fix_field().contains("SMTP.SendAsApp"), "{refused:?}");
+        assert!(
+            refused.fix_field().contains("SMTP.SendAsApp"),
+            "{refused:?}"
+        );
         assert_eq!(
             Cause::oauth_refused(&failed(454, [4, 7, 0]), "smtp.test").fault,
             Fault::Upstream
