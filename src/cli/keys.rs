@@ -568,58 +568,38 @@ fn emergency(config: &Config, store: &KeyStore, domain: &str) -> anyhow::Result<
     let rotator = planning_rotator(config)?;
     let settings = rotator.domain_settings(domain, Some(&state));
     let policy = rotator.policy(&settings);
+    // What goes and what comes is the planner's answer; this carries it out.
+    let steps = crate::rotation::planner::emergency(&state, &policy);
     let mut revoke = Vec::new();
-    let compromised: Vec<String> = state
-        .slots
-        .iter()
-        .filter(|s| s.state == SlotState::Active)
-        .map(|s| s.selector.clone())
-        .collect();
-    // Every key in use goes: the compromised one, and a retiring one to free its slot.
-    for slot in state.slots.iter_mut().filter(|s| {
-        matches!(
-            s.state,
-            SlotState::Active | SlotState::Retiring | SlotState::Published | SlotState::Pending
-        )
-    }) {
-        slot.state = SlotState::Retired;
-        slot.retiring_until = None;
-        revoke.push(DnsRecord::revoked(domain, &slot.selector, slot.algorithm));
+    for step in &steps {
+        if let Step::Withdraw { selector } = step {
+            if let Some(slot) = state.slots.iter().find(|s| &s.selector == selector) {
+                revoke.push(DnsRecord::revoked(domain, selector, slot.algorithm));
+            }
+            apply(&mut state, step, now(), &policy);
+        }
     }
     store.save(&state)?;
     for slot in &state.slots {
         store.remove_key_file(domain, slot)?;
     }
     let mut publish = Vec::new();
-    for &algorithm in &policy.algorithms {
-        let pair = match algorithm {
-            Algorithm::Rsa => &settings.rsa_selectors,
-            Algorithm::Ed25519 => &settings.ed25519_selectors,
-        };
-        // The new key goes under the name that did not carry the compromised key, so
-        // that name can be revoked and stay revoked.
-        let selector = pair
-            .iter()
-            .find(|s| !compromised.contains(s))
-            .unwrap_or(&pair[0])
-            .clone();
-        let material = generate(algorithm, 2048).map_err(anyhow::Error::msg)?;
-        store.write_key_file(domain, &selector, &material)?;
-        apply(
-            &mut state,
-            &Step::Generate {
-                algorithm,
-                selector: selector.clone(),
-            },
-            now(),
-            &policy,
-        );
-        publish.push(DnsRecord::new(
-            domain,
-            &selector,
+    for step in &steps {
+        if let Step::Generate {
             algorithm,
-            &material.public_key,
-        ));
+            selector,
+        } = step
+        {
+            let material = generate(*algorithm, 2048).map_err(anyhow::Error::msg)?;
+            store.write_key_file(domain, selector, &material)?;
+            apply(&mut state, step, now(), &policy);
+            publish.push(DnsRecord::new(
+                domain,
+                selector,
+                *algorithm,
+                &material.public_key,
+            ));
+        }
     }
     store.save(&state)?;
     tracing::warn!(

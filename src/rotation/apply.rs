@@ -121,6 +121,22 @@ pub fn apply(state: &mut DomainState, step: &Step, now: u64, policy: &Policy) ->
                 }
             }
         }
+        Step::Withdraw { selector } => {
+            if let Some(slot) = slot_mut(state, selector) {
+                if slot.state != SlotState::Retired {
+                    out.push(Transition {
+                        selector: selector.clone(),
+                        from: Some(slot.state),
+                        to: SlotState::Retired,
+                        reason:
+                            "emergency rotation: withdrawn at once; revoke its record (empty p=)"
+                                .into(),
+                    });
+                    slot.state = SlotState::Retired;
+                    slot.retiring_until = None;
+                }
+            }
+        }
         Step::Retire { selector } => {
             if let Some(slot) = slot_mut(state, selector) {
                 if slot.state == SlotState::Retiring {

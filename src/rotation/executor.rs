@@ -121,7 +121,8 @@ fn effect_key(step: &Step) -> Option<(&'static str, String)> {
         Step::Generate { .. }
         | Step::MarkPublished { .. }
         | Step::Activate { .. }
-        | Step::Retire { .. } => None,
+        | Step::Retire { .. }
+        | Step::Withdraw { .. } => None,
     }
 }
 

@@ -109,6 +109,9 @@ pub enum Step {
     Retire { selector: String },
     /// Run the revoke hook for a retired key.
     RevokeHook { selector: String },
+    /// A compromised key (or one in a slot a compromised key's replacement needs): out of
+    /// use at once, with no grace; its record is to be revoked (`keys rotate --emergency`).
+    Withdraw { selector: String },
 }
 
 fn slots_of(state: &DomainState, algorithm: Algorithm) -> impl Iterator<Item = &Slot> {
@@ -191,6 +194,46 @@ pub fn next_move(slot: &Slot, interval: u64, propagation_wait: u64, dns_check: b
 }
 
 /// Whether the domain is due to rotate at `now`: some active key is older than the interval.
+/// What `keys rotate --emergency` does when the active keys are compromised: every key
+/// in use (active, retiring, published, pending) is withdrawn now, then one new pending
+/// key per algorithm goes under the selector that did not carry a compromised (active)
+/// key, so that name can be revoked and stay revoked. The caller applies the steps in
+/// order and deletes the withdrawn keys' files.
+pub fn emergency(state: &DomainState, policy: &Policy) -> Vec<Step> {
+    let compromised: Vec<&str> = state
+        .slots
+        .iter()
+        .filter(|s| s.state == SlotState::Active)
+        .map(|s| s.selector.as_str())
+        .collect();
+    let mut steps: Vec<Step> = state
+        .slots
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.state,
+                SlotState::Active | SlotState::Retiring | SlotState::Published | SlotState::Pending
+            )
+        })
+        .map(|s| Step::Withdraw {
+            selector: s.selector.clone(),
+        })
+        .collect();
+    for &algorithm in &policy.algorithms {
+        let pair = policy.selectors(algorithm);
+        let selector = pair
+            .iter()
+            .find(|s| !compromised.contains(&s.as_str()))
+            .unwrap_or(&pair[0])
+            .clone();
+        steps.push(Step::Generate {
+            algorithm,
+            selector,
+        });
+    }
+    steps
+}
+
 pub fn rotation_due(state: &DomainState, now: u64, policy: &Policy) -> bool {
     policy.algorithms.iter().any(|&alg| {
         in_state(state, alg, SlotState::Active).is_some_and(|s| {

@@ -416,3 +416,50 @@ fn a_rotation_is_stuck_once_its_key_waited_longer_than_stuck_after() {
     done.slots[0].state = SlotState::Active;
     assert_eq!(stuck_for(&done, 10 * DAY, DAY), None);
 }
+
+/// Issue 13: the emergency rotation's rules are the planner's. With s2/e2 active and
+/// s1/e1 in their grace period, every key in use is withdrawn at once and the new keys go
+/// under s1/e1 (the names that did not carry the compromised keys); with the new keys
+/// pending, nothing signs until DNS serves them, and the schedule carries on from there.
+#[test]
+fn an_emergency_withdraws_every_key_in_use_and_refills_the_uncompromised_slots() {
+    let p = policy(true);
+    let mut state = DomainState::new("example.com");
+    let (mut dns, mut log) = (Dns::new(), Vec::new());
+    let t0 = 1_700_000_000;
+    settle(&mut state, t0, &p, &mut dns, true, &mut log);
+    settle(&mut state, t0 + 90 * DAY, &p, &mut dns, true, &mut log);
+    assert_eq!(active(&state), ["s2", "e2"]);
+
+    let now = t0 + 91 * DAY;
+    let steps = emergency(&state, &p);
+    let withdrawn: Vec<&str> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Withdraw { selector } => Some(selector.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(withdrawn, ["s1", "e1", "s2", "e2"]);
+    let generated: Vec<&str> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Generate { selector, .. } => Some(selector.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(generated, ["s1", "e1"]);
+    for step in &steps {
+        apply(&mut state, step, now, &p);
+    }
+    assert!(active(&state).is_empty(), "a compromised key still signs");
+    for s in ["s2", "e2"] {
+        assert_eq!(state.slot(s).unwrap().state, SlotState::Retired);
+    }
+    for s in ["s1", "e1"] {
+        assert_eq!(state.slot(s).unwrap().state, SlotState::Pending);
+        assert_eq!(state.slot(s).unwrap().created, now);
+    }
+    settle(&mut state, now, &p, &mut dns, true, &mut log);
+    assert_eq!(active(&state), ["s1", "e1"]);
+}
