@@ -17,6 +17,8 @@ pub struct Context<'a> {
     pub parent: Option<(&'a str, &'a TxtLookup)>,
     /// Unix seconds of the first key activation for the domain in the key store.
     pub signing_since: Option<u64>,
+    /// The relay signs mail from subdomains with this domain's keys (`subdomains = true`).
+    pub signs_subdomains: bool,
     pub now: u64,
 }
 
@@ -124,11 +126,26 @@ fn policy_findings(record: &str, ctx: &Context, inherited: bool) -> Vec<Finding>
             "no rua=: you get no aggregate reports, so you cannot see who sends as this domain or whether your mail passes; add rua=mailto:<address>".into(),
         ));
     }
-    if tag(record, "adkim").as_deref() == Some("s") {
-        out.push(f(
+    let strict = tag(record, "adkim").as_deref() == Some("s");
+    match (strict, ctx.signs_subdomains) {
+        (true, true) => out.push(f(
+            Severity::Warn,
+            format!("adkim=s (strict) while this relay signs mail from subdomains of {domain} (root@web01.{domain}) with d={domain}: strict alignment fails that mail; set adkim=r, or set subdomains = false and configure each sending subdomain as a domain of its own"),
+        )),
+        (true, false) => out.push(f(
             Severity::Info,
             format!("adkim=s (strict): mail with a From in a subdomain of {domain} passes DKIM alignment only if signed for that exact subdomain; configure such subdomains here as domains of their own"),
-        ));
+        )),
+        (false, _) => {}
+    }
+    // Mail from subdomains is judged by sp= when there is one (RFC 7489 §6.3).
+    if let (false, true, Some(sp)) = (inherited, ctx.signs_subdomains, tag(record, "sp")) {
+        if tag(record, "p").as_deref() != Some(sp.as_str()) {
+            out.push(f(
+                Severity::Info,
+                format!("sp={sp}: mail from subdomains of {domain}, which this relay signs with d={domain}, is judged by sp={sp}, not by p="),
+            ));
+        }
     }
     out
 }
@@ -148,6 +165,7 @@ mod tests {
             domain: "example.net",
             parent: None,
             signing_since,
+            signs_subdomains: false,
             now: 100 * DAY,
         }
     }
@@ -231,5 +249,34 @@ mod tests {
         );
         assert!(out[1].message.contains("rua="));
         assert!(out[2].message.contains("adkim=s"));
+    }
+
+    /// Issue 14 item 5: when the relay signs subdomains with the domain's keys, strict
+    /// alignment fails their mail (a warning that names the fix), and an sp= that differs
+    /// from p= is said to be what judges them.
+    #[test]
+    fn strict_alignment_warns_when_subdomains_are_signed_and_sp_is_named() {
+        let signing = Context {
+            signs_subdomains: true,
+            ..ctx(None)
+        };
+        let out = check(
+            &found(&["v=DMARC1; p=reject; adkim=s; rua=mailto:d@example.net"]),
+            &signing,
+        );
+        assert_eq!(severities(&out), [Severity::Ok, Severity::Warn]);
+        assert!(out[1].message.contains("adkim=r"), "{}", out[1].message);
+        let out = check(
+            &found(&["v=DMARC1; p=reject; sp=none; rua=mailto:d@example.net"]),
+            &signing,
+        );
+        assert_eq!(severities(&out), [Severity::Ok, Severity::Info]);
+        assert!(out[1].message.contains("sp=none"), "{}", out[1].message);
+        // Nothing to say when the relay does not sign subdomains.
+        let out = check(
+            &found(&["v=DMARC1; p=reject; sp=none; rua=mailto:d@example.net"]),
+            &ctx(None),
+        );
+        assert_eq!(severities(&out), [Severity::Ok]);
     }
 }

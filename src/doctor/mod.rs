@@ -86,6 +86,8 @@ struct Plan {
     slot_errors: Vec<Finding>,
     parent: Option<String>,
     signing_since: Option<u64>,
+    /// The relay signs this domain's subdomains with its keys (`subdomains = true`).
+    signs_subdomains: bool,
 }
 
 fn plan(config: &Config, store: &KeyStore, domain: &str, now: u64) -> Result<Plan, DoctorError> {
@@ -135,6 +137,7 @@ fn plan(config: &Config, store: &KeyStore, domain: &str, now: u64) -> Result<Pla
         slot_errors,
         parent: parent_of(domain),
         signing_since,
+        signs_subdomains: config.domain(domain).is_some_and(|d| d.subdomains),
     })
 }
 
@@ -159,6 +162,7 @@ impl Plan {
             domain: &self.domain,
             parent: self.parent.as_deref().zip(parent_name.as_deref().map(get)),
             signing_since: self.signing_since,
+            signs_subdomains: self.signs_subdomains,
             now,
         };
         findings.extend(dmarc::check(get(&format!("_dmarc.{}", self.domain)), &ctx));
