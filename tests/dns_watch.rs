@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::http::get;
+
 use common::bind::Bind;
 use common::child::{queue_cmd, spawn_relay};
 use common::dns::TestDns;
@@ -21,19 +23,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const S1: &str = "s1._domainkey.example.com";
-
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let code = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
-    (code, body)
-}
 
 fn series(page: &str, name: &str) -> Option<String> {
     page.lines()

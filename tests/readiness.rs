@@ -7,19 +7,9 @@ mod common;
 use common::upstream::FakeUpstream;
 use common::*;
 use dkim_relay::delivery::DeliveryEvent;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn readyz(addr: std::net::SocketAddr) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /readyz HTTP/1.1\r\nHost: relay\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let code = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").unwrap().1.to_string();
-    (code, body)
+    common::http::get(addr, "/readyz").await
 }
 
 #[tokio::test]

@@ -6,7 +6,8 @@
 mod common;
 
 use common::child::{queue_cmd, spawn_relay, write_config};
-use common::oauth::{pki, TokenEndpoint, CLIENT_ID, CLIENT_SECRET};
+use common::oauth::{TokenEndpoint, CLIENT_ID, CLIENT_SECRET};
+use common::pki::pki;
 use common::upstream::{FakeUpstream, Tls};
 use common::verify::{assert_signed, TxtCache};
 use common::*;

@@ -6,6 +6,7 @@
 pub mod bind;
 pub mod child;
 pub mod dns;
+pub mod http;
 pub mod inbound;
 pub mod oauth;
 pub mod pki;

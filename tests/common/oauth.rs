@@ -11,37 +11,6 @@ use tokio_rustls::TlsAcceptor;
 pub const CLIENT_ID: &str = "0f1e2d3c-app-id";
 pub const CLIENT_SECRET: &str = "Xy8Q~client-secret-value";
 
-/// A CA and a server certificate for 127.0.0.1 and localhost signed by it.
-pub struct Pki {
-    pub ca_pem: String,
-    pub acceptor: TlsAcceptor,
-}
-
-pub fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &ca, &ca_key)
-        .unwrap();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![server.der().clone()],
-            rustls_pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
-        )
-        .unwrap();
-    Pki {
-        ca_pem: ca.pem(),
-        acceptor: TlsAcceptor::from(Arc::new(config)),
-    }
-}
-
 #[derive(Default)]
 struct State {
     /// Token requests that reached the handler (a full HTTP request was read).
