@@ -8,7 +8,6 @@ use common::upstream::{FakeUpstream, Tls};
 use common::verify::{assert_signed, TxtCache};
 use common::*;
 use dkim_relay::config::TlsMode;
-use std::sync::Arc;
 
 async fn deliver_over(mode: TlsMode) {
     let pki = pki();
