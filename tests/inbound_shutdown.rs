@@ -102,7 +102,7 @@ async fn shutdown_during_data_gives_definite_answers_and_loses_nothing() {
 #[tokio::test]
 async fn sigterm_to_the_binary_lets_the_transfer_finish_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let port = closed_port().port();
+    let port = free_port();
     let mut cfg = config(dir.path(), Some(closed_port()));
     cfg.smtp.listen = format!("127.0.0.1:{port}").parse().unwrap();
     let toml = format!(

@@ -264,7 +264,15 @@ pub fn message(from: &str, subject: &str) -> String {
     )
 }
 
-/// A port nothing listens on: bind, note, drop.
+/// A port nothing listens on now, for a child relay to listen on. Released at once, so
+/// another socket could take it before the child binds it (the child then fails to
+/// start, loudly); for an address that must stay closed, use [`closed_port`].
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// An address that refuses connections for the whole test: bound, never listening.
 pub fn closed_port() -> SocketAddr {
     // Bound but never listening: a connect is refused, and no other socket (the relay's
     // own listener on port 0, say) can be given this port while the test runs. A port
