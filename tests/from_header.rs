@@ -68,6 +68,24 @@ async fn a_from_that_parsers_read_differently_is_refused_with_the_reason() {
         assert!(r.contains(why), "{from:?}: {r} should say {why:?}");
     }
 
+    // Issue 14: each refusal names its own fix. Cron's and an unconfigured Postfix's
+    // From is a bare user name: the fix is on the sending host, and the reply says where.
+    for (from, fix) in [
+        (" root (Cron Daemon)", "myorigin"),
+        (" root@web01", "MAILFROM="),
+        (" a@b.example, c@d.example", "Name <user@example.com>"),
+    ] {
+        let r = client
+            .send(
+                "a@example.com",
+                &["u@example.net"],
+                &message_from(from, "fix"),
+            )
+            .await;
+        assert!(r.starts_with("550 5.6.0 Bad From: "), "{from:?}: {r}");
+        assert!(r.contains(fix), "{from:?}: {r} should say {fix:?}");
+    }
+
     let everyday = [
         " joe@example.com",
         " Joe <joe@example.com>",

@@ -200,7 +200,7 @@ impl Refusal {
             Refusal::BadFrom(why) => Reply::owned(
                 550,
                 "5.6.0",
-                format!("Bad From: {why}; send exactly one From with one address such as Name <user@example.com>"),
+                format!("Bad From: {why}; {}", from_fix(why)),
             ),
             Refusal::RepeatedField(name) => Reply::owned(
                 550,
@@ -292,6 +292,22 @@ impl Refusal {
                 "4.3.1",
                 "Too many messages in transfer at once; try again later",
             ),
+        }
+    }
+}
+/// What the sender of a refused From should change, for the refusal's own case. A bare
+/// user name is what cron and an unconfigured Postfix write (`From: root (Cron Daemon)`):
+/// the fix is on the sending host, not in the message.
+fn from_fix(why: &crate::message::FromError) -> &'static str {
+    use crate::message::{FromError, FromSyntax};
+    match why {
+        FromError::Missing => "add one From: header, such as From: Name <user@example.com>",
+        FromError::Several(_) => "send exactly one From header",
+        FromError::Syntax(FromSyntax::Unqualified) => {
+            "the sending host wrote a bare user or host name: give it a mail domain (Postfix: myorigin = example.com; cron: MAILFROM=cron@example.com; msmtp: from user@example.com)"
+        }
+        FromError::Syntax(_) | FromError::ParsersDisagree => {
+            "write one address such as Name <user@example.com>"
         }
     }
 }
