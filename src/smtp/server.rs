@@ -5,6 +5,7 @@ use super::connection;
 use super::context::{ClientInfo, SmtpContext};
 use super::outsiders::OutsiderSlot;
 use super::reply::Refusal;
+use crate::config::Config;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -108,17 +109,17 @@ pub async fn serve(
         if grant.is_none() && ctx.users.is_none() {
             // No AUTH to offer: nothing this client could send would be accepted.
             tracing::warn!(client = %ip, "connection refused: outside smtp.allowed_networks and AUTH is not configured");
-            refuse_with(stream, Refusal::ClientNotAllowed, &ctx).await;
+            refuse_with(stream, Refusal::ClientNotAllowed, &snapshot.config).await;
             continue;
         }
         let Ok(permit) = total.clone().try_acquire_owned() else {
             tracing::warn!(client = %ip, "connection refused: smtp.max_connections reached");
-            refuse_with(stream, Refusal::TooManyConnections, &ctx).await;
+            refuse_with(stream, Refusal::TooManyConnections, &snapshot.config).await;
             continue;
         };
         let Some(slot) = per_client.take(ip, ctx.started.smtp.max_connections_per_client) else {
             tracing::warn!(client = %ip, "connection refused: smtp.max_connections_per_client reached");
-            refuse_with(stream, Refusal::TooManyConnections, &ctx).await;
+            refuse_with(stream, Refusal::TooManyConnections, &snapshot.config).await;
             continue;
         };
         let outsider = match &grant {
@@ -127,7 +128,7 @@ pub async fn serve(
                 Some(slot) => Some(slot),
                 None => {
                     tracing::warn!(client = %ip, "connection refused: smtp.max_outsider_connections reached by clients outside the allowed networks");
-                    refuse_with(stream, Refusal::TooManyOutsiders, &ctx).await;
+                    refuse_with(stream, Refusal::TooManyOutsiders, &snapshot.config).await;
                     continue;
                 }
             },
@@ -187,10 +188,11 @@ pub async fn serve(
 /// Answers `refusal` in place of the greeting and closes, within `smtp.write_timeout`.
 /// It runs in the accept loop: one short line into a fresh socket's empty send buffer
 /// does not wait, and the deadline makes sure no client can hold the loop if it did.
-async fn refuse_with(mut stream: TcpStream, refusal: Refusal, ctx: &SmtpContext) {
+async fn refuse_with(mut stream: TcpStream, refusal: Refusal, config: &Config) {
     let mut out = Vec::new();
     refusal.reply().write_to(&mut out);
-    let _ = tokio::time::timeout(ctx.started.smtp.write_timeout.0, async {
+    // `write_timeout` is live: the snapshot this connection was accepted under.
+    let _ = tokio::time::timeout(config.smtp.write_timeout.0, async {
         let _ = stream.write_all(&out).await;
         let _ = stream.shutdown().await;
     })
