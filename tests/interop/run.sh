@@ -55,6 +55,9 @@ install_packages() {
     command -v go >/dev/null || need+=(golang-go)
     command -v opendkim >/dev/null || need+=(opendkim)
     [ -d "$GOMSGAUTH_SRC" ] || need+=(golang-github-emersion-go-msgauth-dev)
+    perl -MMail::DKIM::Verifier -MNet::DNS::Resolver -e 1 2>/dev/null ||
+        need+=(libmail-dkim-perl libnet-dns-perl)
+    command -v rspamd >/dev/null || need+=(rspamd)
     [ ${#need[@]} -eq 0 ] && return 0
     if [ "$(id -u)" != 0 ]; then
         echo "run.sh: missing packages (${need[*]}); install them or run as root" >&2
@@ -85,10 +88,12 @@ HARNESS=$WORK/harness.log   # "PASS|FAIL path check detail" lines
 RELAY_PID=
 PFX=
 POSTFIX_UP=0
+DNSD_PID=
 
 cleanup() {
     local rc=$?
     stop_relay
+    [ -n "$DNSD_PID" ] && kill "$DNSD_PID" 2>/dev/null
     if [ -n "$PFX" ] && [ -f "$PFX/data/master.lock" ]; then
         /usr/sbin/postfix -c "$PFX/etc" stop >/dev/null 2>&1 || true
     fi
@@ -452,6 +457,44 @@ if [ "$have_records" = 1 ] && [ ${#groups[@]} -gt 0 ]; then
         note FAIL verify opendkim "no result: $(tail -n 3 "$WORK/opendkim.log" | tr '\n' ' ')"
 else
     note FAIL verify opendkim "nothing to verify (no records or no path ran)"
+fi
+
+say "DNS server for Mail::DKIM and rspamd (tests/interop/dnsd.py)"
+# Neither reads keys offline: they get them (and rspamd every other lookup) from a
+# DNS server on 127.0.0.1 that serves the records of `keys dns --json`.
+DNS_PORT=
+if [ "$have_records" = 1 ] && [ ${#groups[@]} -gt 0 ]; then
+    "$PY" "$HERE/dnsd.py" --records "$WORK/records.json" --port-file "$WORK/dnsd.port" \
+        2>"$WORK/dnsd.log" &
+    DNSD_PID=$!
+    for _ in $(seq 1 50); do
+        [ -s "$WORK/dnsd.port" ] && break
+        sleep 0.1
+    done
+    DNS_PORT=$(cat "$WORK/dnsd.port" 2>/dev/null || true)
+    [ -n "$DNS_PORT" ] || note FAIL verify dnsd "did not start: $(tail -n 3 "$WORK/dnsd.log" | tr '\n' ' ')"
+fi
+
+say "Mail::DKIM verification (tests/interop/maildkim_verify.pl)"
+if [ -n "$DNS_PORT" ]; then
+    perl "$HERE/maildkim_verify.pl" "$DNS_PORT" "${groups[@]}" >"$WORK/maildkim.log" 2>&1 || true
+    grep -v '^PASS' "$WORK/maildkim.log" || true
+    grep -E '^(PASS|FAIL) ' "$WORK/maildkim.log" >>"$HARNESS" ||
+        note FAIL verify maildkim "no result: $(tail -n 3 "$WORK/maildkim.log" | tr '\n' ' ')"
+else
+    note FAIL verify maildkim "nothing to verify (no DNS server, records or path)"
+fi
+
+say "rspamd verification (tests/interop/rspamd_verify.py)"
+if [ -n "$DNS_PORT" ]; then
+    mkdir -p "$WORK/rspamd"
+    "$PY" "$HERE/rspamd_verify.py" --dns-port "$DNS_PORT" --records "$WORK/records.json" \
+        --work "$WORK/rspamd" "${groups[@]}" >"$WORK/rspamd.log" 2>&1 || true
+    grep -v '^PASS' "$WORK/rspamd.log" || true
+    grep -E '^(PASS|FAIL) ' "$WORK/rspamd.log" >>"$HARNESS" ||
+        note FAIL verify rspamd "no result: $(tail -n 3 "$WORK/rspamd.log" | tr '\n' ' ')"
+else
+    note FAIL verify rspamd "nothing to verify (no DNS server, records or path)"
 fi
 
 say "summary"
