@@ -475,12 +475,30 @@ if [ "$have_records" = 1 ] && [ ${#groups[@]} -gt 0 ]; then
     [ -n "$DNS_PORT" ] || note FAIL verify dnsd "did not start: $(tail -n 3 "$WORK/dnsd.log" | tr '\n' ' ')"
 fi
 
+# Both must be able to say no: a copy of one signed message with its Subject changed
+# must fail in each (verify.py's self-test does the same for dkimpy).
+TAMPERED=$WORK/tampered
+mkdir -p "$TAMPERED"
+first=$(ls "${groups[0]#*=}"/*.eml 2>/dev/null | head -n 1 || true)
+[ -n "$first" ] && sed 's/^Subject: \(.*\)$/Subject: \1 (changed)/' "$first" >"$TAMPERED/changed.eml"
+expect_fail() {  # expect_fail VERIFIER LOG: every signature line of the tampered copy is FAIL
+    if [ -z "$first" ]; then
+        note FAIL "$1" tamper "no signed message to tamper with"
+    elif grep -q '^FAIL tampered ' "$2" && ! grep -E '^PASS tampered [a-z]+-(message|rsa|ed25519-sha256)' "$2" >/dev/null; then
+        note PASS "$1" tamper "a changed Subject fails every signature"
+    else
+        note FAIL "$1" tamper "a changed Subject was not caught: $(tr '\n' ' ' <"$2" | head -c 300)"
+    fi
+}
+
 say "Mail::DKIM verification (tests/interop/maildkim_verify.pl)"
 if [ -n "$DNS_PORT" ]; then
     perl "$HERE/maildkim_verify.pl" "$DNS_PORT" "${groups[@]}" >"$WORK/maildkim.log" 2>&1 || true
     grep -v '^PASS' "$WORK/maildkim.log" || true
     grep -E '^(PASS|FAIL) ' "$WORK/maildkim.log" >>"$HARNESS" ||
         note FAIL verify maildkim "no result: $(tail -n 3 "$WORK/maildkim.log" | tr '\n' ' ')"
+    perl "$HERE/maildkim_verify.pl" "$DNS_PORT" "tampered=$TAMPERED" >"$WORK/maildkim-tampered.log" 2>&1 || true
+    expect_fail maildkim "$WORK/maildkim-tampered.log"
 else
     note FAIL verify maildkim "nothing to verify (no DNS server, records or path)"
 fi
@@ -489,7 +507,11 @@ say "rspamd verification (tests/interop/rspamd_verify.py)"
 if [ -n "$DNS_PORT" ]; then
     mkdir -p "$WORK/rspamd"
     "$PY" "$HERE/rspamd_verify.py" --dns-port "$DNS_PORT" --records "$WORK/records.json" \
-        --work "$WORK/rspamd" "${groups[@]}" >"$WORK/rspamd.log" 2>&1 || true
+        --work "$WORK/rspamd" "${groups[@]}" "tampered=$TAMPERED" >"$WORK/rspamd.log" 2>&1 || true
+    # One rspamd start for both: the tampered copy's lines go to their own check.
+    grep '^[A-Z]* tampered ' "$WORK/rspamd.log" >"$WORK/rspamd-tampered.log" || true
+    sed -i '/^[A-Z]* tampered /d' "$WORK/rspamd.log"
+    expect_fail rspamd "$WORK/rspamd-tampered.log"
     grep -v '^PASS' "$WORK/rspamd.log" || true
     grep -E '^(PASS|FAIL) ' "$WORK/rspamd.log" >>"$HARNESS" ||
         note FAIL verify rspamd "no result: $(tail -n 3 "$WORK/rspamd.log" | tr '\n' ' ')"
