@@ -244,6 +244,7 @@ fn test_message(config: &Config, upstream: &Upstream, to: &str) -> anyhow::Resul
         size: message.len() as u64,
         eight_bit: false,
         origin: crate::spool::Origin::Client,
+        utf8: Default::default(),
     };
     Ok(TestSend {
         envelope,

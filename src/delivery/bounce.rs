@@ -147,6 +147,7 @@ pub fn build(
         size: message.len() as u64,
         eight_bit: message.iter().any(|&b| b >= 0x80),
         origin: Origin::Bounce,
+        utf8: Default::default(),
     };
     Dsn { envelope, message }
 }
