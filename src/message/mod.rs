@@ -16,4 +16,5 @@ pub use from_syntax::FromSyntax;
 pub use headers::{HeaderBlock, HeaderError, HeaderField};
 pub use unique::{merge_address_lists, repeated_field, Merged, AT_MOST_ONCE, MERGED};
 mod date;
+pub mod encoded_words;
 pub use date::rfc5322_date;
