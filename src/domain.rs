@@ -92,7 +92,10 @@ mod tests {
     fn u_labels_compare_as_their_a_labels() {
         assert_eq!(normalise("B\u{fc}cher.Example."), "xn--bcher-kva.example");
         assert_eq!(normalise("xn--bcher-kva.example"), "xn--bcher-kva.example");
-        assert_eq!(to_ascii("m\u{fc}ller.example").as_deref(), Some("xn--mller-kva.example"));
+        assert_eq!(
+            to_ascii("m\u{fc}ller.example").as_deref(),
+            Some("xn--mller-kva.example")
+        );
     }
 
     #[test]

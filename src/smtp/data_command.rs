@@ -11,8 +11,7 @@ use super::wire::DataRead;
 use crate::dkim::KeyLookup;
 use crate::message::{from_domain, merge_address_lists, repeated_field, HeaderBlock, Mailbox};
 use crate::spool::{
-    DeliveryState, Envelope, Origin, QueueId, QueuedMessage, Utf8Use, HEADER_STEP,
-    TRANSFER_BASE,
+    DeliveryState, Envelope, Origin, QueueId, QueuedMessage, Utf8Use, HEADER_STEP, TRANSFER_BASE,
 };
 use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite};

@@ -29,7 +29,10 @@ fn subject(value: &str) -> String {
 #[test]
 fn a_utf8_subject_reads_back_the_same() {
     assert_eq!(subject(" Grüße"), "Grüße");
-    assert_eq!(subject(" Re: Grüße aus Köln, 3 Tage"), "Re: Grüße aus Köln, 3 Tage");
+    assert_eq!(
+        subject(" Re: Grüße aus Köln, 3 Tage"),
+        "Re: Grüße aus Köln, 3 Tage"
+    );
     // ASCII words keep their spelling outside the encoded run.
     let field = encode_field("Subject", " Re: Grüße aus Köln, 3 Tage".as_bytes()).unwrap();
     assert!(field.starts_with("Subject: Re: =?UTF-8?B?"), "{field}");
@@ -45,7 +48,10 @@ fn a_long_subject_takes_several_words_folded_under_76() {
     assert_eq!(parsed.subject().unwrap(), long.trim_end());
     // Every word holds whole characters: each decodes as UTF-8 on its own.
     let engine = base64::engine::general_purpose::STANDARD;
-    for word in field.split([' ', '\r', '\n']).filter(|w| w.starts_with("=?")) {
+    for word in field
+        .split([' ', '\r', '\n'])
+        .filter(|w| w.starts_with("=?"))
+    {
         let b64 = word.trim_start_matches(PREFIX).trim_end_matches("?=");
         let bytes = engine.decode(b64).unwrap();
         assert!(String::from_utf8(bytes).is_ok(), "{word}");
@@ -61,7 +67,11 @@ fn a_value_folded_across_lines_is_unfolded_first() {
 fn existing_encoded_words_stay_and_spaces_next_to_them_survive() {
     let value = " =?ISO-8859-1?Q?J=F6rg?= grüßt =?ISO-8859-1?Q?J=F6rg?=";
     let field = encode_field("Subject", value.as_bytes()).unwrap();
-    assert_eq!(field.matches("=?ISO-8859-1?Q?J=F6rg?=").count(), 2, "{field}");
+    assert_eq!(
+        field.matches("=?ISO-8859-1?Q?J=F6rg?=").count(),
+        2,
+        "{field}"
+    );
     assert_eq!(subject(value), "Jörg grüßt Jörg");
 }
 
@@ -79,7 +89,10 @@ fn display_names_and_comments_are_encoded_addresses_are_not() {
     assert_eq!(to[1].address(), Some("plain@example.com"));
 
     let (field, _) = encoded("From", " root@example.com (Crön Dæmon)");
-    assert!(field.starts_with("From: root@example.com (=?UTF-8?B?"), "{field}");
+    assert!(
+        field.starts_with("From: root@example.com (=?UTF-8?B?"),
+        "{field}"
+    );
 
     for bad in [
         " jörg@example.com",
