@@ -24,6 +24,7 @@ mod connection;
 mod control;
 mod login;
 mod outbox;
+mod prepare;
 mod redact;
 mod router;
 mod schedule;

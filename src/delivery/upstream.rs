@@ -4,10 +4,11 @@
 
 use super::connection::{Client, Connection, Seen};
 use super::login::Login;
+use super::prepare::{NotReady, Preparer};
 use super::redact::Redactor;
 use super::tls::SeenChain;
 use super::transaction::{transact, Outcomes};
-use super::verdict::Cause;
+use super::verdict::{Cause, Verdict};
 use crate::config::{SigningProfileName, TlsMode, UpstreamConfig};
 use crate::spool::Envelope;
 use std::sync::{Arc, Mutex};
@@ -159,16 +160,16 @@ impl Upstream {
         *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
     }
 
-    /// Sends one message to the recipients `rcpts` (indexes into the envelope). `parts`
-    /// are written one after the other: the signature fields, then the spooled message.
-    /// Every reply text in the result has our credentials taken out.
-    pub async fn send(
+    /// Sends one message to the recipients `rcpts` (indexes into the envelope), in the
+    /// form the connection it goes out on takes, prepared by `prep` once that connection
+    /// is known. Every reply text in the result has our credentials taken out.
+    pub(super) async fn send(
         &self,
         envelope: &Envelope,
         rcpts: &[usize],
-        parts: &[&[u8]],
+        prep: &Preparer<'_>,
     ) -> Result<Outcomes, SendError> {
-        match self.send_unredacted(envelope, rcpts, parts).await {
+        match self.send_unredacted(envelope, rcpts, prep).await {
             Ok(outcomes) => Ok(outcomes
                 .into_iter()
                 .map(|(i, v)| {
@@ -190,7 +191,7 @@ impl Upstream {
         &self,
         envelope: &Envelope,
         rcpts: &[usize],
-        parts: &[&[u8]],
+        prep: &Preparer<'_>,
     ) -> Result<Outcomes, SendError> {
         // Closed only if the relay is shutting down, which never happens while we hold it.
         let Ok(_permit) = self.in_use.acquire().await else {
@@ -218,7 +219,28 @@ impl Upstream {
                     }
                 },
             };
-            match transact(&mut conn, envelope, rcpts, parts).await {
+            // The form follows this connection's EHLO; signed for it now (reused when a
+            // reconnect or failover needs the same profile and form).
+            let form = prep.form_for(&conn);
+            let prepared = match prep.get(&self.profile, form).await {
+                Ok(prepared) => prepared,
+                Err(not_ready) => {
+                    // Nothing was sent on the connection: it stays usable.
+                    conn.last_used = Instant::now();
+                    self.put_idle(conn);
+                    return match not_ready {
+                        NotReady::Fail(cause) => Ok(rcpts
+                            .iter()
+                            .map(|&i| (i, Verdict::Failed(cause.clone())))
+                            .collect()),
+                        NotReady::Defer(cause) => Err(SendError {
+                            cause,
+                            at: FailedAt::Transaction,
+                        }),
+                    };
+                }
+            };
+            match transact(&mut conn, envelope, rcpts, &prepared.parts(), form).await {
                 Ok(outcomes) => {
                     // After a 421 the server closes the connection: do not keep it.
                     let closing = outcomes.iter().any(|(_, v)| v.closes_connection());

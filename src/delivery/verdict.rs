@@ -202,6 +202,15 @@ impl Cause {
         .with_fix("route mail with UTF-8 addresses to an upstream that offers SMTPUTF8")
     }
 
+    /// The message has no form the upstream takes (`reason`, from message::transport_form).
+    pub fn unconvertible(reason: impl std::fmt::Display) -> Cause {
+        Cause::of(
+            Fault::Unconvertible,
+            format!("the message cannot be carried to this upstream, which offers neither SMTPUTF8 nor 8BITMIME for it: {reason}"),
+        )
+        .with_fix("route this mail to an upstream that offers SMTPUTF8 and 8BITMIME")
+    }
+
     /// The message outlived the queue lifetime; `last` is what its last attempt found.
     pub fn expired(attempts: u32, last: &Cause) -> Cause {
         Cause {
