@@ -113,10 +113,12 @@ mod tests {
             "a b.c",
             "a@b.c",
             "example.com..",
-            "é.fr",
+            "é..fr",
         ] {
             assert!(Domain::parse(bad).is_err(), "{bad:?} accepted");
         }
+        // A U-label name is the same domain as its A-label, in config as on the wire.
+        assert_eq!(Domain::parse("é.fr").unwrap().as_str(), "xn--9ca.fr");
         assert!(Domain::parse("s_1.example.org").is_ok());
     }
 }

@@ -44,13 +44,19 @@ async fn a_utf8_subject_goes_as_utf8_to_an_upstream_with_smtputf8() {
     };
     assert!(ehlo.iter().any(|l| l == "250-SMTPUTF8"), "{ehlo:?}");
     assert!(ehlo.iter().any(|l| l == "250-8BITMIME"), "{ehlo:?}");
-    let r = client.send("app@example.com", &["ops@example.net"], MAIL_S).await;
+    let r = client
+        .send("app@example.com", &["ops@example.net"], MAIL_S)
+        .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
     wait_done(&mut events, 1).await;
 
     let got = originals(&upstream);
     assert_eq!(got.len(), 1);
-    assert!(got[0].mail_line.contains(" SMTPUTF8"), "{}", got[0].mail_line);
+    assert!(
+        got[0].mail_line.contains(" SMTPUTF8"),
+        "{}",
+        got[0].mail_line
+    );
     let text = String::from_utf8(got[0].data.clone()).unwrap();
     assert!(text.contains("\r\nSubject: Grüße aus Köln\r\n"), "{text}");
     assert_signed(&got[0].data, &cache, DOMAIN).await;
@@ -77,7 +83,11 @@ async fn a_utf8_subject_goes_as_encoded_words_to_an_upstream_without_smtputf8() 
 
     let got = originals(&upstream);
     assert_eq!(got.len(), 1);
-    assert!(!got[0].mail_line.contains("SMTPUTF8"), "{}", got[0].mail_line);
+    assert!(
+        !got[0].mail_line.contains("SMTPUTF8"),
+        "{}",
+        got[0].mail_line
+    );
     let header = header_section(&got[0].data);
     assert!(header.is_ascii(), "{}", String::from_utf8_lossy(header));
     assert!(
@@ -107,9 +117,7 @@ async fn a_utf8_address_to_an_upstream_without_smtputf8_bounces_saying_why() {
     }
     let r = client.cmd("DATA").await;
     assert!(r.starts_with("354"), "{r}");
-    client
-        .send_raw(format!("{MAIL_S}.\r\n").as_bytes())
-        .await;
+    client.send_raw(format!("{MAIL_S}.\r\n").as_bytes()).await;
     let r = client.reply().await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
 
@@ -129,7 +137,11 @@ async fn a_utf8_address_to_an_upstream_without_smtputf8_bounces_saying_why() {
         got[0].rcpts,
         ["joe@xn--bcher-kva.example", "ok@example.net"]
     );
-    assert!(!got[0].mail_line.contains("SMTPUTF8"), "{}", got[0].mail_line);
+    assert!(
+        !got[0].mail_line.contains("SMTPUTF8"),
+        "{}",
+        got[0].mail_line
+    );
     let bounce = upstream
         .received()
         .into_iter()
@@ -154,7 +166,9 @@ async fn an_8bit_body_goes_as_quoted_printable_to_an_upstream_without_8bitmime()
     let message = format!(
         "From: app@example.com\r\nTo: ops@example.net\r\nSubject: report\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}\r\n"
     );
-    let r = client.cmd("MAIL FROM:<app@example.com> BODY=8BITMIME").await;
+    let r = client
+        .cmd("MAIL FROM:<app@example.com> BODY=8BITMIME")
+        .await;
     assert!(r.starts_with("250"), "{r}");
     let r = client.cmd("RCPT TO:<ops@example.net>").await;
     assert!(r.starts_with("250"), "{r}");
@@ -167,10 +181,21 @@ async fn an_8bit_body_goes_as_quoted_printable_to_an_upstream_without_8bitmime()
 
     let got = originals(&upstream);
     assert_eq!(got.len(), 1);
-    assert!(!got[0].mail_line.contains("8BITMIME"), "{}", got[0].mail_line);
-    assert!(got[0].data.is_ascii(), "{}", String::from_utf8_lossy(&got[0].data));
+    assert!(
+        !got[0].mail_line.contains("8BITMIME"),
+        "{}",
+        got[0].mail_line
+    );
+    assert!(
+        got[0].data.is_ascii(),
+        "{}",
+        String::from_utf8_lossy(&got[0].data)
+    );
     let text = String::from_utf8_lossy(&got[0].data);
-    assert!(text.contains("Content-Transfer-Encoding: quoted-printable\r\n"), "{text}");
+    assert!(
+        text.contains("Content-Transfer-Encoding: quoted-printable\r\n"),
+        "{text}"
+    );
     assert!(!text.contains("Content-Transfer-Encoding: 8bit"), "{text}");
     let parsed = MessageParser::new().parse(&got[0].data[..]).unwrap();
     assert_eq!(parsed.body_text(0).unwrap().trim_end(), body.trim_end());
