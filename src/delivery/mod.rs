@@ -26,6 +26,7 @@ mod control;
 mod login;
 mod outbox;
 mod prepare;
+mod profile;
 mod redact;
 mod router;
 mod schedule;

@@ -10,7 +10,7 @@
 //! profile or the form differs.
 
 use super::connection::Connection;
-use super::upstream::SigningProfile;
+use super::profile::SigningProfile;
 use super::verdict::Cause;
 use super::DeliveryContext;
 use crate::dkim::{sign, DomainKeys, KeyLookup};

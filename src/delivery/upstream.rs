@@ -5,11 +5,12 @@
 use super::connection::{Client, Connection, Seen};
 use super::login::Login;
 use super::prepare::{NotReady, Preparer};
+pub use super::profile::SigningProfile;
 use super::redact::Redactor;
 use super::tls::SeenChain;
 use super::transaction::{transact, Outcomes};
 use super::verdict::{Cause, Verdict};
-use crate::config::{SigningProfileName, TlsMode, UpstreamConfig};
+use crate::config::{TlsMode, UpstreamConfig};
 use crate::spool::Envelope;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -35,29 +36,6 @@ pub enum FailedAt {
 pub struct SendError {
     pub cause: Cause,
     pub at: FailedAt,
-}
-
-/// How mail for an upstream is signed: header fields left out of h=, RSA only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SigningProfile {
-    pub leave_out: Vec<String>,
-    pub rsa_only: bool,
-}
-
-impl SigningProfile {
-    pub fn standard() -> SigningProfile {
-        SigningProfile::from_config(SigningProfileName::Standard, &[])
-    }
-
-    pub fn from_config(name: SigningProfileName, extra: &[String]) -> SigningProfile {
-        let (base, rsa_only) = name.rules();
-        let mut leave_out: Vec<String> = base.iter().map(|h| h.to_string()).collect();
-        leave_out.extend(extra.iter().cloned());
-        SigningProfile {
-            leave_out,
-            rsa_only,
-        }
-    }
 }
 
 pub struct Upstream {
