@@ -222,3 +222,70 @@ async fn header_bytes_that_are_not_utf8_are_refused_with_a_reason() {
     assert!(r.contains("not valid UTF-8"), "{r}");
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_utf8_from_address_goes_only_where_smtputf8_is_and_its_bounce_too() {
+    let (relay, upstream, dir) = relay_with(|_| {}).await;
+    upstream.offer_smtputf8(true);
+    upstream.reply_to_rcpt("gone@example.net", "550 5.1.1 no such user");
+    let mut events = relay.subscribe();
+    let cache = TxtCache::from_store(&dir.path().join("keys"));
+    let message = MAIL_S.replace(
+        "From: App <app@example.com>",
+        "From: Jörg <jörg@example.com>",
+    );
+
+    let mut client = Client::greeted(relay.smtp_addr()).await;
+    let r = client.cmd("MAIL FROM:<jörg@example.com> SMTPUTF8").await;
+    assert!(r.starts_with("250"), "{r}");
+    for rcpt in ["ok@example.net", "gone@example.net"] {
+        let r = client.cmd(&format!("RCPT TO:<{rcpt}>")).await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    assert!(client.cmd("DATA").await.starts_with("354"));
+    client.send_raw(format!("{message}.\r\n").as_bytes()).await;
+    let r = client.reply().await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    // The message, then its bounce to the UTF-8 sender.
+    wait_done(&mut events, 2).await;
+    let got = originals(&upstream);
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].mail_line.contains(" SMTPUTF8"),
+        "{}",
+        got[0].mail_line
+    );
+    assert_eq!(got[0].mail_from, "jörg@example.com");
+    assert_signed(&got[0].data, &cache, DOMAIN).await;
+    let bounce = upstream
+        .received()
+        .into_iter()
+        .find(|m| m.mail_from.is_empty())
+        .expect("a bounce");
+    assert_eq!(bounce.rcpts, ["jörg@example.com"]);
+    assert!(
+        bounce.mail_line.contains(" SMTPUTF8"),
+        "{}",
+        bounce.mail_line
+    );
+
+    relay.shutdown().await;
+
+    // Without SMTPUTF8 the From address has no 7-bit form: every recipient fails.
+    let (relay, upstream, _dir) = relay_with(|_| {}).await;
+    let mut events = relay.subscribe();
+    let mut client = Client::greeted(relay.smtp_addr()).await;
+    let r = client
+        .send("app@example.com", &["ok@example.net"], &message)
+        .await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let failed = wait_for(&mut events, |e| matches!(e, DeliveryEvent::Failed { .. })).await;
+    let DeliveryEvent::Failed { cause, .. } = failed else {
+        unreachable!()
+    };
+    assert_eq!(cause.fault.name(), "unconvertible", "{cause}");
+    assert!(cause.to_string().contains("From"), "{cause}");
+    wait_done(&mut events, 2).await;
+    assert!(originals(&upstream).is_empty(), "nothing was sent");
+    relay.shutdown().await;
+}

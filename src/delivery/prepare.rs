@@ -98,9 +98,13 @@ impl<'a> Preparer<'a> {
     pub fn form_for(&self, conn: &Connection) -> Form {
         let carry_8bit = self.ctx.live.current().smtp.upstream_8bitmime;
         let u = &self.env.utf8;
+        // Addresses are read from the envelope itself too, so a spool file from before
+        // the flags existed still gets the right form.
+        let utf8_addresses =
+            !self.env.mail_from.is_ascii() || self.env.rcpts.iter().any(|r| !r.is_ascii());
         Form::for_upstream(
             Uses {
-                utf8: u.requested || u.any(),
+                utf8: u.requested || u.any() || utf8_addresses,
                 utf8_headers: u.headers,
                 eight_bit: self.env.eight_bit,
             },
