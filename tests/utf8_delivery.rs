@@ -289,3 +289,24 @@ async fn a_utf8_from_address_goes_only_where_smtputf8_is_and_its_bounce_too() {
     assert!(originals(&upstream).is_empty(), "nothing was sent");
     relay.shutdown().await;
 }
+
+#[test]
+fn old_envelopes_load_and_ascii_ones_are_written_as_before() {
+    use dkim_relay::spool::{Envelope, Utf8Use};
+    // A spool file's envelope from before SMTPUTF8: no utf8 field.
+    let old = r#"{"id":"0005f1a2b3c4d5e6aabbccdd","received":1764000000,"client":"127.0.0.1","helo":"h","mail_from":"a@example.com","rcpts":["b@example.net"],"from_domain":"example.com","size":10,"eight_bit":false,"origin":"client"}"#;
+    let envelope: Envelope = serde_json::from_str(old).unwrap();
+    assert!(envelope.utf8.is_none());
+    // Written back without the field, so an older relay reads it too.
+    assert_eq!(serde_json::to_string(&envelope).unwrap(), old);
+    let utf8 = Envelope {
+        utf8: Utf8Use {
+            requested: true,
+            headers: true,
+            addresses: false,
+        },
+        ..envelope
+    };
+    let back: Envelope = serde_json::from_str(&serde_json::to_string(&utf8).unwrap()).unwrap();
+    assert_eq!(back, utf8);
+}
