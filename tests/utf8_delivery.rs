@@ -74,7 +74,12 @@ async fn a_utf8_subject_goes_as_encoded_words_to_an_upstream_without_smtputf8() 
     let subject = "Größenänderung der Datenbank ".repeat(6);
     let message = MAIL_S
         .replace("Grüße aus Köln", subject.trim())
-        .replace("From: App", "From: Jörg Müller");
+        .replace("From: App", "From: Jörg Müller")
+        // Two To fields are joined into one (message::unique) before the form is made.
+        .replace(
+            "To: ops@example.net\r\n",
+            "To: ops@example.net\r\nTo: Jürgen <j@example.net>\r\n",
+        );
     let r = client
         .send("app@example.com", &["ops@example.net"], &message)
         .await;
@@ -99,6 +104,9 @@ async fn a_utf8_subject_goes_as_encoded_words_to_an_upstream_without_smtputf8() 
     let from = parsed.from().unwrap().first().unwrap();
     assert_eq!(from.name(), Some("Jörg Müller"));
     assert_eq!(from.address(), Some("app@example.com"));
+    let to: Vec<_> = parsed.to().unwrap().iter().collect();
+    assert_eq!(to.len(), 2, "{to:?}");
+    assert_eq!(to[1].name(), Some("Jürgen"));
     assert_signed(&got[0].data, &cache, DOMAIN).await;
     relay.shutdown().await;
 }

@@ -166,6 +166,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn check_header(&self, txn: &Transaction, header: &[u8]) -> Result<Admitted, Refused> {
         let parsed = HeaderBlock::parse(header)
             .map_err(|e| Refused::new(Refusal::MalformedHeader, e.to_string(), false))?;
+        // The header section as received (a merge below rewrites the block, not this).
+        let header_section = &header[..parsed.body_offset.min(header.len())];
         // Repeated To/Cc fields are joined (lossless, see message::unique): the rewritten
         // header block is what is stored and signed.
         let merged = merge_address_lists(header, &parsed).map(|m| {
@@ -182,7 +184,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // send a UTF-8 Subject without it, and Postfix takes it): the delivery passes them
         // on as UTF-8 or as RFC 2047 encoded-words (message::transport_form). Other bytes
         // above 127 have no charset anyone downstream could know.
-        let header_section = &header[..headers.body_offset.min(header.len())];
         let utf8_headers = !header_section.is_ascii();
         if utf8_headers && std::str::from_utf8(header_section).is_err() {
             return Err(Refused::new(
