@@ -49,9 +49,24 @@ impl AsRef<str> for Domain {
 /// The spelling names are compared in: surrounding space and one trailing dot removed,
 /// ASCII lower-cased (DNS names compare case-insensitively, RFC 4343). For names that are
 /// not checked here (a host name, a mailbox's domain the address parser checked).
+///
+/// An internationalised name (U-labels, as RFC 6531 lets SMTPUTF8 clients write it) is
+/// compared as its A-label (`xn--…`, RFC 5890): that is the name DNS, the key store and
+/// `d=` know, so `bücher.example` and `xn--bcher-kva.example` are one domain everywhere.
+/// A U-label that has no valid A-label stays as written (lower-cased) and matches nothing.
 pub fn normalise(text: &str) -> String {
     let text = text.trim();
-    text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase()
+    let text = text.strip_suffix('.').unwrap_or(text);
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
+    to_ascii(text).unwrap_or_else(|| text.to_lowercase())
+}
+
+/// The A-label form of a name with U-labels (IDNA 2008 via UTS #46, lower case); None
+/// when it has none. ASCII names come back lower-cased.
+pub fn to_ascii(text: &str) -> Option<String> {
+    idna::domain_to_ascii(text).ok().filter(|a| !a.is_empty())
 }
 
 /// A DNS name of labels of letters, digits and hyphens (what a DKIM d= may hold).
@@ -74,6 +89,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn u_labels_compare_as_their_a_labels() {
+        assert_eq!(normalise("B\u{fc}cher.Example."), "xn--bcher-kva.example");
+        assert_eq!(normalise("xn--bcher-kva.example"), "xn--bcher-kva.example");
+        assert_eq!(
+            to_ascii("m\u{fc}ller.example").as_deref(),
+            Some("xn--mller-kva.example")
+        );
+    }
+
+    #[test]
     fn one_spelling_and_one_validity_rule() {
         assert_eq!(
             Domain::parse(" Example.COM. ").unwrap().as_str(),
@@ -88,10 +113,12 @@ mod tests {
             "a b.c",
             "a@b.c",
             "example.com..",
-            "é.fr",
+            "é..fr",
         ] {
             assert!(Domain::parse(bad).is_err(), "{bad:?} accepted");
         }
+        // A U-label name is the same domain as its A-label, in config as on the wire.
+        assert_eq!(Domain::parse("é.fr").unwrap().as_str(), "xn--9ca.fr");
         assert!(Domain::parse("s_1.example.org").is_ok());
     }
 }

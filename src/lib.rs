@@ -8,7 +8,8 @@
 //! - [`smtp`]: the inbound listener and session state machine; ends in a [`spool::Envelope`]
 //!   plus message bytes handed to the spool.
 //! - [`spool`]: the durable queue on disk; nothing is answered 250 before it is here.
-//! - [`dkim`]: signing at each delivery attempt with the keys active at that moment.
+//! - [`dkim`]: signing at each delivery attempt with the keys active at that moment, of the
+//!   message in the form the upstream's connection takes (`message::transport_form`).
 //! - [`delivery`]: the queue runner, retry schedule, upstream SMTP client (also behind
 //!   `upstream check`) and outbox; failures typed with their phase and fix in `verdict`.
 //!
@@ -17,7 +18,9 @@
 //! and checked), [`clock`] (the wall clock, in one place), [`keys`] (the key store on disk,
 //! and what the DNS watch last saw of each selector), [`rotation`] (the pure rotation
 //! planner and its executor: hooks with a timeout, DNS checks, the store lock held only to
-//! record; the trigger the control socket uses; the DNS watch while serving), [`message`] (header and From parsing),
+//! record; the trigger the control socket uses; the DNS watch while serving), [`message`] (header and From parsing;
+//! `transport_form`, the form each upstream gets: SMTPUTF8, RFC 2047 encoded-words,
+//! quoted-printable),
 //! [`oauth`] (OAuth 2.0 tokens for upstream AUTH XOAUTH2: fetch, cache, renew),
 //! [`relay`] (wires the stages together), [`watch`] (hot reload of config and keys),
 //! [`queue`] (what each queue command means: one implementation, for the running relay

@@ -164,6 +164,7 @@ fn spool_old_message(root: &std::path::Path, age_s: u64, sender: &str) -> QueueI
         size: message.len() as u64,
         eight_bit: false,
         origin: Origin::Client,
+        utf8: Default::default(),
     };
     spool.store(&envelope, &message).unwrap();
     envelope.id

@@ -157,6 +157,7 @@ async fn a_stored_address_that_is_not_a_path_is_never_sent() {
             size: message.len() as u64,
             eight_bit: false,
             origin: Origin::Client,
+            utf8: Default::default(),
         };
         spool.store(&envelope, &message).unwrap();
     }

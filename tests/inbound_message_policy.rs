@@ -24,64 +24,74 @@ fn fields(text: &str, start: &str) -> usize {
 }
 
 #[tokio::test]
-async fn eight_bit_content_is_refused_when_the_upstream_cannot_carry_it() {
+async fn with_upstream_8bitmime_off_8bit_bodies_are_taken_and_sent_as_quoted_printable() {
+    // The key now means "some later hop cannot carry 8 bits": the fake upstream offers
+    // 8BITMIME, and the body still goes as quoted-printable, signed as sent.
     let (relay, upstream, dir) = relay_with(|c| c.smtp.upstream_8bitmime = false).await;
+    let mut events = relay.subscribe();
     let mut smtp = Smtp::connect(relay.smtp_addr()).await;
     let ehlo = smtp.ehlo().await.join("\n");
-    assert!(!ehlo.contains("8BITMIME"), "{ehlo}");
-    assert_eq!(
-        smtp.cmd("MAIL FROM:<a@example.com> BODY=8BITMIME").await,
-        "555 5.5.4 Parameter not supported"
-    );
-    let body = "From: a@example.com\r\nSubject: caf\u{e9}\r\n".replace("caf\u{e9}", "cafe")
-        + "\r\ncaf\u{e9} au lait\r\n";
-    assert_eq!(
-        smtp.send("a@example.com", "u@example.net", &body).await,
-        "554 5.6.0 8-bit message content cannot be relayed; use a 7-bit encoding"
-    );
-    assert!(upstream.received().is_empty());
-    assert_eq!(queued(dir.path()), 0);
+    assert!(ehlo.contains("8BITMIME"), "{ehlo}");
+    assert!(smtp
+        .cmd("MAIL FROM:<a@example.com> BODY=8BITMIME")
+        .await
+        .starts_with("250"));
+    smtp.cmd("RSET").await;
+    let body = "From: a@example.com\r\nSubject: cafe\r\n\r\ncaf\u{e9} au lait\r\n";
+    let r = smtp.send("a@example.com", "u@example.net", body).await;
+    assert!(r.starts_with("250"), "{r}");
+    wait_done(&mut events, 1).await;
+    let received = upstream.received();
+    assert_eq!(received.len(), 1);
+    assert!(received[0].data.is_ascii());
+    assert!(!received[0].mail_line.contains("8BITMIME"));
+    let text = String::from_utf8_lossy(&received[0].data).to_string();
+    assert!(text.contains("caf=C3=A9 au lait"), "{text}");
+    let cache = TxtCache::from_store(&dir.path().join("keys"));
+    assert_signed(&received[0].data, &cache, DOMAIN).await;
     relay.shutdown().await;
 }
 
 #[tokio::test]
-async fn utf8_headers_and_addresses_are_refused_without_smtputf8() {
+async fn utf8_headers_and_addresses_are_taken_and_invalid_utf8_refused() {
     let (relay, upstream, dir) = relay_with(|_| {}).await;
     let mut smtp = Smtp::connect(relay.smtp_addr()).await;
     let ehlo = smtp.ehlo().await.join("\n");
     assert!(
-        ehlo.contains("8BITMIME") && !ehlo.contains("SMTPUTF8"),
+        ehlo.contains("8BITMIME") && ehlo.contains("SMTPUTF8"),
         "{ehlo}"
     );
-    let r = smtp.cmd("MAIL FROM:<j\u{f6}rg@example.com>").await;
-    assert_eq!(
-        r,
-        "553 5.6.7 Non-ASCII addresses not permitted (no SMTPUTF8)"
-    );
     assert!(smtp
-        .cmd("MAIL FROM:<a@example.com>")
+        .cmd("MAIL FROM:<j\u{f6}rg@example.com> SMTPUTF8")
         .await
         .starts_with("250"));
-    let r = smtp.cmd("RCPT TO:<j\u{f6}rg@example.net>").await;
+    assert!(smtp
+        .cmd("RCPT TO:<j\u{f6}rg@b\u{fc}cher.example>")
+        .await
+        .starts_with("250"));
+    smtp.cmd("RSET").await;
+    // Bytes that are not UTF-8 are no address.
+    smtp.send_raw(b"MAIL FROM:<j\xf6rg@example.com>\r\n").await;
     assert_eq!(
-        r,
-        "553 5.6.7 Non-ASCII addresses not permitted (no SMTPUTF8)"
+        smtp.reply().await,
+        "553 5.6.7 Address is not valid UTF-8; send addresses in ASCII or UTF-8"
     );
     smtp.cmd("RSET").await;
+    // A UTF-8 display name without SMTPUTF8, as msmtp sends it.
     let msg = "From: J\u{f6}rg <a@example.com>\r\nSubject: hi\r\n\r\nbody\r\n";
-    assert_eq!(
-        smtp.send("a@example.com", "u@example.net", msg).await,
-        "553 5.6.7 Non-ASCII header fields not permitted (no SMTPUTF8)"
-    );
-    // An 8-bit body is fine when the upstream carries 8BITMIME.
+    assert!(smtp
+        .send("a@example.com", "u@example.net", msg)
+        .await
+        .starts_with("250"));
+    // An 8-bit body is fine too.
     let msg = "From: a@example.com\r\nSubject: hi\r\n\r\ncaf\u{e9}\r\n";
     assert!(smtp
         .send("a@example.com", "u@example.net", msg)
         .await
         .starts_with("250"));
     let mut events = relay.subscribe();
-    wait_done(&mut events, 1).await;
-    assert_eq!(upstream.received().len(), 1);
+    wait_done(&mut events, 2).await;
+    assert_eq!(upstream.received().len(), 2);
     assert_eq!(queued(dir.path()), 0);
     relay.shutdown().await;
 }

@@ -44,6 +44,7 @@ async fn retries_double_then_a_delay_warning_then_expiry_on_paused_time() {
         size: body.len() as u64,
         eight_bit: false,
         origin: Origin::Client,
+        utf8: Default::default(),
     };
     spool.store(&envelope, &body).unwrap();
     let id = envelope.id.clone();

@@ -141,7 +141,7 @@ async fn protocol_sequence_and_limits_are_enforced() {
         .await
         .starts_with("552 5.3.4"));
     assert!(client
-        .cmd("MAIL FROM:<a@example.com> SMTPUTF8")
+        .cmd("MAIL FROM:<a@example.com> REQUIRETLS")
         .await
         .starts_with("555"));
     assert!(client

@@ -141,14 +141,14 @@ fn plan(config: &Config, cfg: &UpstreamConfig, report: &CheckReport) -> Plan {
         .collect();
     let caps = report.seen.ehlo.as_ref();
     let eight_bit = match caps.map(|c| c.eight_bit_mime) {
-        Some(true) => "8-bit messages are sent as they are, with BODY=8BITMIME".to_string(),
-        Some(false) if config.smtp.upstream_8bitmime => "the upstream does not offer 8BITMIME: 8-bit messages are sent unconverted (the relay does not convert them to quoted-printable yet); set smtp.upstream_8bitmime = false to refuse them at DATA instead".to_string(),
-        Some(false) => "8-bit messages are refused at DATA (smtp.upstream_8bitmime = false)".to_string(),
+        Some(true) if config.smtp.upstream_8bitmime => "8-bit messages are sent as they are, with BODY=8BITMIME".to_string(),
+        Some(true) => "8-bit parts are converted to quoted-printable before signing (smtp.upstream_8bitmime = false)".to_string(),
+        Some(false) => "the upstream does not offer 8BITMIME: 8-bit parts are converted to quoted-printable before signing".to_string(),
         None => "unknown: EHLO was not reached".to_string(),
     };
     let offered = match caps.map(|c| c.smtputf8) {
-        Some(true) => "the upstream offers SMTPUTF8",
-        Some(false) => "the upstream does not offer SMTPUTF8",
+        Some(true) => "the upstream offers SMTPUTF8: UTF-8 mail goes as it is",
+        Some(false) => "the upstream does not offer SMTPUTF8: UTF-8 header values go as RFC 2047 encoded-words; mail to or from a UTF-8 address bounces",
         None => "EHLO was not reached",
     };
     Plan {
@@ -156,7 +156,7 @@ fn plan(config: &Config, cfg: &UpstreamConfig, report: &CheckReport) -> Plan {
         profile_reason: choice.explain(cfg),
         signatures,
         eight_bit,
-        smtputf8: format!("{offered}; the relay does not offer SMTPUTF8 to its clients, so only ASCII addresses and headers reach it"),
+        smtputf8: offered.to_string(),
         pipelining: caps.map(|c| c.pipelining),
     }
 }
@@ -244,6 +244,7 @@ fn test_message(config: &Config, upstream: &Upstream, to: &str) -> anyhow::Resul
         size: message.len() as u64,
         eight_bit: false,
         origin: crate::spool::Origin::Client,
+        utf8: Default::default(),
     };
     Ok(TestSend {
         envelope,

@@ -128,8 +128,10 @@ pub struct SmtpConfig {
     pub max_session_age: HumanDuration,
     /// At shutdown, how long a transaction in progress may take to finish before 421.
     pub shutdown_grace: HumanDuration,
-    /// The upstream carries 8-bit bodies (8BITMIME). When false, 8BITMIME is not
-    /// advertised and 8-bit messages get 554 5.6.0. SMTPUTF8 is not offered at all yet.
+    /// 8-bit bodies may go to an upstream that offers 8BITMIME as they are. When false,
+    /// every 8-bit body is converted to quoted-printable before signing, whatever the
+    /// upstream offers (for a later hop that cannot carry 8 bits). 8BITMIME and SMTPUTF8
+    /// are advertised to clients either way (message::transport_form converts).
     pub upstream_8bitmime: bool,
     /// Longest one write to a client may take; a client that stops reading is dropped.
     pub write_timeout: HumanDuration,

@@ -2,14 +2,14 @@
 //! force now, hand it to the transport, and record what happened to each recipient.
 
 use super::bounce::{self, DsnKind};
+use super::prepare::{NotReady, Preparer};
 use super::schedule::NextStep;
 use super::transaction::Outcomes;
 use super::upstream::{FailedAt, SigningProfile};
 use super::verdict::{Cause, Fault, Verdict};
 use super::{DeliveryContext, DeliveryEvent, Transport};
-use crate::dkim::{sign, KeyLookup};
+use crate::message::transport_form::Form;
 use crate::spool::{DeliveryState, QueuedMessage, RcptStatus};
-use std::sync::Arc;
 
 /// What an attempt leaves behind for the runner.
 pub struct AttemptResult {
@@ -205,92 +205,35 @@ async fn queue_dsn(
     }))
 }
 
-/// Reads, signs and sends; an Err is a reason to defer every pending recipient.
+/// Prepares (reads, converts, signs: see prepare.rs) and sends; an Err is a reason to
+/// defer every pending recipient.
 async fn prepare_and_send(
     ctx: &DeliveryContext,
     item: &QueuedMessage,
     pending: &[usize],
 ) -> Result<Outcomes, Cause> {
     let env = &item.envelope;
-    let keys = match ctx.keys.current().lookup(&env.from_domain) {
-        KeyLookup::Ready(keys) => Some(keys),
-        // Only the relay's own bounces may go unsigned, and only when their domain has
-        // no keys at all (DESIGN: never unsigned for a domain that has keys).
-        KeyLookup::Unknown if env.is_bounce() => None,
-        KeyLookup::Unusable(reason) => {
-            return Err(Cause::relay(format!(
-                "no usable key for {}: {reason}",
-                env.from_domain
-            )))
-        }
-        KeyLookup::Unknown => {
-            return Err(Cause::relay(format!(
-                "no key configured for {}",
-                env.from_domain
-            )))
-        }
-    };
-    let spool = ctx.spool.clone();
-    let id = env.id.clone();
-    let spooled = tokio::task::spawn_blocking(move || spool.read(&id))
-        .await
-        .map_err(|e| Cause::relay(format!("spool read task failed: {e}")))?
-        .map_err(|e| Cause::relay(format!("cannot read the spooled message: {e}")))?;
-    let spooled = Arc::new(spooled);
-    let message = spooled.message();
-    // Signing is CPU work of a millisecond or more (RSA): it runs on the blocking pool so
-    // that the runtime's few worker threads keep answering SMTP clients meanwhile.
-    let sign_for = |profile: &SigningProfile| {
-        let keys = keys.clone();
-        let spooled = spooled.clone();
-        let profile = profile.clone();
-        async move {
-            let Some(keys) = keys else {
-                tracing::info!(queue_id = %env.id, from_domain = %env.from_domain, "bounce sent unsigned: no keys exist for its domain");
-                return Ok(String::new());
-            };
-            // Only the selectors this profile signs with count (an RSA-only route is
-            // not held for a lost Ed25519 record).
-            let signing = keys
-                .keys
-                .iter()
-                .filter(|k| !profile.rsa_only || k.algorithm == crate::keys::Algorithm::Rsa)
-                .map(|k| k.selector.as_str());
-            if let Some(why) = ctx.dns.hold(&keys.domain, signing) {
-                return Err(Cause::our_dns(why));
-            }
-            let started = std::time::Instant::now();
-            let signer = keys.clone();
-            let signatures = tokio::task::spawn_blocking(move || {
-                let leave_out: Vec<&str> = profile.leave_out.iter().map(String::as_str).collect();
-                sign(&signer, spooled.message(), &leave_out, profile.rsa_only)
-            })
-            .await
-            .map_err(|e| Cause::relay(format!("signing task failed: {e}")))?
-            .map_err(|e| Cause::relay(e.to_string()))?;
-            crate::metrics::global().signing.observe(started.elapsed());
-            let mut headers = String::new();
-            for s in &signatures {
-                tracing::info!(queue_id = %env.id, d = %keys.domain, s = %s.selector, a = s.algorithm.dkim_a(), "signed");
-                crate::metrics::global().signature(&keys.domain, &s.selector, s.algorithm.dkim_a());
-                headers.push_str(&s.header);
-            }
-            Ok::<String, Cause>(headers)
-        }
-    };
+    let prep = Preparer::new(ctx, env)?;
     let transport = ctx.transport.current();
     match &transport {
         Transport::Outbox(outbox) => {
-            let headers = sign_for(&SigningProfile::standard()).await?;
+            // The outbox is a directory, not an SMTP server: the message as stored.
+            let prepared = match prep.get(&SigningProfile::standard(), Form::AS_STORED).await {
+                Ok(prepared) => prepared,
+                Err(NotReady::Defer(cause)) => return Err(cause),
+                Err(NotReady::Fail(cause)) => {
+                    return Ok(pending
+                        .iter()
+                        .map(|&i| (i, Verdict::Failed(cause.clone())))
+                        .collect())
+                }
+            };
             let outbox = outbox.clone();
             let id = env.id.to_string();
-            let spooled = spooled.clone();
-            let path = tokio::task::spawn_blocking(move || {
-                outbox.write(&id, &[headers.as_bytes(), spooled.message()])
-            })
-            .await
-            .map_err(|e| Cause::relay(format!("outbox task failed: {e}")))?
-            .map_err(|e| Cause::relay(format!("cannot write to the outbox: {e}")))?;
+            let path = tokio::task::spawn_blocking(move || outbox.write(&id, &prepared.parts()))
+                .await
+                .map_err(|e| Cause::relay(format!("outbox task failed: {e}")))?
+                .map_err(|e| Cause::relay(format!("cannot write to the outbox: {e}")))?;
             let said = format!("written to {}", path.display());
             Ok(pending
                 .iter()
@@ -300,16 +243,11 @@ async fn prepare_and_send(
         Transport::Upstreams(router) => {
             let candidates = router.candidates(env);
             let mut last = Cause::our_config("no upstream for this message");
-            // On failover the signatures are made again only for a different profile.
-            let mut signed: Option<(&SigningProfile, String)> = None;
+            // On failover the signatures are made again only for a different profile or
+            // form: `prep` keeps each one it made.
             for (n, upstream) in candidates.iter().enumerate() {
-                let headers = match signed.take() {
-                    Some((profile, headers)) if profile == upstream.profile() => headers,
-                    _ => sign_for(upstream.profile()).await?,
-                };
-                let parts: [&[u8]; 2] = [headers.as_bytes(), message];
                 let started = std::time::Instant::now();
-                let sent = upstream.send(env, pending, &parts).await;
+                let sent = upstream.send(env, pending, &prep).await;
                 crate::metrics::global().upstream.observe(started.elapsed());
                 let e = match sent {
                     Ok(outcomes) => {
@@ -331,10 +269,7 @@ async fn prepare_and_send(
                     tracing::warn!(queue_id = %env.id, upstream = %c.upstream_field(), phase = %c.phase_field(), reason = %c, fix = %c.fix_field(), next, "upstream unavailable");
                 }
                 match e.at {
-                    FailedAt::Connect if more => {
-                        last = e.cause;
-                        signed = Some((upstream.profile(), headers));
-                    }
+                    FailedAt::Connect if more => last = e.cause,
                     FailedAt::Connect | FailedAt::Transaction => return Err(e.cause),
                 }
             }

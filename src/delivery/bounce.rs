@@ -147,6 +147,14 @@ pub fn build(
         size: message.len() as u64,
         eight_bit: message.iter().any(|&b| b >= 0x80),
         origin: Origin::Bounce,
+        // A UTF-8 sender (RFC 6531) is the DSN's recipient and its To field: the DSN
+        // then needs SMTPUTF8 as the original did. The original's header fields are
+        // in the body (text/rfc822-headers), which 8BITMIME or quoted-printable carries.
+        utf8: crate::spool::Utf8Use {
+            requested: false,
+            headers: !original.mail_from.is_ascii(),
+            addresses: !original.mail_from.is_ascii(),
+        },
     };
     Dsn { envelope, message }
 }

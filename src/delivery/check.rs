@@ -64,7 +64,14 @@ impl Upstream {
         if let Some(test) = test {
             let parts: Vec<&[u8]> = test.parts.iter().map(Vec::as_slice).collect();
             let rcpts: Vec<usize> = (0..test.envelope.rcpts.len()).collect();
-            match super::transaction::transact(&mut conn, &test.envelope, &rcpts, &parts).await {
+            // The test message is ASCII and made here: it goes as it is.
+            let form = crate::message::transport_form::Form {
+                body_8bitmime: test.envelope.eight_bit && conn.eight_bit,
+                ..crate::message::transport_form::Form::AS_STORED
+            };
+            match super::transaction::transact(&mut conn, &test.envelope, &rcpts, &parts, form)
+                .await
+            {
                 Ok(outcomes) => {
                     let (said, delivered) = match outcomes.into_iter().next() {
                         Some((_, Verdict::Delivered(said))) => (self.redact(&said), true),

@@ -20,6 +20,8 @@ pub(super) struct Connection {
     pub client: Client,
     /// The upstream advertised 8BITMIME.
     pub eight_bit: bool,
+    /// The upstream advertised SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
     /// The upstream advertised PIPELINING (RFC 2920): MAIL, RCPT and DATA go in one write.
     pub pipelining: bool,
     /// When it last finished a transaction: the pool probes connections idle for long.
@@ -31,6 +33,7 @@ impl Connection {
         Connection {
             client,
             eight_bit: caps.eight_bit_mime,
+            smtputf8: caps.smtputf8,
             pipelining: caps.pipelining,
             last_used: Instant::now(),
         }

@@ -5,7 +5,8 @@
 //! Time is an input: attempts take `now`, and [`QueueHandle::flush`] makes everything due
 //! at once (what `queue flush` and tests use instead of waiting).
 //!
-//! Files: `attempt` (one attempt of one message), `router` (which upstreams, in which
+//! Files: `attempt` (one attempt of one message), `prepare` (read, convert to the form
+//! the connection's EHLO takes, sign: one blocking hop, after the connection), `router` (which upstreams, in which
 //! order), `upstream` (one server: pool, signing profile), `connect` (opening a session
 //! step by step: TCP, TLS, EHLO, AUTH), `connection` (an open session and what opening it
 //! saw), `login` (AUTH: password or XOAUTH2 with an OAuth
@@ -24,6 +25,8 @@ mod connection;
 mod control;
 mod login;
 mod outbox;
+mod prepare;
+mod profile;
 mod redact;
 mod router;
 mod schedule;

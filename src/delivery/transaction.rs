@@ -4,6 +4,7 @@
 
 use super::connection::{Client, Connection};
 use super::verdict::{Cause, Fault, Phase, UpstreamReply, Verdict};
+use crate::message::transport_form::Form;
 use crate::message::{Mailbox, ReversePath};
 use crate::spool::Envelope;
 use mail_send::SmtpClient;
@@ -21,13 +22,9 @@ pub(super) async fn transact(
     envelope: &Envelope,
     rcpts: &[usize],
     parts: &[&[u8]],
+    form: Form,
 ) -> Result<Outcomes, TransactError> {
-    let body = if envelope.eight_bit && conn.eight_bit {
-        " BODY=8BITMIME"
-    } else {
-        ""
-    };
-    let (cmds, unsendable) = match commands(envelope, rcpts, body) {
+    let (cmds, unsendable) = match commands(envelope, rcpts, form) {
         Ok(split) => split,
         Err(outcomes) => return Ok(outcomes),
     };
@@ -58,25 +55,65 @@ struct Commands {
 /// no stored text reaches the upstream as anything but one path. An address that does
 /// not read (a spool file from before addresses were checked, or edited by hand) is
 /// never sent: a bad recipient fails alone, a bad sender fails the whole message.
+///
+/// Without SMTPUTF8 in the form, a UTF-8 address goes as its ASCII form (a U-label domain
+/// as its A-label) when it has one; one with a UTF-8 local part fails (alone for a
+/// recipient, the whole message for the sender), with a DSN saying why.
 fn commands(
     envelope: &Envelope,
     rcpts: &[usize],
-    body_param: &str,
+    form: Form,
 ) -> Result<(Commands, Outcomes), Outcomes> {
+    let fail_all = |why: Cause| {
+        rcpts
+            .iter()
+            .map(|&i| (i, Verdict::Failed(why.clone())))
+            .collect::<Outcomes>()
+    };
     let sender = ReversePath::parse(&envelope.mail_from).map_err(|e| {
         tracing::error!(queue_id = %envelope.id, reason = %e, "the stored envelope sender is not a valid path; not sent");
-        let why = Cause::relay(format!("the stored envelope sender is not a valid address: {e}"));
-        rcpts.iter().map(|&i| (i, Verdict::Failed(why.clone()))).collect::<Outcomes>()
+        fail_all(Cause::relay(format!("the stored envelope sender is not a valid address: {e}")))
     })?;
+    let sender = match sender {
+        ReversePath::Mailbox(m) if !form.smtputf8 && !m.is_ascii() => match m.ascii_form() {
+            Some(ascii) => ReversePath::Mailbox(ascii),
+            None => {
+                tracing::warn!(queue_id = %envelope.id, sender = %m, "the envelope sender is UTF-8 and the upstream does not offer SMTPUTF8; not sent");
+                return Err(fail_all(Cause::needs_smtputf8("the envelope sender")));
+            }
+        },
+        other => other,
+    };
+    let mut params = String::new();
+    if form.body_8bitmime {
+        params.push_str(" BODY=8BITMIME");
+    }
+    if form.smtputf8 {
+        params.push_str(" SMTPUTF8");
+    }
     let mut cmds = Commands {
-        mail: format!("MAIL FROM:<{sender}>{body_param}\r\n"),
+        mail: format!("MAIL FROM:<{sender}>{params}\r\n"),
         rcpts: Vec::with_capacity(rcpts.len()),
         rcpt_lines: Vec::with_capacity(rcpts.len()),
     };
     let mut unsendable = Vec::new();
     for &i in rcpts {
-        match Mailbox::parse(&envelope.rcpts[i]) {
-            Ok(rcpt) => {
+        let parsed = Mailbox::parse(&envelope.rcpts[i]).map(|m| {
+            if form.smtputf8 || m.is_ascii() {
+                Some(m)
+            } else {
+                m.ascii_form()
+            }
+        });
+        match parsed {
+            Ok(None) => {
+                tracing::warn!(queue_id = %envelope.id, rcpt = %envelope.rcpts[i], "the recipient is UTF-8 and the upstream does not offer SMTPUTF8; not sent");
+                unsendable.push((
+                    i,
+                    Verdict::Failed(Cause::needs_smtputf8("the recipient address")),
+                ));
+            }
+            Ok(Some(rcpt)) => {
                 cmds.rcpts.push(i);
                 cmds.rcpt_lines.push(format!("RCPT TO:<{rcpt}>\r\n"));
             }

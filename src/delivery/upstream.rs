@@ -4,11 +4,13 @@
 
 use super::connection::{Client, Connection, Seen};
 use super::login::Login;
+use super::prepare::{NotReady, Preparer};
+pub use super::profile::SigningProfile;
 use super::redact::Redactor;
 use super::tls::SeenChain;
 use super::transaction::{transact, Outcomes};
-use super::verdict::Cause;
-use crate::config::{SigningProfileName, TlsMode, UpstreamConfig};
+use super::verdict::{Cause, Verdict};
+use crate::config::{TlsMode, UpstreamConfig};
 use crate::spool::Envelope;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -34,29 +36,6 @@ pub enum FailedAt {
 pub struct SendError {
     pub cause: Cause,
     pub at: FailedAt,
-}
-
-/// How mail for an upstream is signed: header fields left out of h=, RSA only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SigningProfile {
-    pub leave_out: Vec<String>,
-    pub rsa_only: bool,
-}
-
-impl SigningProfile {
-    pub fn standard() -> SigningProfile {
-        SigningProfile::from_config(SigningProfileName::Standard, &[])
-    }
-
-    pub fn from_config(name: SigningProfileName, extra: &[String]) -> SigningProfile {
-        let (base, rsa_only) = name.rules();
-        let mut leave_out: Vec<String> = base.iter().map(|h| h.to_string()).collect();
-        leave_out.extend(extra.iter().cloned());
-        SigningProfile {
-            leave_out,
-            rsa_only,
-        }
-    }
 }
 
 pub struct Upstream {
@@ -159,16 +138,16 @@ impl Upstream {
         *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
     }
 
-    /// Sends one message to the recipients `rcpts` (indexes into the envelope). `parts`
-    /// are written one after the other: the signature fields, then the spooled message.
-    /// Every reply text in the result has our credentials taken out.
-    pub async fn send(
+    /// Sends one message to the recipients `rcpts` (indexes into the envelope), in the
+    /// form the connection it goes out on takes, prepared by `prep` once that connection
+    /// is known. Every reply text in the result has our credentials taken out.
+    pub(super) async fn send(
         &self,
         envelope: &Envelope,
         rcpts: &[usize],
-        parts: &[&[u8]],
+        prep: &Preparer<'_>,
     ) -> Result<Outcomes, SendError> {
-        match self.send_unredacted(envelope, rcpts, parts).await {
+        match self.send_unredacted(envelope, rcpts, prep).await {
             Ok(outcomes) => Ok(outcomes
                 .into_iter()
                 .map(|(i, v)| {
@@ -190,7 +169,7 @@ impl Upstream {
         &self,
         envelope: &Envelope,
         rcpts: &[usize],
-        parts: &[&[u8]],
+        prep: &Preparer<'_>,
     ) -> Result<Outcomes, SendError> {
         // Closed only if the relay is shutting down, which never happens while we hold it.
         let Ok(_permit) = self.in_use.acquire().await else {
@@ -218,7 +197,28 @@ impl Upstream {
                     }
                 },
             };
-            match transact(&mut conn, envelope, rcpts, parts).await {
+            // The form follows this connection's EHLO; signed for it now (reused when a
+            // reconnect or failover needs the same profile and form).
+            let form = prep.form_for(&conn);
+            let prepared = match prep.get(&self.profile, form).await {
+                Ok(prepared) => prepared,
+                Err(not_ready) => {
+                    // Nothing was sent on the connection: it stays usable.
+                    conn.last_used = Instant::now();
+                    self.put_idle(conn);
+                    return match not_ready {
+                        NotReady::Fail(cause) => Ok(rcpts
+                            .iter()
+                            .map(|&i| (i, Verdict::Failed(cause.clone())))
+                            .collect()),
+                        NotReady::Defer(cause) => Err(SendError {
+                            cause,
+                            at: FailedAt::Transaction,
+                        }),
+                    };
+                }
+            };
+            match transact(&mut conn, envelope, rcpts, &prepared.parts(), form).await {
                 Ok(outcomes) => {
                     // After a 421 the server closes the connection: do not keep it.
                     let closing = outcomes.iter().any(|(_, v)| v.closes_connection());

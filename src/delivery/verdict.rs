@@ -92,6 +92,10 @@ pub enum Fault {
     OurDns,
     /// The queue lifetime ran out while every failure was temporary.
     Expired,
+    /// The message cannot be carried to this upstream in any form it takes (a UTF-8
+    /// address, and the upstream does not offer SMTPUTF8): permanent, and the DSN says
+    /// what would fix it.
+    Unconvertible,
 }
 
 impl Fault {
@@ -104,6 +108,7 @@ impl Fault {
             Fault::Relay => "relay",
             Fault::OurDns => "our-dns",
             Fault::Expired => "expired",
+            Fault::Unconvertible => "unconvertible",
         }
     }
 }
@@ -187,6 +192,25 @@ impl Cause {
         }
     }
 
+    /// `what` holds UTF-8 that has no ASCII form (RFC 6531 §3.2: a UTF-8 local part, or
+    /// a From addr-spec), and the upstream does not offer SMTPUTF8.
+    pub fn needs_smtputf8(what: &str) -> Cause {
+        Cause::of(
+            Fault::Unconvertible,
+            format!("{what} is written in UTF-8 and the upstream does not offer SMTPUTF8 (RFC 6531), so it cannot be carried there; send it with an ASCII address, or route this mail to an upstream that offers SMTPUTF8"),
+        )
+        .with_fix("route mail with UTF-8 addresses to an upstream that offers SMTPUTF8")
+    }
+
+    /// The message has no form the upstream takes (`reason`, from message::transport_form).
+    pub fn unconvertible(reason: impl std::fmt::Display) -> Cause {
+        Cause::of(
+            Fault::Unconvertible,
+            format!("the message cannot be carried to this upstream, which offers neither SMTPUTF8 nor 8BITMIME for it: {reason}"),
+        )
+        .with_fix("route this mail to an upstream that offers SMTPUTF8 and 8BITMIME")
+    }
+
     /// The message outlived the queue lifetime; `last` is what its last attempt found.
     pub fn expired(attempts: u32, last: &Cause) -> Cause {
         Cause {
@@ -248,6 +272,8 @@ impl Cause {
     pub fn problem(&self) -> Problem {
         let status = match (self.fault, &self.reply) {
             (Fault::Expired, _) => Some("4.4.7".to_string()),
+            // RFC 6531 §3.7.1: non-ASCII addresses not permitted for that recipient.
+            (Fault::Unconvertible, _) => Some("5.6.7".to_string()),
             (_, Some(reply)) => reply
                 .enhanced()
                 .filter(|s| s.as_bytes().first() == reply.code.to_string().as_bytes().first()),

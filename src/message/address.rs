@@ -54,7 +54,7 @@ pub enum PathError {
     BadDomain,
     #[error("the source route before : is malformed")]
     BadSourceRoute,
-    #[error("the address holds non-ASCII characters")]
+    #[error("the address is not valid UTF-8")]
     NonAscii,
     #[error("the address is longer than 256 octets")]
     TooLong,
@@ -69,11 +69,17 @@ pub(crate) fn is_atext(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b)
 }
 
+/// RFC 6531 §3.3 / RFC 6532 §3.2: atext extended by UTF-8 (every byte of a non-ASCII
+/// character is above 127, and the reader works on text that is valid UTF-8).
+fn is_utf8_atext(b: u8) -> bool {
+    is_atext(b) || b >= 0x80
+}
+
 /// Words of atext joined by single dots: what may stand unquoted.
 pub(crate) fn is_dot_atom(s: &str) -> bool {
     !s.is_empty()
         && s.split('.')
-            .all(|w| !w.is_empty() && w.bytes().all(is_atext))
+            .all(|w| !w.is_empty() && w.bytes().all(is_utf8_atext))
 }
 
 impl Mailbox {
@@ -90,6 +96,26 @@ impl Mailbox {
     /// The domain as written (case kept).
     pub fn domain(&self) -> &str {
         &self.domain
+    }
+
+    /// Whether the address holds UTF-8 (RFC 6531): it then needs SMTPUTF8 upstream, or,
+    /// when only the domain does, its A-label spelling ([`Mailbox::ascii_form`]).
+    pub fn is_ascii(&self) -> bool {
+        self.local.is_ascii() && self.domain.is_ascii()
+    }
+
+    /// The address as an upstream without SMTPUTF8 can take it: a U-label domain written
+    /// as its A-label (the same name, RFC 5890); None when the local part is UTF-8, which
+    /// has no ASCII form.
+    pub fn ascii_form(&self) -> Option<Mailbox> {
+        if !self.local.is_ascii() {
+            return None;
+        }
+        let domain = crate::domain::to_ascii(&self.domain)?;
+        Some(Mailbox {
+            local: self.local.clone(),
+            domain,
+        })
     }
 
     /// `local@domain` with the local part unquoted, as smtp-proto reports it.
@@ -170,10 +196,9 @@ pub struct CommandPath<'a> {
 /// itself is smtp-proto's to check.
 pub fn command_path(line: &[u8]) -> Result<CommandPath<'_>, PathError> {
     let line = line.strip_suffix(b"\r\n").unwrap_or(line);
+    // UTF-8 is taken as RFC 6531 writes it (with or without the SMTPUTF8 parameter, which
+    // the delivery decides on); bytes that are not UTF-8 are no address at all.
     let text = std::str::from_utf8(line).map_err(|_| PathError::NonAscii)?;
-    if !text.is_ascii() {
-        return Err(PathError::NonAscii);
-    }
     // "MAIL FROM" and "RCPT TO" hold no colon; smtp-proto allows spaces after it.
     let Some((_, after)) = text.split_once(':') else {
         return Err(PathError::NoBrackets);
@@ -202,7 +227,8 @@ pub fn command_path(line: &[u8]) -> Result<CommandPath<'_>, PathError> {
     Ok(CommandPath { path, parameters })
 }
 
-/// A cursor over ASCII bytes.
+/// A cursor over the bytes of valid UTF-8 text; every byte of a non-ASCII character is
+/// above 127, so a byte-wise cut at an ASCII delimiter is a character boundary.
 struct Reader<'a> {
     s: &'a [u8],
     pos: usize,
@@ -210,7 +236,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(s: &'a [u8]) -> Result<Reader<'a>, PathError> {
-        if !s.is_ascii() {
+        if std::str::from_utf8(s).is_err() {
             return Err(PathError::NonAscii);
         }
         Ok(Reader { s, pos: 0 })
@@ -232,7 +258,7 @@ impl<'a> Reader<'a> {
         while self.peek().is_some_and(&keep) {
             self.pos += 1;
         }
-        // ASCII was checked in `new`.
+        // UTF-8 was checked in `new`, and `keep` stops only at ASCII bytes.
         std::str::from_utf8(&self.s[start..self.pos]).unwrap_or_default()
     }
 
@@ -257,12 +283,30 @@ impl<'a> Reader<'a> {
         self.take_while(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
     }
 
+    /// A domain of the mailbox: ASCII labels, or U-labels (RFC 6531 §3.3) whose A-label
+    /// form is a valid name.
+    fn mailbox_domain(&mut self) -> Result<&'a str, PathError> {
+        let domain = self.take_while(|b| {
+            b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' || b >= 0x80
+        });
+        let valid = if domain.is_ascii() {
+            is_dns_name(domain)
+        } else {
+            crate::domain::to_ascii(domain).is_some_and(|a| is_dns_name(&a))
+        };
+        if valid {
+            Ok(domain)
+        } else {
+            Err(PathError::BadDomain)
+        }
+    }
+
     /// `Local-part "@" Domain`; address literals are not relayed.
     fn mailbox(&mut self) -> Result<Mailbox, PathError> {
         let local = if self.peek() == Some(b'"') {
             self.quoted()?
         } else {
-            let local = self.take_while(|b| is_atext(b) || b == b'.');
+            let local = self.take_while(|b| is_utf8_atext(b) || b == b'.');
             if local.is_empty() {
                 return Err(match self.peek() {
                     Some(b'@') => PathError::EmptyLocalPart,
@@ -282,10 +326,7 @@ impl<'a> Reader<'a> {
             Some(b) if b.is_ascii_control() => return Err(PathError::ControlCharacter),
             Some(_) => return Err(PathError::BadLocalPart),
         }
-        let domain = self.domain_text();
-        if !is_dns_name(domain) {
-            return Err(PathError::BadDomain);
-        }
+        let domain = self.mailbox_domain()?;
         if self.peek().is_some_and(|b| b != b'>') {
             return Err(match self.peek() {
                 Some(b) if b.is_ascii_control() => PathError::ControlCharacter,
@@ -305,7 +346,7 @@ impl<'a> Reader<'a> {
     /// DEL) and what other parsers would read as the end of the path (`<`, `>`).
     fn quoted(&mut self) -> Result<String, PathError> {
         self.next();
-        let mut local = String::new();
+        let mut local = Vec::new();
         loop {
             let b = match self.next() {
                 None => return Err(PathError::UnclosedQuote),
@@ -319,12 +360,13 @@ impl<'a> Reader<'a> {
             if b == b'<' || b == b'>' {
                 return Err(PathError::AngleBracket);
             }
-            local.push(b as char);
+            local.push(b);
         }
         if local.is_empty() {
             return Err(PathError::EmptyLocalPart);
         }
-        Ok(local)
+        // Only an escape could split a character, and RFC 5321 escapes ASCII only.
+        String::from_utf8(local).map_err(|_| PathError::NonAscii)
     }
 }
 

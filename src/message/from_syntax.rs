@@ -49,7 +49,7 @@ pub enum FromSyntax {
     DomainLiteral,
     #[error("the domain is not a valid host name")]
     BadDomain,
-    #[error("the address holds non-ASCII characters")]
+    #[error("the domain holds non-ASCII characters that are no valid internationalised name")]
     NonAscii,
     #[error("it holds a control character")]
     Control,
@@ -274,10 +274,18 @@ fn addr_spec(toks: &[Tok]) -> Result<Mailbox, FromSyntax> {
         return Err(FromSyntax::DomainLiteral);
     }
     let domain = dotted(domain).ok_or(FromSyntax::BadDomain)?;
-    if !local.is_ascii() || !domain.is_ascii() {
+    // RFC 6532 allows UTF-8 in the addr-spec; a U-label domain counts as its A-label
+    // (src/domain.rs), which must be a valid name. The delivery sends such a From only to
+    // an upstream with SMTPUTF8 (message::transport_form).
+    let ascii_domain = if domain.is_ascii() {
+        Some(domain.clone())
+    } else {
+        crate::domain::to_ascii(&domain)
+    };
+    let Some(ascii_domain) = ascii_domain else {
         return Err(FromSyntax::NonAscii);
-    }
-    if !is_dns_name(&domain) {
+    };
+    if !is_dns_name(&ascii_domain) {
         return Err(FromSyntax::BadDomain);
     }
     if !domain.contains('.') {

@@ -16,4 +16,6 @@ pub use from_syntax::FromSyntax;
 pub use headers::{HeaderBlock, HeaderError, HeaderField};
 pub use unique::{merge_address_lists, repeated_field, Merged, AT_MOST_ONCE, MERGED};
 mod date;
+pub mod encoded_words;
+pub mod transport_form;
 pub use date::rfc5322_date;

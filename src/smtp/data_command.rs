@@ -9,9 +9,9 @@ use super::reply::{Refusal, Reply};
 use super::session::{stopping, Flow, Session, State, Transaction};
 use super::wire::DataRead;
 use crate::dkim::KeyLookup;
-use crate::message::{from_domain, merge_address_lists, repeated_field, HeaderBlock};
+use crate::message::{from_domain, merge_address_lists, repeated_field, HeaderBlock, Mailbox};
 use crate::spool::{
-    DeliveryState, Envelope, Origin, QueueId, QueuedMessage, HEADER_STEP, TRANSFER_BASE,
+    DeliveryState, Envelope, Origin, QueueId, QueuedMessage, Utf8Use, HEADER_STEP, TRANSFER_BASE,
 };
 use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -166,6 +166,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn check_header(&self, txn: &Transaction, header: &[u8]) -> Result<Admitted, Refused> {
         let parsed = HeaderBlock::parse(header)
             .map_err(|e| Refused::new(Refusal::MalformedHeader, e.to_string(), false))?;
+        // The header section as received (a merge below rewrites the block, not this).
+        let header_section = &header[..parsed.body_offset.min(header.len())];
         // Repeated To/Cc fields are joined (lossless, see message::unique): the rewritten
         // header block is what is stored and signed.
         let merged = merge_address_lists(header, &parsed).map(|m| {
@@ -178,12 +180,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .map_err(|e| Refused::new(Refusal::MalformedHeader, e.to_string(), false))?,
             None => parsed,
         };
-        // SMTPUTF8 is not offered, so UTF-8 in header fields cannot be relayed (RFC 6532
-        // needs it end to end).
-        if !header.is_ascii() {
+        // UTF-8 header values are taken with or without SMTPUTF8 (msmtp and `mail -s`
+        // send a UTF-8 Subject without it, and Postfix takes it): the delivery passes them
+        // on as UTF-8 or as RFC 2047 encoded-words (message::transport_form). Other bytes
+        // above 127 have no charset anyone downstream could know.
+        let utf8_headers = !header_section.is_ascii();
+        if utf8_headers && std::str::from_utf8(header_section).is_err() {
             return Err(Refused::new(
                 Refusal::Utf8Headers,
-                "non-ASCII header field",
+                "header bytes that are not UTF-8",
                 false,
             ));
         }
@@ -258,7 +263,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             size: 0,
             eight_bit: false,
             origin: Origin::Client,
+            utf8: Utf8Use {
+                requested: txn.smtputf8,
+                headers: utf8_headers,
+                addresses: !txn.mail_from.mailbox().is_none_or(Mailbox::is_ascii)
+                    || !txn.rcpts.iter().all(Mailbox::is_ascii),
+            },
         };
+        if !envelope.utf8.is_none() {
+            tracing::info!(queue_id = %envelope.id, smtputf8 = envelope.utf8.requested, utf8_headers = envelope.utf8.headers, utf8_addresses = envelope.utf8.addresses, "message uses UTF-8; each upstream gets it as UTF-8 (SMTPUTF8) or encoded");
+        }
         drop(headers);
         Ok(Admitted {
             envelope,
@@ -291,18 +305,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Refusal::LineTooLong,
             ));
         }
-        let eight_bit_refused = parser.eight_bit && !self.client.config.smtp.upstream_8bitmime;
-        let refuse_eight_bit = || {
-            log_refusal(
-                "8-bit body; the upstream does not carry 8BITMIME",
-                Refusal::EightBitNotCarried,
-            )
-        };
+        // 8-bit bodies are always taken: an upstream without 8BITMIME gets them as
+        // quoted-printable, converted before signing (message::transport_form).
         let (file, mut envelope) = match rx.stage {
             Stage::Body(spooling) => (spooling.file, spooling.envelope),
-            Stage::Discard(Some(r)) if r.late && eight_bit_refused => {
-                return Err(refuse_eight_bit())
-            }
             Stage::Discard(Some(r)) => return Err(log_refusal(&r.why, r.refusal)),
             // The reader's own refusals were answered above, and the header stage always
             // ends in open_message: neither is left here.
@@ -310,9 +316,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Err(log_refusal("data ended unread", Refusal::SpoolFailed))
             }
         };
-        if eight_bit_refused {
-            return Err(refuse_eight_bit());
-        }
         let id = envelope.id.clone();
         envelope.size = file.written();
         envelope.eight_bit = parser.eight_bit;

@@ -7,7 +7,8 @@ use crate::message::{command_path, Mailbox, PathError, ReversePath};
 use std::borrow::Cow;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-const ALLOWED_MAIL_FLAGS: u64 = smtp_proto::MAIL_BODY_7BIT | smtp_proto::MAIL_BODY_8BITMIME;
+const ALLOWED_MAIL_FLAGS: u64 =
+    smtp_proto::MAIL_BODY_7BIT | smtp_proto::MAIL_BODY_8BITMIME | smtp_proto::MAIL_SMTPUTF8;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub(super) fn mail(
@@ -35,10 +36,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             tracing::warn!(client = %self.client.ip, sender = %from.address, "relay refused: client not in an allowed network and not authenticated");
             return Err(Refusal::RelayDenied);
         };
-        let eight_bit_refused =
-            !smtp.upstream_8bitmime && from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0;
         if from.flags & !ALLOWED_MAIL_FLAGS != 0
-            || eight_bit_refused
             || from.env_id.is_some()
             || from.trans_id.is_some()
             || from.auth.is_some()
@@ -67,6 +65,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             mail_from: path,
             rcpts: Vec::new(),
             declared_size: from.size,
+            smtputf8: from.flags & smtp_proto::MAIL_SMTPUTF8 != 0,
         });
         Ok(Reply::new(250, "2.1.0", "Sender OK"))
     }

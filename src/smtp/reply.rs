@@ -127,12 +127,10 @@ pub enum Refusal {
     FromDomainDenied,
     /// The MAIL FROM domain is not among those the client or user may use.
     SenderDomainDenied,
-    /// A non-ASCII address while SMTPUTF8 is not available.
+    /// An address whose bytes are not UTF-8 (UTF-8 itself is taken, RFC 6531).
     NonAsciiAddress,
-    /// UTF-8 in the header block while SMTPUTF8 is not available.
+    /// Header bytes above 127 that are not UTF-8 (UTF-8 itself is taken, RFC 6532).
     Utf8Headers,
-    /// An 8-bit message while the upstream does not carry 8BITMIME.
-    EightBitNotCarried,
     HeaderTooBig,
     /// `max_messages_per_session` reached.
     TooManyMessages,
@@ -253,17 +251,12 @@ impl Refusal {
             Refusal::NonAsciiAddress => Reply::new(
                 553,
                 "5.6.7",
-                "Non-ASCII addresses not permitted (no SMTPUTF8)",
+                "Address is not valid UTF-8; send addresses in ASCII or UTF-8",
             ),
             Refusal::Utf8Headers => Reply::new(
-                553,
-                "5.6.7",
-                "Non-ASCII header fields not permitted (no SMTPUTF8)",
-            ),
-            Refusal::EightBitNotCarried => Reply::new(
                 554,
-                "5.6.0",
-                "8-bit message content cannot be relayed; use a 7-bit encoding",
+                "5.6.7",
+                "Header field bytes are not valid UTF-8 (a Latin-1 or other legacy charset?); send UTF-8 or RFC 2047 encoded-words",
             ),
             Refusal::HeaderTooBig => Reply::new(552, "5.3.4", "Message header too big"),
             Refusal::TooManyMessages => {

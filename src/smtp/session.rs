@@ -21,6 +21,8 @@ pub(super) struct Transaction {
     pub rcpts: Vec<Mailbox>,
     /// SIZE= declared at MAIL, used to size the receive buffer.
     pub declared_size: usize,
+    /// The client gave SMTPUTF8 at MAIL (RFC 6531 §3.4).
+    pub smtputf8: bool,
 }
 
 /// Where the session stands. Transitions happen only in [`Session::command`] and the
@@ -336,9 +338,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             "250-{name}\r\n250-PIPELINING\r\n250-SIZE {}\r\n",
             smtp.max_message_size.0
         );
-        if smtp.upstream_8bitmime {
-            lines.push_str("250-8BITMIME\r\n");
-        }
+        // 8-bit bodies and UTF-8 (RFC 6152, RFC 6531) are always taken: the delivery
+        // converts them for an upstream that offers neither (message::transport_form).
+        lines.push_str("250-8BITMIME\r\n250-SMTPUTF8\r\n");
         if self.offers_starttls() {
             lines.push_str("250-STARTTLS\r\n");
         }

@@ -64,6 +64,38 @@ pub struct Envelope {
     /// Who made the message. Absent in files written before bounces existed: a client.
     #[serde(default)]
     pub origin: Origin,
+    /// Where the message uses UTF-8 (RFC 6531/6532), which decides the form each upstream
+    /// gets. Absent in files written before SMTPUTF8 (and not written when nothing is
+    /// UTF-8): all ASCII.
+    #[serde(default, skip_serializing_if = "Utf8Use::is_none")]
+    pub utf8: Utf8Use,
+}
+
+/// Where a message uses UTF-8, fixed with its header block (so its stored width is known
+/// before the body is streamed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Utf8Use {
+    /// The client gave the SMTPUTF8 parameter at MAIL.
+    #[serde(default)]
+    pub requested: bool,
+    /// A header field value holds UTF-8 (with or without the parameter, as msmtp and
+    /// `mail -s` send it).
+    #[serde(default)]
+    pub headers: bool,
+    /// The envelope sender or a recipient holds UTF-8.
+    #[serde(default)]
+    pub addresses: bool,
+}
+
+impl Utf8Use {
+    pub fn is_none(&self) -> bool {
+        *self == Utf8Use::default()
+    }
+
+    /// Something in the message is UTF-8 (the parameter alone is not).
+    pub fn any(&self) -> bool {
+        self.headers || self.addresses
+    }
 }
 
 /// Where a spooled message came from.

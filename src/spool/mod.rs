@@ -13,7 +13,7 @@ mod incoming;
 mod problem;
 
 pub use budget::{largest_transfer, MemoryBudget, MemoryLease, HEADER_STEP, TRANSFER_BASE};
-pub use envelope::{DeliveryState, Envelope, Origin, QueueId, RcptStatus};
+pub use envelope::{DeliveryState, Envelope, Origin, QueueId, RcptStatus, Utf8Use};
 pub use incoming::Incoming;
 pub use problem::Problem;
 

@@ -13,6 +13,7 @@ fn envelope(id: &str, message: &[u8]) -> Envelope {
         size: message.len() as u64,
         eight_bit: false,
         origin: Origin::Client,
+        utf8: Default::default(),
     }
 }
 

@@ -58,6 +58,12 @@ struct Script {
     transactions: usize,
     /// Leave PIPELINING out of the EHLO reply, so the relay sends command by command.
     no_pipelining: bool,
+    /// Offer SMTPUTF8 (RFC 6531) in EHLO. Off by default; without it a MAIL with the
+    /// SMTPUTF8 parameter gets 555, as real servers answer.
+    smtputf8: bool,
+    /// Leave 8BITMIME out of the EHLO reply (offered by default); then BODY=8BITMIME
+    /// gets 555.
+    no_8bitmime: bool,
     /// Answer a message with more than one DKIM-Signature field as Amazon SES does.
     one_signature_only: bool,
     /// Messages refused for a second DKIM-Signature.
@@ -168,6 +174,14 @@ impl FakeUpstream {
     }
 
     /// Refuse AUTH with a 535 that repeats the client's token and password.
+    pub fn offer_smtputf8(&self, offer: bool) {
+        self.script.lock().unwrap().smtputf8 = offer;
+    }
+
+    pub fn offer_8bitmime(&self, offer: bool) {
+        self.script.lock().unwrap().no_8bitmime = !offer;
+    }
+
     pub fn refuse_auth_echoing(&self) {
         let mut s = self.script.lock().unwrap();
         s.refuse_auth = true;
@@ -278,10 +292,18 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 (false, true) => "AUTH PLAIN XOAUTH2",
                 (false, false) => "AUTH PLAIN",
             };
-            if script.lock().unwrap().no_pipelining {
-                format!("250-fake.upstream\r\n250-8BITMIME\r\n250 {tls_or_auth}")
+            let s = script.lock().unwrap();
+            let mut offers = String::new();
+            if !s.no_8bitmime {
+                offers.push_str("250-8BITMIME\r\n");
+            }
+            if s.smtputf8 {
+                offers.push_str("250-SMTPUTF8\r\n");
+            }
+            if s.no_pipelining {
+                format!("250-fake.upstream\r\n{offers}250 {tls_or_auth}")
             } else {
-                format!("250-fake.upstream\r\n250-8BITMIME\r\n250-{tls_or_auth}\r\n250 PIPELINING")
+                format!("250-fake.upstream\r\n{offers}250-{tls_or_auth}\r\n250 PIPELINING")
             }
         } else if upper.starts_with("STARTTLS") && offer_starttls {
             let _ = r.get_mut().write_all(b"220 2.0.0 ready\r\n").await;
@@ -365,10 +387,15 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             rcpt_lines.clear();
             let mut s = script.lock().unwrap();
             s.transactions += 1;
-            let reply = s
-                .mail_reply
-                .clone()
-                .unwrap_or_else(|| "250 2.1.0 ok".to_string());
+            let not_offered = (!s.smtputf8 && upper.contains(" SMTPUTF8"))
+                || (s.no_8bitmime && upper.contains(" BODY=8BITMIME"));
+            let reply = if not_offered {
+                "555 5.5.4 parameter not offered".to_string()
+            } else {
+                s.mail_reply
+                    .clone()
+                    .unwrap_or_else(|| "250 2.1.0 ok".to_string())
+            };
             in_transaction = reply.starts_with('2');
             reply
         } else if upper.starts_with("RCPT TO:") && !in_transaction {

@@ -103,7 +103,10 @@ fn malformed_paths_are_refused_with_the_reason() {
         ("MAIL FROM:<a@exa$mple.com>\r\n", PathError::BadDomain),
         ("MAIL FROM:<a@-x.com>\r\n", PathError::BadDomain),
         ("MAIL FROM:<a@example.com >\r\n", PathError::BadDomain),
-        ("MAIL FROM:<j\u{f6}e@example.com>\r\n", PathError::NonAscii),
+        (
+            "MAIL FROM:<j\u{f6}e@b\u{fc}cher..example>\r\n",
+            PathError::BadDomain,
+        ),
         (&long, PathError::TooLong),
     ];
     for (line, want) in cases {
@@ -160,4 +163,32 @@ fn every_written_path_reads_back_the_same_to_two_parsers() {
         checked += 1;
     }
     assert!(checked > 500, "only {checked} forms checked");
+}
+
+#[test]
+fn utf8_addresses_read_as_rfc_6531_writes_them() {
+    let m = match mail("MAIL FROM:<j\u{f6}rg@B\u{fc}cher.example> SMTPUTF8\r\n")
+        .unwrap()
+        .path
+    {
+        ReversePath::Mailbox(m) => m,
+        ReversePath::Null => panic!("null"),
+    };
+    assert_eq!(m.local(), "j\u{f6}rg");
+    assert!(!m.is_ascii());
+    assert_eq!(m.ascii_form(), None, "a UTF-8 local part has no ASCII form");
+    assert_eq!(Mailbox::parse(&m.to_string()).unwrap(), m);
+    let joe = Mailbox::parse("joe@b\u{fc}cher.example").unwrap();
+    assert_eq!(
+        joe.ascii_form().unwrap().to_string(),
+        "joe@xn--bcher-kva.example"
+    );
+    let quoted = Mailbox::parse("\"j\u{f6} rg\"@example.com").unwrap();
+    assert_eq!(quoted.local(), "j\u{f6} rg");
+    assert_eq!(quoted.to_string(), "\"j\u{f6} rg\"@example.com");
+    // Not UTF-8 at all.
+    assert_eq!(
+        command_path(b"MAIL FROM:<j\xf6rg@example.com>\r\n").err(),
+        Some(PathError::NonAscii)
+    );
 }
