@@ -50,3 +50,8 @@ pub enum ImportError {
     #[error("cannot read: {0}")]
     Io(#[from] std::io::Error),
 }
+
+#[cfg(test)]
+mod fuzz;
+#[cfg(test)]
+mod tests;
