@@ -9,6 +9,7 @@
 pub mod feedback;
 pub mod limits;
 pub mod parse;
+pub mod ratios;
 pub mod reverse;
 pub mod store;
 pub mod summary;
