@@ -348,7 +348,7 @@ async fn doctor(s: &Setup) -> Doctor {
 async fn doctor_advises_from_the_reports() {
     let dns = TestDns::start().await;
     let s = setup(Some(dns.addr));
-    let keys = dkim_relay::keys::KeyStore::new(&s.dir.path().join("keys"));
+    let keys = dkim_relay::keys::KeyStore::new(s.dir.path().join("keys"));
     dns.set_txt(DOMAIN, "v=spf1 include:amazonses.com -all");
     let state = keys.load(DOMAIN).unwrap().unwrap();
     for slot in &state.slots {

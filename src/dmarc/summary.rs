@@ -348,8 +348,7 @@ pub fn summarise(
             ))
         });
         let mut selectors: Vec<Selector> = selectors.into_values().collect();
-        selectors
-            .sort_by(|a, b| (b.ours.is_some(), b.messages).cmp(&(a.ours.is_some(), a.messages)));
+        selectors.sort_by_key(|s| std::cmp::Reverse((s.ours.is_some(), s.messages)));
         out.push(DomainSummary {
             domain,
             begin,
@@ -372,7 +371,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
