@@ -130,6 +130,7 @@ fn the_samples_import_once_and_report_failing_sources_first() {
 
     let out = run(&s, &["dmarc", "report", "--now", NOW], None);
     assert!(out.status.success(), "{}", text(&out));
+    println!("{}", text(&out));
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         report.contains("example.com (policy p=none, last 14 days: 4 report(s)"),
@@ -375,8 +376,11 @@ async fn doctor_advises_from_the_reports() {
         before.stdout
     );
 
-    assert!(import_samples(&s).status.success());
+    let imported = import_samples(&s);
+    assert!(imported.status.success());
+    println!("{}", text(&imported));
     let after = doctor(&s).await;
+    println!("{}", after.stdout);
     let warn: Vec<&str> = after
         .stdout
         .lines()
@@ -388,6 +392,40 @@ async fn doctor_advises_from_the_reports() {
         "{}",
         warn[0]
     );
+
+    // The next steps: quarantine says reject is next; reject is fine.
+    dns.set_txt(
+        &format!("_dmarc.{DOMAIN}"),
+        "v=DMARC1; p=quarantine; rua=mailto:dmarc-reports@example.com",
+    );
+    let quarantine = doctor(&s).await;
+    println!("{}", quarantine.stdout);
+    assert!(
+        quarantine
+            .stdout
+            .contains("INFO  DMARC p=quarantine; in the last 14 days 99.7% of 12,503 messages"),
+        "{}",
+        quarantine.stdout
+    );
+    assert!(
+        quarantine
+            .stdout
+            .contains("move to p=reject, or add that source first"),
+        "{}",
+        quarantine.stdout
+    );
+    dns.set_txt(
+        &format!("_dmarc.{DOMAIN}"),
+        "v=DMARC1; p=reject; rua=mailto:dmarc-reports@example.com",
+    );
+    let reject = doctor(&s).await;
+    println!("{}", reject.stdout);
+    assert!(
+        reject.stdout.contains("receivers reject the rest"),
+        "{}",
+        reject.stdout
+    );
+    assert!(!reject.stdout.contains("WARN"), "{}", reject.stdout);
 }
 
 /// The running relay exports the pass ratios and picks up an import made while it runs.

@@ -143,7 +143,7 @@ open("microsoft.eml", "wb").write(eml.encode())
 # Yahoo: gzip, named as Yahoo names it.
 y_begin, y_end = B + DAY, B + 2 * DAY - 1
 yahoo = rfc7489(
-    "Yahoo", "dmarchelp@yahooinc.com", "1764374400.601284", y_begin, y_end,
+    "Yahoo", "dmarchelp@yahooinc.com", "1795910400.601284", y_begin, y_end,
     [record("54.240.3.12", 70, True, False, ses, ses_spf),
      record("198.51.100.7", 2, True, False, [("example.com", "s1", "pass")], [("lists.example.org", "pass")],
             reason="mailing_list")],
