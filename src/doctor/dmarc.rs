@@ -387,3 +387,96 @@ mod tests {
         assert_eq!(severities(&out), [Severity::Ok]);
     }
 }
+
+#[cfg(test)]
+mod evidence_tests {
+    use super::*;
+    use crate::dmarc::summary::{Counts, Sender};
+
+    fn summary(ours_failing: u64, others_failing: u64) -> DomainSummary {
+        let source = |ip: &str, sender: Sender, messages: u64, failing: u64| Source {
+            ip: ip.into(),
+            reverse_name: None,
+            sender,
+            counts: Counts {
+                messages,
+                dkim_aligned: messages - failing,
+                spf_aligned: 0,
+                dmarc_pass: messages - failing,
+            },
+            dkim: Vec::new(),
+            spf: Vec::new(),
+        };
+        let sources = vec![
+            source(
+                "192.0.2.1",
+                Sender::ThisRelay { via: None },
+                1000,
+                ours_failing,
+            ),
+            source("203.0.113.9", Sender::Other, 20, others_failing),
+        ];
+        let failing = ours_failing + others_failing;
+        DomainSummary {
+            domain: "example.net".into(),
+            begin: 0,
+            end: 0,
+            reports: 1,
+            reporters: vec!["google.com".into()],
+            policy: "none".into(),
+            policy_seen_since: 55 * 86_400,
+            counts: Counts {
+                messages: 1020,
+                dkim_aligned: 1020 - failing,
+                spf_aligned: 0,
+                dmarc_pass: 1020 - failing,
+            },
+            sources,
+            selectors: Vec::new(),
+            dispositions: Default::default(),
+        }
+    }
+
+    fn advice(s: &DomainSummary) -> Vec<Finding> {
+        let ctx = Context {
+            domain: "example.net",
+            parent: None,
+            signing_since: None,
+            signs_subdomains: false,
+            now: 100 * 86_400,
+            evidence: Some(Evidence { summary: Some(s) }),
+        };
+        check(
+            &TxtLookup::Found(vec![vec![
+                "v=DMARC1; p=none; rua=mailto:d@example.net".into()
+            ]]),
+            &ctx,
+        )
+    }
+
+    #[test]
+    fn failures_of_this_relays_mail_hold_the_policy_back() {
+        let out = advice(&summary(10, 0));
+        assert_eq!(out[1].severity, Severity::Warn);
+        assert!(
+            out[1].message.contains("p=none for 45 days"),
+            "{}",
+            out[1].message
+        );
+        assert!(out[1].message.contains("10 messages from this relay or its upstream failed (from 192.0.2.1): fix that before moving on"), "{}", out[1].message);
+    }
+
+    #[test]
+    fn only_others_failing_says_move_on() {
+        let out = advice(&summary(0, 20));
+        assert!(out[1].message.contains("all failures come from 203.0.113.9 (not this relay): move to p=quarantine, or add that source first"), "{}", out[1].message);
+        let out = advice(&summary(0, 0));
+        assert!(
+            out[1]
+                .message
+                .ends_with("none failed: move to p=quarantine"),
+            "{}",
+            out[1].message
+        );
+    }
+}
