@@ -430,6 +430,9 @@ pub fn source_words(s: &Source, domain: &str) -> String {
     format!("{}{name} [{}]: {what}{advice}", s.ip, s.sender.words())
 }
 
+/// Sources listed in text, failing and passing each; `--json` has them all.
+const TEXT_SOURCES: usize = 20;
+
 /// The whole summary as text for people.
 pub fn text(summaries: &[DomainSummary], days: u64) -> String {
     use std::fmt::Write;
@@ -472,8 +475,15 @@ pub fn text(summaries: &[DomainSummary], days: u64) -> String {
             let _ = writeln!(out, "  every source passed DMARC");
         } else {
             let _ = writeln!(out, "  failing sources:");
-            for s in &failing {
+            for s in failing.iter().take(TEXT_SOURCES) {
                 let _ = writeln!(out, "    {}", source_words(s, &d.domain));
+            }
+            if failing.len() > TEXT_SOURCES {
+                let _ = writeln!(
+                    out,
+                    "    and {} more (--json lists every source)",
+                    failing.len() - TEXT_SOURCES
+                );
             }
         }
         let passing: Vec<&Source> = d
@@ -483,8 +493,15 @@ pub fn text(summaries: &[DomainSummary], days: u64) -> String {
             .collect();
         if !passing.is_empty() {
             let _ = writeln!(out, "  passing sources:");
-            for s in passing {
+            for s in passing.iter().take(TEXT_SOURCES) {
                 let _ = writeln!(out, "    {}", source_words(s, &d.domain));
+            }
+            if passing.len() > TEXT_SOURCES {
+                let _ = writeln!(
+                    out,
+                    "    and {} more (--json lists every source)",
+                    passing.len() - TEXT_SOURCES
+                );
             }
         }
         if !d.selectors.is_empty() {
