@@ -1,6 +1,7 @@
 //! The command line: `serve`, `config check`, `keys …`. Errors here are reported with
 //! anyhow and a non-zero exit; the daemon path below `serve` has its own error types.
 
+mod dmarc;
 mod keys;
 mod keys_import;
 mod upstream_check;
@@ -52,6 +53,9 @@ pub enum Command {
     /// Upstream commands.
     #[command(subcommand)]
     Upstream(UpstreamCommand),
+    /// DMARC aggregate reports: import them, and what they say about each domain.
+    #[command(subcommand)]
+    Dmarc(dmarc::DmarcCommand),
     /// Ask the running relay's health endpoint (for container HEALTHCHECKs); exit 0 if
     /// it answers 200. Uses `[metrics] listen` from the config.
     Health {
@@ -69,6 +73,9 @@ pub struct DoctorArgs {
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Judge as if it were this Unix time (tests and docs).
+    #[arg(long, hide = true)]
+    pub now: Option<u64>,
 }
 
 /// The error and its causes on one line, each said once: an error whose message already
@@ -163,6 +170,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             keys::run(&config, command)
         }
         Command::Queue(command) => crate::control::cli::run(&config, command),
+        Command::Dmarc(command) => dmarc::run(&config, command),
         Command::Auth(AuthCommand::HashPassword) => hash_password(),
     }
 }
@@ -260,7 +268,7 @@ fn doctor(config: &Config, args: DoctorArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let now = crate::clock::now_unix();
+    let now = args.now.unwrap_or_else(crate::clock::now_unix);
     let report = match runtime.block_on(crate::doctor::run(config, args.domain.as_deref(), now)) {
         Ok(report) => report,
         Err(e @ (DoctorError::BadDomain(_) | DoctorError::Resolver(_))) => {

@@ -26,7 +26,9 @@
 //! [`queue`] (what each queue command means: one implementation, for the running relay
 //! and for the spool alone), [`control`] (how queue commands and `keys rotate
 //! --emergency` / `keys publish` reach it: the control socket), [`metrics`] (/metrics, /healthz, /readyz), [`doctor`] (SPF, DKIM and DMARC
-//! checks in DNS), [`systemd`] (readiness notification), [`cli`] (the command line),
+//! checks in DNS), [`dmarc`] (DMARC aggregate reports: read from mail, gzip or zip without
+//! expanding XML entities, stored once each in the spool folder, summed per domain, source
+//! and selector for `dmarc report`, `doctor` and /metrics), [`systemd`] (readiness notification), [`cli`] (the command line),
 //! [`listener`] (what every listener does when accept fails), [`logging`].
 
 pub mod auth;
@@ -36,6 +38,7 @@ pub mod config;
 pub mod control;
 pub mod delivery;
 pub mod dkim;
+pub mod dmarc;
 pub mod doctor;
 pub mod domain;
 mod fsutil;

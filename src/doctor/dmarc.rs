@@ -2,7 +2,18 @@
 
 use super::report::{Check, Finding, Severity};
 use super::TxtLookup;
+use crate::dmarc::summary::{percent, thousands, DomainSummary, Source};
 use crate::rotation::dns::tag;
+
+/// The period of reports doctor judges by.
+pub const EVIDENCE_DAYS: u64 = 14;
+
+/// What the stored aggregate reports say about the domain (None in `Context`: not read).
+#[derive(Debug, Clone, Copy)]
+pub struct Evidence<'a> {
+    /// The last [`EVIDENCE_DAYS`] of reports for the domain; None when there are none.
+    pub summary: Option<&'a DomainSummary>,
+}
 
 /// How long `p=none` may stay before doctor says to move on (DNS cannot tell a record's
 /// age, so the key store's first activation for the domain stands in for it).
@@ -20,6 +31,8 @@ pub struct Context<'a> {
     /// The relay signs mail from subdomains with this domain's keys (`subdomains = true`).
     pub signs_subdomains: bool,
     pub now: u64,
+    /// The stored DMARC reports, when doctor read them.
+    pub evidence: Option<Evidence<'a>>,
 }
 
 fn dmarc_records(lookup: &TxtLookup) -> Result<Vec<String>, String> {
@@ -101,6 +114,9 @@ fn policy_findings(record: &str, ctx: &Context, inherited: bool) -> Vec<Finding>
             Severity::Error,
             "the record has no p= tag, so it is invalid; start with p=none and move on to quarantine and reject".into(),
         )),
+        Some(p @ ("none" | "quarantine" | "reject")) if ctx.evidence.is_some() => {
+            out.extend(evidence_findings(p, ctx));
+        }
         Some("none") => {
             let since = ctx.signing_since.filter(|s| ctx.now.saturating_sub(*s) > LONG_MONITORING);
             out.push(f(
@@ -150,6 +166,96 @@ fn policy_findings(record: &str, ctx: &Context, inherited: bool) -> Vec<Finding>
     out
 }
 
+/// How to get reports: the record to publish and how to feed the mailbox to the relay.
+fn how_to_get_reports(domain: &str) -> String {
+    format!("no DMARC reports stored for {domain} in the last {EVIDENCE_DAYS} days, so nothing shows yet whether your mail passes: publish rua=mailto:dmarc-reports@{domain} in _dmarc.{domain} and feed that mailbox to the relay: `dkim-relay dmarc import ~/Maildir` (a Maildir, an mbox or saved .eml files), or from fetchmail/procmail `| dkim-relay dmarc import -`")
+}
+
+/// Up to three sources by address, "and N more".
+fn addresses(sources: &[&Source]) -> String {
+    let mut words: Vec<String> = sources.iter().take(3).map(|s| s.ip.clone()).collect();
+    if sources.len() > 3 {
+        words.push(format!("{} more", sources.len() - 3));
+    }
+    match words.as_slice() {
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+        [] => String::new(),
+    }
+}
+
+/// The advice on the policy from the reports (the sentence): how long the policy
+/// has been seen, how much passed, where the failures come from, what to do next.
+fn evidence_findings(policy: &str, ctx: &Context) -> Vec<Finding> {
+    let domain = ctx.domain;
+    let f = |severity, message: String| Finding::new(Check::Dmarc, severity, message);
+    let summary = ctx
+        .evidence
+        .and_then(|e| e.summary)
+        .filter(|s| s.counts.messages > 0);
+    let Some(s) = summary else {
+        return match policy {
+            "none" => vec![f(
+                Severity::Warn,
+                format!(
+                    "p=none is monitoring only: receivers still deliver mail that fails DMARC; {}",
+                    how_to_get_reports(domain)
+                ),
+            )],
+            "quarantine" => vec![f(Severity::Info, how_to_get_reports(domain))],
+            _ => Vec::new(),
+        };
+    };
+    let c = &s.counts;
+    let days = ctx.now.saturating_sub(s.policy_seen_since) / 86_400;
+    let held = if s.policy == policy && s.policy_seen_since > 0 {
+        format!("p={policy} for {days} days")
+    } else {
+        format!("p={policy}")
+    };
+    let seen = format!(
+        "{held}; in the last {EVIDENCE_DAYS} days {} of {} messages passed aligned DKIM ({} passed DMARC)",
+        percent(c.ratio(c.dkim_aligned)),
+        thousands(c.messages),
+        percent(c.ratio(c.dmarc_pass))
+    );
+    let ours = s.failing_ours();
+    let others = s.failing_others();
+    let next = match policy {
+        "none" => "p=quarantine",
+        _ => "p=reject",
+    };
+    if !ours.is_empty() {
+        let failed: u64 = ours.iter().map(|x| x.counts.failing()).sum();
+        return vec![f(
+            Severity::Warn,
+            format!("{seen}, but {} messages from this relay or its upstream failed (from {}): fix that before moving on (see the DKIM lines above and `dkim-relay dmarc report --domain {domain}`)", thousands(failed), addresses(&ours)),
+        )];
+    }
+    let failures = match others.as_slice() {
+        [] => "none failed".to_string(),
+        [one] => format!("all failures come from {} (not this relay)", one.ip),
+        several => format!(
+            "all failures come from {} (not this relay)",
+            addresses(several)
+        ),
+    };
+    let (severity, advice) = match (policy, others.is_empty()) {
+        ("reject", _) => (Severity::Ok, "receivers reject the rest".to_string()),
+        (_, true) => (Severity::Warn, format!("move to {next}")),
+        (_, false) => (
+            Severity::Warn,
+            format!("move to {next}, or add {} first (send its mail through this relay, or authorise it)", if others.len() == 1 { "that source" } else { "those sources" }),
+        ),
+    };
+    let severity = if policy == "quarantine" && severity == Severity::Warn {
+        Severity::Info
+    } else {
+        severity
+    };
+    vec![f(severity, format!("{seen}, {failures}: {advice}"))]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +273,7 @@ mod tests {
             signing_since,
             signs_subdomains: false,
             now: 100 * DAY,
+            evidence: None,
         }
     }
 
@@ -278,5 +385,98 @@ mod tests {
             &ctx(None),
         );
         assert_eq!(severities(&out), [Severity::Ok]);
+    }
+}
+
+#[cfg(test)]
+mod evidence_tests {
+    use super::*;
+    use crate::dmarc::summary::{Counts, Sender};
+
+    fn summary(ours_failing: u64, others_failing: u64) -> DomainSummary {
+        let source = |ip: &str, sender: Sender, messages: u64, failing: u64| Source {
+            ip: ip.into(),
+            reverse_name: None,
+            sender,
+            counts: Counts {
+                messages,
+                dkim_aligned: messages - failing,
+                spf_aligned: 0,
+                dmarc_pass: messages - failing,
+            },
+            dkim: Vec::new(),
+            spf: Vec::new(),
+        };
+        let sources = vec![
+            source(
+                "192.0.2.1",
+                Sender::ThisRelay { via: None },
+                1000,
+                ours_failing,
+            ),
+            source("203.0.113.9", Sender::Other, 20, others_failing),
+        ];
+        let failing = ours_failing + others_failing;
+        DomainSummary {
+            domain: "example.net".into(),
+            begin: 0,
+            end: 0,
+            reports: 1,
+            reporters: vec!["google.com".into()],
+            policy: "none".into(),
+            policy_seen_since: 55 * 86_400,
+            counts: Counts {
+                messages: 1020,
+                dkim_aligned: 1020 - failing,
+                spf_aligned: 0,
+                dmarc_pass: 1020 - failing,
+            },
+            sources,
+            selectors: Vec::new(),
+            dispositions: Default::default(),
+        }
+    }
+
+    fn advice(s: &DomainSummary) -> Vec<Finding> {
+        let ctx = Context {
+            domain: "example.net",
+            parent: None,
+            signing_since: None,
+            signs_subdomains: false,
+            now: 100 * 86_400,
+            evidence: Some(Evidence { summary: Some(s) }),
+        };
+        check(
+            &TxtLookup::Found(vec![vec![
+                "v=DMARC1; p=none; rua=mailto:d@example.net".into()
+            ]]),
+            &ctx,
+        )
+    }
+
+    #[test]
+    fn failures_of_this_relays_mail_hold_the_policy_back() {
+        let out = advice(&summary(10, 0));
+        assert_eq!(out[1].severity, Severity::Warn);
+        assert!(
+            out[1].message.contains("p=none for 45 days"),
+            "{}",
+            out[1].message
+        );
+        assert!(out[1].message.contains("10 messages from this relay or its upstream failed (from 192.0.2.1): fix that before moving on"), "{}", out[1].message);
+    }
+
+    #[test]
+    fn only_others_failing_says_move_on() {
+        let out = advice(&summary(0, 20));
+        assert!(out[1].message.contains("all failures come from 203.0.113.9 (not this relay): move to p=quarantine, or add that source first"), "{}", out[1].message);
+        let out = advice(&summary(0, 0));
+        assert!(
+            out[1]
+                .message
+                .ends_with("none failed: move to p=quarantine"),
+            "{}",
+            out[1].message
+        );
     }
 }

@@ -149,7 +149,12 @@ impl Plan {
         names
     }
 
-    fn report(&self, found: &HashMap<String, TxtLookup>, now: u64) -> DomainReport {
+    fn report(
+        &self,
+        found: &HashMap<String, TxtLookup>,
+        now: u64,
+        evidence: &[crate::dmarc::summary::DomainSummary],
+    ) -> DomainReport {
         let failed = TxtLookup::Failed("not looked up".into());
         let get = |name: &str| found.get(name).unwrap_or(&failed);
         let mut findings = spf::check(&self.domain, get(&self.domain), &self.upstreams);
@@ -164,6 +169,9 @@ impl Plan {
             signing_since: self.signing_since,
             signs_subdomains: self.signs_subdomains,
             now,
+            evidence: Some(dmarc::Evidence {
+                summary: evidence.iter().find(|s| s.domain == self.domain),
+            }),
         };
         findings.extend(dmarc::check(get(&format!("_dmarc.{}", self.domain)), &ctx));
         DomainReport {
@@ -213,9 +221,14 @@ pub async fn run(config: &Config, only: Option<&str>, now: u64) -> Result<Report
     names.sort();
     names.dedup();
     let found = lookup_all(checker, names).await;
+    // The stored DMARC reports of the last EVIDENCE_DAYS, for the advice on the policy.
+    let (stored, _unreadable) = crate::dmarc::Store::of(config).load_all();
+    let ours = crate::dmarc::summary::Ours::of(config, &store);
+    let since = now.saturating_sub(dmarc::EVIDENCE_DAYS * 86_400);
+    let evidence = crate::dmarc::summary::summarise(&stored, since, None, &ours, &HashMap::new());
     let mut report = Report::default();
     for p in &plans {
-        report.push(p.report(&found, now));
+        report.push(p.report(&found, now, &evidence));
     }
     Ok(report)
 }

@@ -202,7 +202,38 @@ pub fn render(
         ));
     }
     rotation_waits(store, now, &mut line);
+    dmarc_ratios(config, store, &mut line);
     out
+}
+
+/// The stored DMARC reports' pass ratios for the domains this relay signs for; labels are
+/// bounded: a selector not in the key store is counted under "other".
+fn dmarc_ratios(config: &Config, store: &KeyStore, line: &mut impl FnMut(String)) {
+    let mut domains: Vec<String> = config.domains.iter().map(|d| d.name.clone()).collect();
+    domains.extend(store.domains().unwrap_or_default());
+    domains.sort();
+    domains.dedup();
+    let reports = crate::dmarc::Store::of(config);
+    let ratios = crate::dmarc::ratios::cached(
+        &reports,
+        || crate::dmarc::summary::Ours::of(config, store),
+        &domains,
+    );
+    line("# HELP dkim_relay_dmarc_pass_ratio share of reported messages that passed, over the latest 14 days of stored DMARC reports (selector=\"all\": DMARC pass of the domain)".into());
+    line("# TYPE dkim_relay_dmarc_pass_ratio gauge".into());
+    for r in &ratios {
+        line(format!(
+            "dkim_relay_dmarc_pass_ratio{{domain=\"{}\",selector=\"{}\"}} {:.4}",
+            r.domain, r.selector, r.ratio
+        ));
+    }
+    line("# TYPE dkim_relay_dmarc_report_end_timestamp_seconds gauge".into());
+    for r in ratios.iter().filter(|r| r.selector == "all") {
+        line(format!(
+            "dkim_relay_dmarc_report_end_timestamp_seconds{{domain=\"{}\"}} {}",
+            r.domain, r.report_end
+        ));
+    }
 }
 
 /// Publish hook failures, and how long each domain's rotation has waited for its new key
