@@ -35,7 +35,13 @@ pub fn start_sink(port: u16, n: usize) -> Result<Sink, String> {
             .port(),
         p => p,
     };
-    let child = Command::new(SINK)
+    let mut cmd = Command::new(SINK);
+    // As root it must be told whom to run as.
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.args(["-u", "nobody"]);
+    }
+    let child = cmd
         .args(["-M", &n.to_string(), &format!("127.0.0.1:{port}"), "256"])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
