@@ -8,6 +8,14 @@
 # and the ratio of delivered msg/s. Needs root (apt-get, Postfix).
 #
 #   bash bench/postfix-compare.sh [--n N] [--size S] [--concurrency C] [other bench flags]
+#
+# The issue's setup (Postfix's smtp-source as the load, one message per connection, and
+# smtp-sink as the upstream of both servers):
+#
+#   bash bench/postfix-compare.sh --postfix-tools --per-connection --n 2000 --size 4KB --concurrency 20
+#
+# --per-connection alone keeps the bench's own generator (which also gives end-of-DATA->250
+# latencies) and sink (which checks the DKIM signatures) with one message per connection.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -140,8 +148,12 @@ cargo bench --bench relay --locked -q -- "${bench_args[@]}" | tee "$out_dr"
 value() { sed -n "s/^bench\.$2=//p" "$1"; }
 pf=$(value "$out_pf" delivered_per_s)
 dr=$(value "$out_dr" delivered_per_s)
+pf_cpu=$(value "$out_pf" cpu_ms_per_msg)
+dr_cpu=$(value "$out_dr" cpu_ms_per_msg)
 echo "==== ratio ===="
+echo "conditions: $(sed -n 's/^conditions  //p' "$out_dr")"
 awk -v pf="$pf" -v dr="$dr" 'BEGIN {
     printf "delivered msg/s: dkim-relay %s, postfix+opendkim %s, ratio %.2fx\n", dr, pf, (pf > 0 ? dr / pf : 0)
 }'
+echo "CPU per delivered message: dkim-relay $dr_cpu ms, postfix+opendkim $pf_cpu ms (all of its processes)"
 echo "bench.ratio_delivered=$(awk -v pf="$pf" -v dr="$dr" 'BEGIN { printf "%.2f", (pf > 0 ? dr / pf : 0) }')"

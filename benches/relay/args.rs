@@ -14,6 +14,12 @@ cargo bench --bench relay -- [flags]
   --workers W        relay delivery workers and upstream pool size (default 4, the relay's default)
   --header-bomb      each message's header block is --size bytes of tiny fields (X: y), then a
                      short body: the relay must refuse it (552 5.3.4) without buffering it
+  --per-connection   one message per connection (connect, EHLO, one transaction, QUIT), as cron
+                     and most hosts send; the default reuses each session for message after message
+  --postfix-tools    Postfix's smtp-source as the load (with --per-connection its default of one
+                     message per connection, else -d) and smtp-sink as the upstream (the issue's
+                     setup); no latency figures (smtp-source reports none), delivered = the
+                     time smtp-sink exits after its Nth message (-M N)
   --no-fsync         spool.fsync = false: only to see what fsync costs (the issue's numbers are with fsync)
   --target HOST:PORT drive an external MTA (e.g. Postfix) instead of starting dkim-relay
   --sink-port P      port of the in-process sink (default: any free port; needed with --target)
@@ -36,6 +42,10 @@ pub struct Args {
     pub workers: usize,
     pub fsync: bool,
     pub header_bomb: bool,
+    /// A new connection for every message.
+    pub per_connection: bool,
+    /// smtp-source as the load, smtp-sink as the upstream.
+    pub postfix_tools: bool,
     pub target: Option<SocketAddr>,
     pub sink_port: u16,
     pub watch: Option<String>,
@@ -55,6 +65,8 @@ impl Args {
             workers: 4,
             fsync: true,
             header_bomb: false,
+            per_connection: false,
+            postfix_tools: false,
             target: None,
             sink_port: 0,
             watch: None,
@@ -73,6 +85,14 @@ impl Args {
             }
             if flag == "--header-bomb" {
                 args.header_bomb = true;
+                continue;
+            }
+            if flag == "--per-connection" {
+                args.per_connection = true;
+                continue;
+            }
+            if flag == "--postfix-tools" {
+                args.postfix_tools = true;
                 continue;
             }
             if flag == "--help" || flag == "-h" {
@@ -110,6 +130,9 @@ impl Args {
         }
         if args.size < 512 {
             return Err("--size must be at least 512 bytes (headers take about 300)".into());
+        }
+        if args.postfix_tools && (args.rate.is_some() || args.header_bomb || args.domains > 1) {
+            return Err("--postfix-tools sends smtp-source's own messages: no --rate, --header-bomb or --domains".into());
         }
         if args.label.is_empty() {
             args.label = match args.target {

@@ -6,6 +6,7 @@
 
 mod args;
 mod load;
+mod postfix_tools;
 mod procstat;
 mod report;
 mod setup;
@@ -44,10 +45,26 @@ enum Server {
     External(Option<String>),
 }
 
+/// The upstream the server delivers to.
+enum Upstream {
+    Ours(sink::Sink),
+    SmtpSink(postfix_tools::Sink),
+}
+
 async fn run(args: Args) -> Result<(), String> {
-    let sink = sink::start(args.sink_port)
-        .await
-        .map_err(|e| format!("sink on port {}: {e}", args.sink_port))?;
+    let mut upstream = if args.postfix_tools {
+        Upstream::SmtpSink(postfix_tools::start_sink(args.sink_port, args.n)?)
+    } else {
+        Upstream::Ours(
+            sink::start(args.sink_port)
+                .await
+                .map_err(|e| format!("sink on port {}: {e}", args.sink_port))?,
+        )
+    };
+    let sink_port = match &upstream {
+        Upstream::Ours(s) => s.port,
+        Upstream::SmtpSink(s) => s.port,
+    };
     let domains = Arc::new(setup::domain_names(args.domains));
     if !args.fsync {
         eprintln!("bench: spool.fsync = false; these numbers are not the durable relay's");
@@ -55,7 +72,7 @@ async fn run(args: Args) -> Result<(), String> {
     let (server, target, pid) = match args.target {
         Some(target) => (Server::External(args.watch.clone()), target, None),
         None => {
-            let (process, dir) = start_relay(&args, sink.port, &domains)?;
+            let (process, dir) = start_relay(&args, sink_port, &domains)?;
             let (addr, pid) = (process.addr, process.pid());
             (
                 Server::Relay {
@@ -78,23 +95,45 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let cpu_before = pid.and_then(procstat::cpu_seconds).unwrap_or(0.0);
     let start = Instant::now();
-    let outcome = load::run(load::Plan {
-        target,
-        n: args.n,
-        size: args.size,
-        concurrency: args.concurrency,
-        rate: args.rate,
-        domains: domains.clone(),
-        header_bomb: args.header_bomb,
-    })
-    .await
-    .map_err(|e| format!("load against {target}: {e}"))?;
-    let mut count = sink.count.clone();
-    let want = outcome.accepted as u64;
+    let outcome = if args.postfix_tools {
+        postfix_tools::run_source(
+            target,
+            args.n,
+            args.size,
+            args.concurrency,
+            args.per_connection,
+        )
+        .await?
+    } else {
+        load::run(load::Plan {
+            target,
+            n: args.n,
+            size: args.size,
+            concurrency: args.concurrency,
+            rate: args.rate,
+            domains: domains.clone(),
+            header_bomb: args.header_bomb,
+            per_connection: args.per_connection,
+        })
+        .await
+        .map_err(|e| format!("load against {target}: {e}"))?
+    };
     let deadline = Duration::from_secs(args.timeout_secs);
-    let all_in = tokio::time::timeout(deadline, count.wait_for(|&n| n >= want)).await;
-    let delivered_after = matches!(all_in, Ok(Ok(_))).then(|| start.elapsed());
-    let delivered = *sink.count.borrow();
+    let (delivered_after, delivered, signatures) = match &mut upstream {
+        Upstream::Ours(sink) => {
+            let mut count = sink.count.clone();
+            let want = outcome.accepted as u64;
+            let all_in = tokio::time::timeout(deadline, count.wait_for(|&n| n >= want)).await;
+            let after = matches!(all_in, Ok(Ok(_))).then(|| start.elapsed());
+            let first = sink.first.lock().map(|f| f.clone()).unwrap_or(None);
+            (after, *sink.count.borrow(), first)
+        }
+        Upstream::SmtpSink(sink) => {
+            let after = sink.delivered(start, deadline).await;
+            let got = if after.is_some() { args.n as u64 } else { 0 };
+            (after, got, None)
+        }
+    };
 
     let usage = match (pid, watch) {
         (Some(pid), _) => Usage {
@@ -105,12 +144,14 @@ async fn run(args: Args) -> Result<(), String> {
         (None, Some(watch)) => watch.finish(),
         (None, None) => Usage::default(),
     };
-    let signatures = sink.first.lock().map(|f| f.clone()).unwrap_or(None);
     report::Results {
         label: args.label.clone(),
         n: args.n,
         size: args.size,
         concurrency: args.concurrency,
+        per_connection: args.per_connection,
+        postfix_tools: args.postfix_tools,
+        fsync: args.fsync,
         rate: args.rate,
         domains: args.domains,
         outcome,
@@ -122,6 +163,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     .print();
     drop(server);
+    drop(upstream);
     Ok(())
 }
 

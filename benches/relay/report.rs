@@ -11,6 +11,11 @@ pub struct Results {
     pub n: usize,
     pub size: usize,
     pub concurrency: usize,
+    /// One message per connection (else each session sends message after message).
+    pub per_connection: bool,
+    /// smtp-source and smtp-sink were the load and the upstream.
+    pub postfix_tools: bool,
+    pub fsync: bool,
     pub rate: Option<f64>,
     pub domains: usize,
     pub outcome: Outcome,
@@ -29,6 +34,29 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+}
+
+/// The CPU model and the cores this process may run on, for the conditions line.
+fn machine() -> (String, usize) {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    (model, cores)
+}
+
+/// The 1-minute load average: on a shared machine, how busy the others kept it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -55,9 +83,33 @@ impl Results {
             .as_ref()
             .map(|f| format!("{} ({})", f.signatures, f.algorithms.join(", ")))
             .unwrap_or_else(|| "no message seen".into());
+        let (cpu_model, cores) = machine();
+        let mode = if self.per_connection {
+            "one message per connection"
+        } else {
+            "messages back to back per session"
+        };
+        let tools = if self.postfix_tools {
+            "smtp-source -> server -> smtp-sink"
+        } else {
+            "bench generator -> server -> bench sink"
+        };
+        let fsync = if self.fsync { "on" } else { "OFF" };
+        let per_msg_ms = match self.delivered {
+            0 => 0.0,
+            n => self.usage.cpu_seconds * 1000.0 / n as f64,
+        };
+        let conditions = format!(
+            "{cpu_model}, {cores} cores (load avg {}); {} bytes/message; signing RSA-2048 + \
+             Ed25519; fsync {fsync}; {} sessions, {mode}; {tools}",
+            load_average(),
+            self.size,
+            self.concurrency
+        );
         println!("==== {} ====", self.label);
+        println!("conditions  {conditions}");
         println!(
-            "load        {} messages x {} bytes, {} sessions, {} domain(s), {offered}",
+            "load        {} messages x {} bytes, {} sessions ({mode}), {} domain(s), {offered}",
             self.n, self.size, self.concurrency, self.domains
         );
         println!(
@@ -77,11 +129,15 @@ impl Results {
                 self.delivered, o.accepted
             ),
         }
+        if lat.is_empty() {
+            println!("latency     end of DATA -> 250: not measured (smtp-source reports none)");
+        } else {
+            println!(
+                "latency     end of DATA -> 250: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms"
+            );
+        }
         println!(
-            "latency     end of DATA -> 250: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms"
-        );
-        println!(
-            "server      peak RSS {:.1} MiB, CPU {:.2} s ({} process(es))",
+            "server      peak RSS {:.1} MiB, CPU {:.2} s = {per_msg_ms:.3} ms per delivered message ({} process(es))",
             mib(self.usage.peak_rss),
             self.usage.cpu_seconds,
             self.usage.processes
@@ -102,6 +158,13 @@ impl Results {
             ("n", self.n.to_string()),
             ("size", self.size.to_string()),
             ("concurrency", self.concurrency.to_string()),
+            ("per_connection", self.per_connection.to_string()),
+            ("postfix_tools", self.postfix_tools.to_string()),
+            ("fsync", self.fsync.to_string()),
+            ("signing", "rsa-2048+ed25519".to_string()),
+            ("cpu_model", cpu_model.replace(' ', "_")),
+            ("cores", cores.to_string()),
+            ("loadavg", load_average()),
             ("rate", self.rate.map(|r| r.to_string()).unwrap_or_default()),
             ("domains", self.domains.to_string()),
             ("accepted", o.accepted.to_string()),
@@ -114,6 +177,7 @@ impl Results {
             ("max_ms", format!("{max:.3}")),
             ("peak_rss_mib", format!("{:.1}", mib(self.usage.peak_rss))),
             ("cpu_s", format!("{:.2}", self.usage.cpu_seconds)),
+            ("cpu_ms_per_msg", format!("{per_msg_ms:.3}")),
             (
                 "dkim_signatures",
                 self.signatures

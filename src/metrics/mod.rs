@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+type SignatureCounts = BTreeMap<String, BTreeMap<String, BTreeMap<&'static str, u64>>>;
+
 #[derive(Default)]
 pub struct Registry {
     pub accepted: AtomicU64,
@@ -26,8 +28,10 @@ pub struct Registry {
     pub failed: AtomicU64,
     /// Refusals by (reply code, enhanced status).
     refusals: Mutex<BTreeMap<(u16, &'static str), u64>>,
-    /// Signatures by (domain, selector, algorithm).
-    signatures: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    /// Signatures by domain, then selector, then algorithm: nested so that counting one
+    /// looks the names up borrowed and allocates only the first time a pair is seen (a
+    /// (String, String) key would take two allocations per signed message).
+    signatures: Mutex<SignatureCounts>,
     /// Publish hook runs that failed (non-zero exit, timeout, or exit 0 while DNS kept
     /// serving another key), by domain.
     hook_failures: Mutex<BTreeMap<String, u64>>,
@@ -61,12 +65,20 @@ impl Registry {
     }
 
     pub fn signature(&self, domain: &str, selector: &str, algorithm: &'static str) {
-        *self
-            .signatures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((domain.to_string(), selector.to_string(), algorithm))
-            .or_default() += 1;
+        let mut counts = self.signatures.lock().unwrap_or_else(|e| e.into_inner());
+        if !counts.contains_key(domain) {
+            counts.insert(domain.to_string(), BTreeMap::new());
+        }
+        let Some(selectors) = counts.get_mut(domain) else {
+            return;
+        };
+        if !selectors.contains_key(selector) {
+            selectors.insert(selector.to_string(), BTreeMap::new());
+        }
+        let Some(algorithms) = selectors.get_mut(selector) else {
+            return;
+        };
+        *algorithms.entry(algorithm).or_default() += 1;
     }
 
     pub fn publish_hook_failure(&self, domain: &str) {
@@ -105,7 +117,13 @@ impl Registry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .flat_map(|(domain, selectors)| {
+                selectors.iter().flat_map(move |(selector, algorithms)| {
+                    algorithms
+                        .iter()
+                        .map(move |(a, n)| ((domain.clone(), selector.clone(), *a), *n))
+                })
+            })
             .collect()
     }
 }

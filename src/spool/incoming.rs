@@ -1,28 +1,43 @@
 //! A message written into the spool while it arrives, so that a large message is never
-//! held whole in memory. Its temp file is opened once the envelope is known (after the
-//! header block), the message is appended in pieces, and [`Incoming::commit`] writes the
-//! head it reserved, fsyncs, renames into the queue and fsyncs the directory: the same
-//! steps as [`super::Spool::store`], so only after it returns Ok may the client get 250.
-//! Dropped uncommitted (refused, tainted, disconnect, error) it removes its temp file:
-//! nothing of such a message stays in the queue.
+//! held whole in memory. The message is appended in pieces after the envelope is known
+//! (after the header block), and [`Incoming::commit`] writes the head it reserved, fsyncs,
+//! renames into the queue and fsyncs the directory (that last fsync shared with the
+//! commits running at the same time, see dirsync.rs): the same steps as
+//! [`super::Spool::store`], so only after it returns Ok may the client get 250.
+//!
+//! The first [`HOLD`] bytes are held in memory and the temp file is opened only when the
+//! message outgrows them: a small message (most mail) is then written, fsynced and renamed
+//! in one trip to the blocking pool at commit, instead of one trip for opening, one per
+//! write and one for the commit; each trip wakes a thread, and those wake-ups cost more
+//! CPU than the writes. The held bytes take the place of the file write in flight in the
+//! transfer's memory budget (`TRANSFER_BASE`), so a transfer holds no more than before.
+//!
+//! Dropped uncommitted (refused, tainted, disconnect, error) it removes its temp file if
+//! it had one: nothing of such a message stays in the queue.
 
+use super::dirsync::DirSync;
 use super::file::ReservedHead;
+use super::recycle::Recycler;
 use super::{msg_name, DiskFull, Envelope, Spool};
 use crate::fsutil::sync_dir;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 /// The most tokio copies into its own buffer per write (the default is 2 MiB): about one
 /// piece of output from the DATA reader, which the memory budget counts.
 const WRITE_BUF: usize = 128 * 1024;
 
+/// Message bytes held in memory before the temp file is opened: at most the write in
+/// flight the budget counts, and the size of the files the recycler keeps (recycle.rs).
+pub const HOLD: usize = 64 * 1024;
+
 #[derive(Debug)]
 pub struct Incoming {
-    /// None only after a failed commit took it.
-    file: Option<tokio::fs::File>,
-    tmp: PathBuf,
+    bytes: Bytes,
+    /// The temp file once it exists; removed when dropped uncommitted.
+    tmp: Option<PathBuf>,
     queue: PathBuf,
     name: String,
     head: ReservedHead,
@@ -30,88 +45,121 @@ pub struct Incoming {
     written: u64,
     fsync: bool,
     full: DiskFull,
+    dir_sync: Option<DirSync>,
+    recycler: Option<Recycler>,
     committed: bool,
 }
 
+/// Where the message bytes written so far are.
+#[derive(Debug)]
+enum Bytes {
+    /// In memory, no file yet (at most [`HOLD`] bytes).
+    Held(Vec<u8>),
+    /// In the temp file, written after the reserved head.
+    File(tokio::fs::File),
+    /// Taken by a failed write or commit.
+    Gone,
+}
+
 impl Spool {
-    /// Opens the temp file for `envelope`'s message; its `received`, `size` and
-    /// `eight_bit` may still change before [`Incoming::commit`].
+    /// Starts `envelope`'s message; its `received`, `size` and `eight_bit` may still
+    /// change before [`Incoming::commit`]. No file is touched until the message outgrows
+    /// [`HOLD`] bytes or is committed.
     pub async fn begin(&self, envelope: &Envelope) -> io::Result<Incoming> {
-        let head = ReservedHead::for_envelope(envelope)?;
-        let name = msg_name(&envelope.id);
-        self.give_back_when_short().await;
-        // A delivered message's file, when one is free, saves creating one (see recycle.rs).
-        let tmp = self.queue.join(
-            self.recycler
-                .as_ref()
-                .and_then(|r| r.take())
-                .unwrap_or_else(|| format!(".{name}.tmp")),
-        );
-        let path = tmp.clone();
-        let reserved = head.len();
-        let file = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                // A symlink planted under the temp or `.free-N` name is not followed.
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)?;
-            // A placeholder, overwritten in place at commit; the file is cut to length then.
-            file.write_all_at(&vec![b' '; reserved], 0)?;
-            Ok(file)
-        })
-        .await
-        .map_err(io::Error::other)?;
-        let mut incoming = Incoming {
-            file: None,
-            tmp,
+        Ok(Incoming {
+            bytes: Bytes::Held(Vec::new()),
+            tmp: None,
             queue: self.queue.clone(),
-            name,
-            head,
+            name: msg_name(&envelope.id),
+            head: ReservedHead::for_envelope(envelope)?,
             written: 0,
             fsync: self.fsync,
             full: self.full.clone(),
+            dir_sync: self.dir_sync.clone(),
+            recycler: self.recycler.clone(),
             committed: false,
-        };
-        let mut file = tokio::fs::File::from_std(file?);
-        file.set_max_buf_size(WRITE_BUF);
-        file.seek(io::SeekFrom::Start(reserved as u64)).await?;
-        incoming.file = Some(file);
-        Ok(incoming)
+        })
     }
 }
 
 /// Below this much free space (plus what the free files hold) the spool gives the free
-/// files back before a message streams in. Its size is not known before it ends, so the
-/// ENOSPC retry of `store` cannot be had here; a disk this short should not hoard files
-/// for reuse anyway.
+/// files back before a message's file is opened. A streamed message's size is not known
+/// before it ends, so the ENOSPC retry of `store` cannot be had here; a disk this short
+/// should not hoard files for reuse anyway.
 const SHORT_OF_SPACE: u64 = 32 << 20;
 
-impl Spool {
-    async fn give_back_when_short(&self) {
-        let Some(recycler) = self.recycler.clone() else {
-            return;
-        };
-        let held = recycler.held_bound();
-        if held == 0 {
-            return;
+/// Gives the recycler's free files back when the disk is short of space. Blocking.
+fn give_back_when_short(recycler: &Recycler, queue: &Path) {
+    let held = recycler.held_bound();
+    if held == 0 {
+        return;
+    }
+    let short = crate::fsutil::available_bytes(queue)
+        .is_ok_and(|free| free < SHORT_OF_SPACE.saturating_add(held));
+    if short {
+        let n = recycler.give_back(queue);
+        if n > 0 {
+            tracing::info!(
+                files = n,
+                "spool short of space: freed the files kept for reuse"
+            );
         }
-        let queue = self.queue.clone();
-        let freed = tokio::task::spawn_blocking(move || {
-            let short = crate::fsutil::available_bytes(&queue)
-                .is_ok_and(|free| free < SHORT_OF_SPACE.saturating_add(held));
-            short.then(|| recycler.give_back(&queue))
-        })
-        .await;
-        if let Ok(Some(n)) = freed {
-            if n > 0 {
-                tracing::info!(
-                    files = n,
-                    "spool short of space: freed the files kept for reuse"
-                );
-            }
+    }
+}
+
+/// Opens the temp file for a message: a delivered message's file when one is free (it
+/// saves creating one, see recycle.rs), else `.<name>.tmp`. Blocking. Returns its path.
+fn open_temp(
+    recycler: Option<&Recycler>,
+    queue: &Path,
+    name: &str,
+) -> io::Result<(std::fs::File, PathBuf)> {
+    if let Some(r) = recycler {
+        give_back_when_short(r, queue);
+    }
+    let tmp = queue.join(
+        recycler
+            .and_then(Recycler::take)
+            .unwrap_or_else(|| format!(".{name}.tmp")),
+    );
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        // A symlink planted under the temp or `.free-N` name is not followed.
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    Ok((file, tmp))
+}
+
+/// What a commit does once every byte is in the file: cut it to length (a reused file may
+/// be longer), fsync its data, rename it into the queue, and make the rename durable.
+/// Blocking.
+struct Finish<'a> {
+    queue: &'a Path,
+    name: &'a str,
+    fsync: bool,
+    full: &'a DiskFull,
+    dir_sync: Option<&'a DirSync>,
+}
+
+impl Finish<'_> {
+    fn run(&self, file: &std::fs::File, tmp: &Path, len: u64) -> io::Result<()> {
+        file.set_len(len)?;
+        self.full.check()?;
+        if self.fsync {
+            // fdatasync: the data and what is needed to read it back (the size, the
+            // block map); the timestamps it skips matter to no reader.
+            file.sync_data()?;
+        }
+        std::fs::rename(tmp, self.queue.join(self.name))?;
+        // The rename is durable once an fsync of the directory begun after it has
+        // finished; concurrent commits share one (dirsync.rs).
+        match (self.fsync, self.dir_sync) {
+            (false, _) => Ok(()),
+            (true, Some(group)) => group.sync(self.queue),
+            (true, None) => sync_dir(self.queue),
         }
     }
 }
@@ -119,10 +167,59 @@ impl Spool {
 impl Incoming {
     /// Appends message bytes.
     pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let file = self.file.as_mut().ok_or_else(gone)?;
+        if let Bytes::Held(held) = &mut self.bytes {
+            let needed = held.len() + bytes.len();
+            if needed <= HOLD {
+                if needed > held.capacity() {
+                    // Doubling, but never past HOLD (the budget counts no more).
+                    let room = needed.next_power_of_two().min(HOLD);
+                    held.reserve_exact(room - held.len());
+                }
+                held.extend_from_slice(bytes);
+                self.written += bytes.len() as u64;
+                return Ok(());
+            }
+            let file = self.open_file().await?;
+            self.bytes = Bytes::File(file);
+        }
+        let Bytes::File(file) = &mut self.bytes else {
+            return Err(gone());
+        };
         file.write_all(bytes).await?;
         self.written += bytes.len() as u64;
         Ok(())
+    }
+
+    /// Opens the temp file for a message that outgrew [`HOLD`] and writes the held bytes
+    /// after a placeholder for the head (overwritten in place at commit).
+    async fn open_file(&mut self) -> io::Result<tokio::fs::File> {
+        let Bytes::Held(held) = std::mem::replace(&mut self.bytes, Bytes::Gone) else {
+            return Err(gone());
+        };
+        let (recycler, queue, name) =
+            (self.recycler.clone(), self.queue.clone(), self.name.clone());
+        let reserved = self.head.len();
+        let (file, tmp) = tokio::task::spawn_blocking(move || {
+            let (file, tmp) = open_temp(recycler.as_ref(), &queue, &name)?;
+            let written = file
+                .write_all_at(&vec![b' '; reserved], 0)
+                .and_then(|()| file.write_all_at(&held, reserved as u64));
+            match written {
+                Ok(()) => Ok((file, tmp)),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.tmp = Some(tmp);
+        let mut file = tokio::fs::File::from_std(file);
+        file.set_max_buf_size(WRITE_BUF);
+        file.seek(io::SeekFrom::Start(reserved as u64 + self.written))
+            .await?;
+        Ok(file)
     }
 
     /// Message bytes written so far: the `size` the envelope must carry at commit.
@@ -138,29 +235,60 @@ impl Incoming {
             ));
         }
         let head = self.head.fill(envelope)?;
-        let mut file = self.file.take().ok_or_else(gone)?;
-        // Waits for the write in flight, so every byte is in the file before the head.
-        file.flush().await?;
-        let file = file.into_std().await;
-        let (tmp, queue, name) = (self.tmp.clone(), self.queue.clone(), self.name.clone());
-        let (fsync, full) = (self.fsync, self.full.clone());
         let len = head.len() as u64 + self.written;
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
-            file.write_all_at(&head, 0)?;
-            // A reused file may be longer than this message.
-            file.set_len(len)?;
-            full.check()?;
-            if fsync {
-                file.sync_all()?;
+        let (queue, name, fsync) = (self.queue.clone(), self.name.clone(), self.fsync);
+        let (full, dir_sync, recycler) = (
+            self.full.clone(),
+            self.dir_sync.clone(),
+            self.recycler.clone(),
+        );
+        match std::mem::replace(&mut self.bytes, Bytes::Gone) {
+            Bytes::Held(held) => {
+                // The whole message is here: open, write, fsync and rename in one trip.
+                tokio::task::spawn_blocking(move || -> io::Result<()> {
+                    let finish = Finish {
+                        queue: &queue,
+                        name: &name,
+                        fsync,
+                        full: &full,
+                        dir_sync: dir_sync.as_ref(),
+                    };
+                    let (file, tmp) = open_temp(recycler.as_ref(), &queue, &name)?;
+                    let result = file
+                        .write_all_at(&head, 0)
+                        .and_then(|()| file.write_all_at(&held, head.len() as u64))
+                        .and_then(|()| finish.run(&file, &tmp, len));
+                    if result.is_err() {
+                        // Best effort; a leftover is removed at the next start. After a
+                        // failed rename the file is still under its temp name.
+                        let _ = std::fs::remove_file(&tmp);
+                    }
+                    result
+                })
+                .await
+                .map_err(io::Error::other)??;
             }
-            std::fs::rename(&tmp, queue.join(&name))?;
-            if fsync {
-                sync_dir(&queue)?;
+            Bytes::File(mut file) => {
+                // Waits for the write in flight, so every byte is in the file before the head.
+                file.flush().await?;
+                let file = file.into_std().await;
+                let tmp = self.tmp.clone().ok_or_else(gone)?;
+                tokio::task::spawn_blocking(move || -> io::Result<()> {
+                    let finish = Finish {
+                        queue: &queue,
+                        name: &name,
+                        fsync,
+                        full: &full,
+                        dir_sync: dir_sync.as_ref(),
+                    };
+                    file.write_all_at(&head, 0)?;
+                    finish.run(&file, &tmp, len)
+                })
+                .await
+                .map_err(io::Error::other)??;
             }
-            Ok(())
-        })
-        .await
-        .map_err(io::Error::other)??;
+            Bytes::Gone => return Err(gone()),
+        }
         self.committed = true;
         Ok(())
     }
@@ -168,9 +296,9 @@ impl Incoming {
 
 impl Drop for Incoming {
     fn drop(&mut self) {
-        if !self.committed {
+        if let (false, Some(tmp)) = (self.committed, &self.tmp) {
             // Best effort, as in fsutil: a leftover temp file is removed at the next start.
-            let _ = std::fs::remove_file(&self.tmp);
+            let _ = std::fs::remove_file(tmp);
         }
     }
 }

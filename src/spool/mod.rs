@@ -7,6 +7,7 @@
 //! attempt. A file that cannot be read back is moved to `corrupt/` and logged.
 
 mod budget;
+mod dirsync;
 mod envelope;
 mod file;
 mod incoming;
@@ -20,6 +21,7 @@ pub use problem::Problem;
 mod recycle;
 
 use crate::fsutil::{ensure_dir, read_nofollow, sync_dir, write_atomic, write_atomic_via};
+use dirsync::DirSync;
 use recycle::Recycler;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -36,6 +38,9 @@ pub struct Spool {
     recycler: Option<Recycler>,
     /// Memory of messages being received into this spool (`smtp.max_data_memory`).
     memory: MemoryBudget,
+    /// The queue directory's fsync, shared by concurrent commits (see dirsync.rs); None:
+    /// each commit fsyncs the directory itself (only for the spool benchmark).
+    dir_sync: Option<DirSync>,
 }
 
 /// A seam for tests of storage failures on machines where no small filesystem can be
@@ -88,6 +93,7 @@ impl Spool {
             full: DiskFull::default(),
             recycler: Some(Recycler::default()),
             memory: MemoryBudget::default(),
+            dir_sync: Some(DirSync::default()),
         };
         ensure_dir(&spool.queue, 0o700)?;
         ensure_dir(&spool.corrupt, 0o700)?;
@@ -116,7 +122,22 @@ impl Spool {
             full: DiskFull::default(),
             recycler: None,
             memory: MemoryBudget::default(),
+            dir_sync: Some(DirSync::default()),
         }
+    }
+
+    /// This spool with every commit fsyncing the queue directory on its own, as before
+    /// group commit: only for `cargo bench --bench spool`, which compares the two.
+    #[doc(hidden)]
+    pub fn with_ungrouped_dir_sync(mut self) -> Spool {
+        self.dir_sync = None;
+        self
+    }
+
+    /// (directory fsyncs, commits they answered) of streamed commits so far: how much the
+    /// group commit shared. For the spool benchmark and tests.
+    pub fn dir_sync_counts(&self) -> (u64, u64) {
+        self.dir_sync.as_ref().map_or((0, 0), DirSync::counts)
     }
 
     /// This spool with a budget for the memory of messages being received into it.
