@@ -334,7 +334,11 @@ pub fn reload_effect(old: &Config, new: &Config) -> ReloadEffect {
     // read at each login, so a changed PIN needs no restart.
     note(*backend != o.keys.backend, false, "keys.backend");
     note(*module != o.keys.module, false, "keys.module");
-    note(*token_label != o.keys.token_label, false, "keys.token_label");
+    note(
+        *token_label != o.keys.token_label,
+        false,
+        "keys.token_label",
+    );
     note(*pin_file != o.keys.pin_file, false, "keys.pin_file");
     note(
         *generate_missing != o.keys.generate_missing,

@@ -16,7 +16,12 @@ pub struct Pkcs11Settings {
 impl KeysConfig {
     /// The token settings when `backend = "pkcs11"`.
     pub fn pkcs11(&self) -> Option<Pkcs11Settings> {
-        match (self.backend, &self.module, &self.token_label, &self.pin_file) {
+        match (
+            self.backend,
+            &self.module,
+            &self.token_label,
+            &self.pin_file,
+        ) {
             (KeyBackend::Pkcs11, Some(module), Some(label), Some(pin_file)) => {
                 Some(Pkcs11Settings {
                     module: module.clone(),
@@ -55,12 +60,22 @@ impl KeysConfig {
                         format!("is required with backend = \"pkcs11\" (for example {example})"),
                     ));
                 }
-                if self.module.as_ref().is_some_and(|m| m.as_os_str().is_empty()) {
-                    return Err(ConfigError::new("keys.module", "is empty: name the PKCS#11 library (.so)"));
+                if self
+                    .module
+                    .as_ref()
+                    .is_some_and(|m| m.as_os_str().is_empty())
+                {
+                    return Err(ConfigError::new(
+                        "keys.module",
+                        "is empty: name the PKCS#11 library (.so)",
+                    ));
                 }
                 let label = self.token_label.as_deref().unwrap_or_default();
                 // CK_TOKEN_INFO's label is 32 bytes, blank-padded.
-                if label.trim().is_empty() || label.len() > 32 || label.chars().any(char::is_control) {
+                if label.trim().is_empty()
+                    || label.len() > 32
+                    || label.chars().any(char::is_control)
+                {
                     return Err(ConfigError::new(
                         "keys.token_label",
                         "must be 1 to 32 bytes without control characters (the token's label as softhsm2-util --show-slots or pkcs11-tool -L print it)",
@@ -77,7 +92,10 @@ mod tests {
     use crate::config::Config;
 
     fn err(text: &str) -> String {
-        let e = Config::parse(text).and_then(|mut c| c.validate().map(|_| c)).err().unwrap();
+        let e = Config::parse(text)
+            .and_then(|mut c| c.validate().map(|_| c))
+            .err()
+            .unwrap();
         format!("{}: {}", e.field, e.problem)
     }
 
@@ -92,7 +110,7 @@ mod tests {
         let e = err("[keys]\ntoken_label = \"dkim\"\n");
         assert!(e.starts_with("keys.token_label: is only read"), "{e}");
         let e = err("[keys]\nbackend = \"hsm\"\n");
-        assert!(e.contains("backend"), "{e}");
+        assert!(e.contains("expected `file` or `pkcs11`"), "{e}");
     }
 
     #[test]

@@ -253,7 +253,12 @@ fn load_domain(store: &KeyStore, config: &Config, domain: &str) -> Result<Arc<Do
             continue;
         }
         if let Some((token, id)) = store.token_key(domain, slot).map_err(|e| e.to_string())? {
-            keys.push(LoadedKey::in_token(&slot.selector, slot.algorithm, token, id));
+            keys.push(LoadedKey::in_token(
+                &slot.selector,
+                slot.algorithm,
+                token,
+                id,
+            ));
             continue;
         }
         let pem = store

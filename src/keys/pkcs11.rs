@@ -112,7 +112,9 @@ impl Token {
                     RvError::PinIncorrect | RvError::PinLenRange | RvError::PinInvalid => {
                         "; check the PIN in keys.pin_file"
                     }
-                    RvError::PinLocked => "; the token locked the user PIN: unlock it with the SO PIN",
+                    RvError::PinLocked => {
+                        "; the token locked the user PIN: unlock it with the SO PIN"
+                    }
                     RvError::TokenNotPresent | RvError::DeviceRemoved => {
                         "; the token is not there: reconnect it"
                     }
@@ -176,7 +178,9 @@ impl Token {
             let session = match open.idle.pop() {
                 Some(session) => session,
                 // Login state is per application: a new session of a logged-in token is too.
-                None => lib.open_rw_session(open.slot).map_err(|e| self.ck_error(e))?,
+                None => lib
+                    .open_rw_session(open.slot)
+                    .map_err(|e| self.ck_error(e))?,
             };
             return Ok((session, state.generation));
         }
@@ -236,10 +240,7 @@ impl Token {
         let text = std::fs::read_to_string(path)
             .map(Zeroizing::new)
             .map_err(|e| {
-                self.error(format!(
-                    "cannot read keys.pin_file {}: {e}",
-                    path.display()
-                ))
+                self.error(format!("cannot read keys.pin_file {}: {e}", path.display()))
             })?;
         let pin = text.trim_end_matches(['\r', '\n']);
         if pin.is_empty() {

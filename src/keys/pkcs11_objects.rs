@@ -54,6 +54,8 @@ impl Token {
             let common_pub = vec![
                 Attribute::Token(true),
                 Attribute::Verify(true),
+                Attribute::Encrypt(false),
+                Attribute::Wrap(false),
                 Attribute::Id(id.clone()),
                 Attribute::Label(label.as_bytes().to_vec()),
             ];
@@ -122,7 +124,12 @@ impl Token {
 
     /// Signs as DKIM does: RSASSA-PKCS1-v1_5 with SHA-256 over `data` (CKM_SHA256_RSA_PKCS),
     /// or Ed25519 over the SHA-256 digest of `data` (RFC 8463 §3, CKM_EDDSA).
-    pub fn sign(&self, id: &[u8], algorithm: Algorithm, data: &[u8]) -> Result<Vec<u8>, TokenError> {
+    pub fn sign(
+        &self,
+        id: &[u8],
+        algorithm: Algorithm,
+        data: &[u8],
+    ) -> Result<Vec<u8>, TokenError> {
         self.with_session(|session| {
             let key = self.find(session, id, ObjectClass::PRIVATE_KEY)?;
             let signed = match algorithm {
@@ -203,6 +210,9 @@ fn private_template(id: &[u8], label: &str) -> Vec<Attribute> {
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
         Attribute::Id(id.to_vec()),
         Attribute::Label(label.as_bytes().to_vec()),
     ]
@@ -238,7 +248,8 @@ fn public_key_of(
             _ => Err(token.error("the RSA public key has no modulus or exponent")),
         },
         Algorithm::Ed25519 => {
-            let point = point.ok_or_else(|| token.error("the Ed25519 public key has no CKA_EC_POINT"))?;
+            let point =
+                point.ok_or_else(|| token.error("the Ed25519 public key has no CKA_EC_POINT"))?;
             // Modules store the point DER-wrapped (OCTET STRING, 04 20 …) or raw.
             match point.as_slice() {
                 [0x04, 0x20, rest @ ..] if rest.len() == 32 => Ok(rest.to_vec()),
@@ -258,7 +269,9 @@ fn rsa_spki(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
         0x30,
         &[
             // rsaEncryption 1.2.840.113549.1.1.1, NULL parameters
-            &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01][..],
+            &[
+                0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+            ][..],
             &[0x05, 0x00],
         ]
         .concat(),
@@ -285,7 +298,11 @@ fn der(tag: u8, content: &[u8]) -> Vec<u8> {
     if len < 0x80 {
         out.push(len as u8);
     } else {
-        let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|&b| b == 0).collect();
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|&b| b == 0)
+            .collect();
         out.push(0x80 | bytes.len() as u8);
         out.extend(bytes);
     }
@@ -318,7 +335,9 @@ fn rsa_import_attributes(pem: &str) -> Result<ImportAttributes, String> {
     if let (Some(dp), Some(dq), Some(qinv)) = (key.dp(), key.dq(), key.qinv()) {
         private.push(Attribute::Exponent1(dp.to_be_bytes().to_vec()));
         private.push(Attribute::Exponent2(dq.to_be_bytes().to_vec()));
-        private.push(Attribute::Coefficient(qinv.retrieve().to_be_bytes().to_vec()));
+        private.push(Attribute::Coefficient(
+            qinv.retrieve().to_be_bytes().to_vec(),
+        ));
     }
     let public = vec![
         Attribute::KeyType(KeyType::RSA),
@@ -329,8 +348,9 @@ fn rsa_import_attributes(pem: &str) -> Result<ImportAttributes, String> {
 }
 
 fn ed25519_import_attributes(pem: &str) -> Result<ImportAttributes, String> {
-    let key = <ed25519_dalek::SigningKey as ed25519_dalek::pkcs8::DecodePrivateKey>::from_pkcs8_pem(pem)
-        .map_err(|_| "not a readable Ed25519 private key (PKCS#8 PEM)".to_string())?;
+    let key =
+        <ed25519_dalek::SigningKey as ed25519_dalek::pkcs8::DecodePrivateKey>::from_pkcs8_pem(pem)
+            .map_err(|_| "not a readable Ed25519 private key (PKCS#8 PEM)".to_string())?;
     let public = key.verifying_key().to_bytes().to_vec();
     let private = vec![
         Attribute::KeyType(KeyType::EC_EDWARDS),

@@ -5,12 +5,12 @@ use super::{
     Slot, SlotState, Token, TokenError,
 };
 use crate::config::{is_dns_name, KeysConfig};
-use std::sync::Arc;
 use crate::fsutil::{ensure_dir, write_atomic};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 const STATE_FILE: &str = "state.json";
@@ -32,6 +32,9 @@ pub enum KeyError {
     #[error("{0}")]
     Token(#[from] TokenError),
 }
+
+/// A slot's key in a token: the token and the key's CKA_ID.
+pub type TokenKeyRef = (Arc<Token>, Vec<u8>);
 
 /// A key just made for a selector: the public key to publish and, in a token, its CKA_ID
 /// for the slot.
@@ -87,7 +90,7 @@ impl KeyStore {
     }
 
     /// The token and CKA_ID of a slot whose key is in a token.
-    pub fn token_key(&self, domain: &str, slot: &Slot) -> Result<Option<(Arc<Token>, Vec<u8>)>, KeyError> {
+    pub fn token_key(&self, domain: &str, slot: &Slot) -> Result<Option<TokenKeyRef>, KeyError> {
         let Some(hex) = &slot.token_id else {
             return Ok(None);
         };
@@ -248,7 +251,11 @@ impl KeyStore {
         }
         let (key_file, token_id) = match &self.token {
             Some(token) => {
-                let pair = token.import(&token_label(domain, selector), algorithm, &material.private_pem)?;
+                let pair = token.import(
+                    &token_label(domain, selector),
+                    algorithm,
+                    &material.private_pem,
+                )?;
                 tracing::info!(domain, selector, token = %token.label(), id = %id_hex(&pair.id), "private key imported into the token");
                 (format!("{selector}.pem"), Some(id_hex(&pair.id)))
             }
@@ -372,7 +379,12 @@ impl KeyStore {
     pub fn record(&self, domain: &str, slot: &Slot) -> Result<DnsRecord, KeyError> {
         if let Some((token, id)) = self.token_key(domain, slot)? {
             let public = token.public_key(&id, slot.algorithm)?;
-            return Ok(DnsRecord::new(domain, &slot.selector, slot.algorithm, &public));
+            return Ok(DnsRecord::new(
+                domain,
+                &slot.selector,
+                slot.algorithm,
+                &public,
+            ));
         }
         let pem = self.read_private_pem(domain, slot)?;
         let public = public_key_of(slot.algorithm, &pem).map_err(|problem| KeyError::Invalid {
