@@ -445,3 +445,87 @@ async fn a_lost_token_or_a_wrong_pin_defers_mail_until_fixed() {
     .await;
     assert_eq!(dkim_signatures(&upstream.received()[1].data), 2);
 }
+
+/// `keys import-opendkim` moves OpenDKIM's PEM keys (PKCS#1 RSA, PKCS#8 Ed25519) into the
+/// token; the relay then signs with them there and the signatures verify against the
+/// records OpenDKIM published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opendkim_keys_are_imported_into_the_token_and_sign_there() {
+    use dkim_relay::keys::{generate, Algorithm, DnsRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(hsm) = SoftHsm::new(dir.path(), "dkim-import") else {
+        return;
+    };
+    let upstream = FakeUpstream::start().await;
+    let config = write_config(dir.path(), &hsm, upstream.addr);
+    let cache = TxtCache::default();
+    let mut key_table = String::new();
+    for (selector, algorithm) in [("mail", Algorithm::Rsa), ("ed", Algorithm::Ed25519)] {
+        let key = generate(algorithm, 2048).unwrap();
+        let path = dir.path().join(format!("{selector}.private"));
+        let pem = match algorithm {
+            // What opendkim-genkey writes: PKCS#1.
+            Algorithm::Rsa => {
+                use rsa::pkcs1::EncodeRsaPrivateKey;
+                use rsa::pkcs8::DecodePrivateKey;
+                rsa::PrivateKey::from_pkcs8_pem(&key.private_pem)
+                    .unwrap()
+                    .to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
+                    .unwrap()
+                    .to_string()
+            }
+            Algorithm::Ed25519 => key.private_pem.to_string(),
+        };
+        std::fs::write(&path, pem).unwrap();
+        let record = DnsRecord::new(DOMAIN, selector, algorithm, &key.public_key);
+        cache.add(&record.name, &record.value);
+        key_table.push_str(&format!(
+            "{selector}._domainkey.example.com example.com:{selector}:{}\n",
+            path.display()
+        ));
+    }
+    std::fs::write(dir.path().join("KeyTable"), key_table).unwrap();
+    std::fs::write(
+        dir.path().join("SigningTable"),
+        "*@example.com mail._domainkey.example.com\n*@example.com ed._domainkey.example.com\n",
+    )
+    .unwrap();
+    let (ok, out) = cli(
+        &config,
+        &hsm.conf,
+        &[
+            "keys",
+            "import-opendkim",
+            "--key-table",
+            &dir.path().join("KeyTable").display().to_string(),
+            "--signing-table",
+            &dir.path().join("SigningTable").display().to_string(),
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("into PKCS#11 token \"dkim-import\""), "{out}");
+    let state = std::fs::read_to_string(dir.path().join("keys/example.com/state.json")).unwrap();
+    assert_eq!(state.matches("\"token_id\"").count(), 2, "{state}");
+    let objects = hsm.objects();
+    assert_eq!(
+        objects.matches("Access:     sensitive").count(),
+        2,
+        "{objects}"
+    );
+
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (_relay, addr) = spawn_relay(&config, &hsm.conf, log.clone());
+    let mut client = Client::greeted(addr).await;
+    let reply = client
+        .send(
+            "app@host",
+            &["u@example.net"],
+            &message("app@example.com", "imported"),
+        )
+        .await;
+    assert!(reply.starts_with("250"), "{reply}");
+    wait_until("the message", &log, || upstream.received().len() == 1).await;
+    let data = &upstream.received()[0].data;
+    assert_eq!(tag_values(data, "s"), ["mail", "ed"]);
+    assert_signed(data, &cache, DOMAIN).await;
+}
