@@ -109,8 +109,16 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let signatures = sink.first.lock().map(|f| f.clone()).unwrap_or(None);
     let signing = match &server {
-        Server::Relay { metrics, .. } => setup::signing_cost(*metrics)
-            .map(|cost| (if args.pkcs11 { "pkcs11 (SoftHSM 2)" } else { "file (in memory)" }, cost)),
+        Server::Relay { metrics, .. } => setup::signing_cost(*metrics).map(|cost| {
+            (
+                if args.pkcs11 {
+                    "pkcs11 (SoftHSM 2)"
+                } else {
+                    "file (in memory)"
+                },
+                cost,
+            )
+        }),
         Server::External(_) => None,
     };
     report::Results {

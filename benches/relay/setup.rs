@@ -39,25 +39,43 @@ fn command(program: &str) -> Command {
 /// Makes a SoftHSM 2 token under `root` (its own token directory); returns the `[keys]`
 /// lines that use it.
 pub fn softhsm_token(root: &Path) -> Result<String, String> {
-    let module = ["/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"]
-        .into_iter()
-        .find(|m| Path::new(m).exists())
-        .ok_or("--keys pkcs11 needs SoftHSM 2 (apt-get install softhsm2)")?;
+    let module = [
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    ]
+    .into_iter()
+    .find(|m| Path::new(m).exists())
+    .ok_or("--keys pkcs11 needs SoftHSM 2 (apt-get install softhsm2)")?;
     let tokens = root.join("tokens");
     std::fs::create_dir_all(&tokens).map_err(|e| e.to_string())?;
     let conf = root.join("softhsm2.conf");
     std::fs::write(
         &conf,
-        format!("directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n", tokens.display()),
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
     )
     .map_err(|e| e.to_string())?;
     let out = Command::new("softhsm2-util")
         .env("SOFTHSM2_CONF", &conf)
-        .args(["--init-token", "--free", "--label", "bench", "--so-pin", "87654321", "--pin", "12345678"])
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "bench",
+            "--so-pin",
+            "87654321",
+            "--pin",
+            "12345678",
+        ])
         .output()
         .map_err(|e| format!("softhsm2-util: {e}"))?;
     if !out.status.success() {
-        return Err(format!("softhsm2-util: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "softhsm2-util: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let pin = root.join("token.pin");
     std::fs::write(&pin, "12345678\n").map_err(|e| e.to_string())?;
