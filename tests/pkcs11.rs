@@ -412,6 +412,14 @@ async fn a_lost_token_or_a_wrong_pin_defers_mail_until_fixed() {
         1,
         "sent while the token was gone"
     );
+    for line in log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("dkim-child"))
+    {
+        eprintln!("token gone: {line}");
+    }
 
     // Back, but the PIN file is wrong now: still deferred, with the return code.
     std::fs::write(&hsm.pin_file, "000000\n").unwrap();

@@ -134,8 +134,9 @@ impl Token {
         }
     }
 
-    /// Runs `f` on a logged-in session from the pool. On failure the token is closed, so
-    /// the next call opens it again (a fixed PIN file or a reinserted token is used then).
+    /// Runs `f` on a logged-in session from the pool. When the module returns an error the
+    /// token is closed, so the next call opens it again (a fixed PIN file or a reinserted
+    /// token is used then).
     pub fn with_session<T>(
         &self,
         f: impl FnOnce(&Session) -> Result<T, TokenError>,
@@ -145,6 +146,11 @@ impl Token {
             Ok(value) => {
                 self.give_back(session, generation);
                 Ok(value)
+            }
+            // Our own finding (no such object): the token and the session are fine.
+            Err(e) if e.code.is_none() => {
+                self.give_back(session, generation);
+                Err(e)
             }
             Err(e) => {
                 self.log(&e);
@@ -259,6 +265,17 @@ impl Token {
                 open.idle.push(session);
             }
         }
+    }
+
+    /// Closes the token so the next use opens it again: a signing key that is not there
+    /// may mean another token is in the slot, or the token's files were restored.
+    pub(crate) fn reopen_later(&self) {
+        let generation = self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation;
+        self.reset(generation);
     }
 
     /// Closes the token after an error, unless it was reopened since that session.

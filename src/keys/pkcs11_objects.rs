@@ -130,7 +130,7 @@ impl Token {
         algorithm: Algorithm,
         data: &[u8],
     ) -> Result<Vec<u8>, TokenError> {
-        self.with_session(|session| {
+        let signed = self.with_session(|session| {
             let key = self.find(session, id, ObjectClass::PRIVATE_KEY)?;
             let signed = match algorithm {
                 Algorithm::Rsa => session.sign(&Mechanism::Sha256RsaPkcs, key, data),
@@ -144,7 +144,14 @@ impl Token {
                 }
             };
             signed.map_err(|e| self.ck_error(e))
-        })
+        });
+        if let Err(e) = &signed {
+            if e.code.is_none() {
+                tracing::warn!(token = %self.label(), error = %e.problem, "signing key not found in the token; the token is reopened at next use");
+                self.reopen_later();
+            }
+        }
+        signed
     }
 
     /// The public key of a stored key pair, in the DNS record's form.
@@ -183,7 +190,7 @@ impl Token {
         match found.as_slice() {
             [one] => Ok(*one),
             [] => Err(self.error(format!(
-                "no {} with CKA_ID {} (deleted from the token? `dkim-relay keys rotate --emergency` replaces it)",
+                "no {} with CKA_ID {} (another token in the slot, its files restored from an old copy, or the key deleted; if deleted, `dkim-relay keys rotate --emergency` replaces it)",
                 if class == ObjectClass::PRIVATE_KEY { "private key" } else { "public key" },
                 id_hex(id)
             ))),
