@@ -248,6 +248,14 @@ impl Token {
             .map_err(|e| {
                 self.error(format!("cannot read keys.pin_file {}: {e}", path.display()))
             })?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                // Warned, not refused: secret mounts (Kubernetes) are often 0644 by default.
+                tracing::warn!(pin_file = %path.display(), mode = %format!("{mode:03o}"), "keys.pin_file is readable by group or others; chmod 600 it");
+            }
+        }
         let pin = text.trim_end_matches(['\r', '\n']);
         if pin.is_empty() {
             return Err(self.error(format!("keys.pin_file {} is empty", path.display())));
@@ -296,6 +304,29 @@ impl Token {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pin_is_read_from_its_file_and_in_no_error_or_debug_form() {
+        use secrecy::ExposeSecret;
+        let dir = tempfile::tempdir().unwrap();
+        let pin_file = dir.path().join("pin");
+        let token = Token::shared(&Pkcs11Settings {
+            module: dir.path().join("absent.so"),
+            token_label: "unit".into(),
+            pin_file: pin_file.clone(),
+        });
+        let missing = token.read_pin().err().unwrap();
+        assert!(missing.to_string().contains("keys.pin_file"), "{missing}");
+        std::fs::write(&pin_file, "s3cret-pin\n").unwrap();
+        assert_eq!(token.read_pin().unwrap().expose_secret(), "s3cret-pin");
+        assert_eq!(format!("{token:?}"), "Token(unit)");
+        // The module is absent: the error names it and the setting, never the PIN.
+        let err = token.with_session(|_| Ok(())).err().unwrap();
+        assert!(err.to_string().contains("keys.module"), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        std::fs::write(&pin_file, "\n").unwrap();
+        assert!(token.read_pin().is_err());
+    }
 
     #[test]
     fn return_codes_are_named_as_in_the_standard() {
