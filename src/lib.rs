@@ -16,7 +16,7 @@
 //! Around them: [`auth`] (AUTH users, who may send as which domain), [`config`] (the TOML
 //! file, the live snapshot hot reload swaps, and the table of known providers), [`domain`] (how domain names are spelled
 //! and checked), [`clock`] (the wall clock, in one place), [`keys`] (the key store on disk,
-//! and what the DNS watch last saw of each selector), [`rotation`] (the pure rotation
+//! its keys in PEM files or in a PKCS#11 token, and what the DNS watch last saw of each selector), [`rotation`] (the pure rotation
 //! planner and its executor: hooks with a timeout, DNS checks, the store lock held only to
 //! record; the trigger the control socket uses; the DNS watch while serving), [`message`] (header and From parsing;
 //! `transport_form`, the form each upstream gets: SMTPUTF8, RFC 2047 encoded-words,

@@ -165,6 +165,10 @@ pub fn reload_effect(old: &Config, new: &Config) -> ReloadEffect {
     let crate::config::KeysConfig {
         dir: keys_dir,
         generate_missing,
+        backend,
+        module,
+        token_label,
+        pin_file,
     } = keys;
     let crate::config::SmtpConfig {
         listen,
@@ -326,6 +330,16 @@ pub fn reload_effect(old: &Config, new: &Config) -> ReloadEffect {
     );
     note(*spool != o.spool, false, "spool");
     note(*keys_dir != o.keys.dir, false, "keys.dir");
+    // The key store (and its token) is opened with the relay; the PIN file's content is
+    // read at each login, so a changed PIN needs no restart.
+    note(*backend != o.keys.backend, false, "keys.backend");
+    note(*module != o.keys.module, false, "keys.module");
+    note(
+        *token_label != o.keys.token_label,
+        false,
+        "keys.token_label",
+    );
+    note(*pin_file != o.keys.pin_file, false, "keys.pin_file");
     note(
         *generate_missing != o.keys.generate_missing,
         true,

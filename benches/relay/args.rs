@@ -20,6 +20,8 @@ cargo bench --bench relay -- [flags]
                      message per connection, else -d) and smtp-sink as the upstream (the issue's
                      setup); no latency figures (smtp-source reports none), delivered = the
                      time smtp-sink exits after its Nth message (-M N)
+  --keys K           file (default: PEM files, signed in memory) or pkcs11 (a SoftHSM 2 token made
+                     in the temp dir; needs softhsm2): the signing cost per message is printed
   --no-fsync         spool.fsync = false: only to see what fsync costs (the issue's numbers are with fsync)
   --target HOST:PORT drive an external MTA (e.g. Postfix) instead of starting dkim-relay
   --sink-port P      port of the in-process sink (default: any free port; needed with --target)
@@ -51,6 +53,8 @@ pub struct Args {
     pub watch: Option<String>,
     pub label: String,
     pub timeout_secs: u64,
+    /// Keys in PEM files (false) or in a SoftHSM token (true).
+    pub pkcs11: bool,
 }
 
 impl Args {
@@ -72,6 +76,7 @@ impl Args {
             watch: None,
             label: String::new(),
             timeout_secs: 600,
+            pkcs11: false,
         };
         let mut argv = argv.peekable();
         while let Some(flag) = argv.next() {
@@ -119,6 +124,13 @@ impl Args {
                 "--watch" => args.watch = Some(value),
                 "--label" => args.label = value,
                 "--timeout" => args.timeout_secs = value.parse().map_err(|e| bad(&e))?,
+                "--keys" => {
+                    args.pkcs11 = match value.as_str() {
+                        "file" => false,
+                        "pkcs11" => true,
+                        _ => return Err(bad(&"use file or pkcs11")),
+                    }
+                }
                 _ => return Err(format!("unknown flag {flag}\n\n{USAGE}")),
             }
         }

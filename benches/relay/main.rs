@@ -41,6 +41,7 @@ enum Server {
     Relay {
         _process: setup::RelayProcess,
         _dir: tempfile::TempDir,
+        metrics: std::net::SocketAddr,
     },
     External(Option<String>),
 }
@@ -72,12 +73,13 @@ async fn run(args: Args) -> Result<(), String> {
     let (server, target, pid) = match args.target {
         Some(target) => (Server::External(args.watch.clone()), target, None),
         None => {
-            let (process, dir) = start_relay(&args, sink_port, &domains)?;
+            let (process, dir, metrics) = start_relay(&args, sink_port, &domains)?;
             let (addr, pid) = (process.addr, process.pid());
             (
                 Server::Relay {
                     _process: process,
                     _dir: dir,
+                    metrics,
                 },
                 addr,
                 Some(pid),
@@ -144,7 +146,21 @@ async fn run(args: Args) -> Result<(), String> {
         (None, Some(watch)) => watch.finish(),
         (None, None) => Usage::default(),
     };
+    let signing = match &server {
+        Server::Relay { metrics, .. } => setup::signing_cost(*metrics).map(|cost| {
+            (
+                if args.pkcs11 {
+                    "pkcs11 (SoftHSM 2)"
+                } else {
+                    "file (in memory)"
+                },
+                cost,
+            )
+        }),
+        Server::External(_) => None,
+    };
     report::Results {
+        signing,
         label: args.label.clone(),
         n: args.n,
         size: args.size,
@@ -171,11 +187,16 @@ fn start_relay(
     args: &Args,
     sink_port: u16,
     domains: &[String],
-) -> Result<(setup::RelayProcess, tempfile::TempDir), String> {
+) -> Result<(setup::RelayProcess, tempfile::TempDir, std::net::SocketAddr), String> {
     let dir = tempfile::Builder::new()
         .prefix("dkim-relay-bench.")
         .tempdir()
         .map_err(|e| format!("temp dir: {e}"))?;
+    let keys_extra = match args.pkcs11 {
+        true => setup::softhsm_token(dir.path())?,
+        false => String::new(),
+    };
+    let metrics = setup::free_port()?;
     let config = setup::write_config(
         dir.path(),
         &setup::Settings {
@@ -185,6 +206,8 @@ fn start_relay(
             connections: args.concurrency + args.idle + 100,
             max_message_size: (args.size + 1_000_000).max(25_000_000),
             fsync: args.fsync,
+            keys_extra,
+            metrics,
         },
     )
     .map_err(|e| format!("config: {e}"))?;
@@ -192,7 +215,7 @@ fn start_relay(
     // Starting with 10,000 domains loads 20,000 keys; give it time.
     let deadline = Duration::from_secs(60 + domains.len() as u64 / 100);
     let process = setup::spawn(&config, &dir.path().join("relay.log"), deadline)?;
-    Ok((process, dir))
+    Ok((process, dir, metrics))
 }
 
 /// Opens `k` sessions (greeting and EHLO done), reads the relay's RSS with them open, and

@@ -26,6 +26,8 @@ pub struct Results {
     pub signatures: Option<FirstMessage>,
     /// Idle sessions held, RSS before and with them open.
     pub idle: Option<(usize, u64, u64)>,
+    /// Keys used, and mean signing ms per message with the messages counted (from /metrics).
+    pub signing: Option<(&'static str, (f64, u64))>,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -143,6 +145,11 @@ impl Results {
             self.usage.processes
         );
         println!("signatures  on the first message at the sink: {sigs}");
+        if let Some((keys, (ms, count))) = self.signing {
+            println!(
+                "signing     {ms:.3} ms per message (RSA + Ed25519), keys {keys}, over {count} messages (dkim_relay_signing_seconds)"
+            );
+        }
         if let Some(refusal) = &o.first_refusal {
             println!("refusal     {refusal}");
         }
@@ -183,6 +190,12 @@ impl Results {
                 self.signatures
                     .as_ref()
                     .map(|f| f.signatures.to_string())
+                    .unwrap_or_default(),
+            ),
+            (
+                "signing_ms",
+                self.signing
+                    .map(|(_, (ms, _))| format!("{ms:.3}"))
                     .unwrap_or_default(),
             ),
             (

@@ -25,6 +25,67 @@ pub fn domain_names(k: usize) -> Vec<String> {
         .collect()
 }
 
+/// SOFTHSM2_CONF for the relay and the CLI, when the keys are in a SoftHSM token.
+static SOFTHSM2_CONF: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+fn command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    if let Some(conf) = SOFTHSM2_CONF.get() {
+        command.env("SOFTHSM2_CONF", conf);
+    }
+    command
+}
+
+/// Makes a SoftHSM 2 token under `root` (its own token directory); returns the `[keys]`
+/// lines that use it.
+pub fn softhsm_token(root: &Path) -> Result<String, String> {
+    let module = [
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    ]
+    .into_iter()
+    .find(|m| Path::new(m).exists())
+    .ok_or("--keys pkcs11 needs SoftHSM 2 (apt-get install softhsm2)")?;
+    let tokens = root.join("tokens");
+    std::fs::create_dir_all(&tokens).map_err(|e| e.to_string())?;
+    let conf = root.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let out = Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            "bench",
+            "--so-pin",
+            "87654321",
+            "--pin",
+            "12345678",
+        ])
+        .output()
+        .map_err(|e| format!("softhsm2-util: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "softhsm2-util: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let pin = root.join("token.pin");
+    std::fs::write(&pin, "12345678\n").map_err(|e| e.to_string())?;
+    let _ = SOFTHSM2_CONF.set(conf);
+    Ok(format!(
+        "backend = \"pkcs11\"\nmodule = \"{module}\"\ntoken_label = \"bench\"\npin_file = \"{}\"\n",
+        pin.display()
+    ))
+}
+
 pub struct Settings<'a> {
     pub sink_port: u16,
     pub domains: &'a [String],
@@ -33,6 +94,10 @@ pub struct Settings<'a> {
     pub connections: usize,
     pub max_message_size: usize,
     pub fsync: bool,
+    /// Extra `[keys]` lines (a PKCS#11 token).
+    pub keys_extra: String,
+    /// Where /metrics listens (the signing histogram is read from it).
+    pub metrics: SocketAddr,
 }
 
 /// Writes etc/relay.toml under `root` and returns its path.
@@ -51,6 +116,8 @@ fsync = {fsync}
 [keys]
 dir = "{keys}"
 generate_missing = false
+{keys_extra}[metrics]
+listen = "{metrics}"
 [delivery]
 workers = {workers}
 [upstream]
@@ -68,6 +135,8 @@ enabled = false
         workers = s.workers,
         port = s.sink_port,
         fsync = s.fsync,
+        keys_extra = s.keys_extra,
+        metrics = s.metrics,
     );
     for d in s.domains {
         text.push_str(&format!("[[domains]]\nname = \"{d}\"\ned25519 = true\n"));
@@ -83,7 +152,7 @@ enabled = false
 
 fn cli(config: &Path, args: &[&str]) -> Result<(), String> {
     let relay = relay_bin();
-    let out = Command::new(&relay)
+    let out = command(&relay)
         .arg("--config")
         .arg(config)
         .args(args)
@@ -172,7 +241,7 @@ impl Drop for RelayProcess {
 /// line saying it accepts mail, which names the address it is bound to.
 pub fn spawn(config: &Path, log: &Path, deadline: Duration) -> Result<RelayProcess, String> {
     let relay = relay_bin();
-    let mut child = Command::new(&relay)
+    let mut child = command(&relay)
         .arg("--config")
         .arg(config)
         .arg("serve")
@@ -204,4 +273,30 @@ pub fn spawn(config: &Path, log: &Path, deadline: Duration) -> Result<RelayProce
             ))
         }
     }
+}
+
+/// A port for /metrics: the OS picks it, and it is free again for the relay to bind.
+pub fn free_port() -> Result<SocketAddr, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+/// Mean DKIM signing time per message in ms and the messages counted, from the relay's
+/// `dkim_relay_signing_seconds` histogram.
+pub fn signing_cost(metrics: SocketAddr) -> Option<(f64, u64)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(metrics).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+    };
+    let sum = value("dkim_relay_signing_seconds_sum ")?;
+    let count = value("dkim_relay_signing_seconds_count ")?;
+    (count > 0.0).then(|| (sum * 1000.0 / count, count as u64))
 }

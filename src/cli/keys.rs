@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::keys::{
-    generate, Algorithm, DnsOutcome, DnsRecord, DomainState, KeyStore, Slot, SlotState, StoreLock,
+    Algorithm, DnsOutcome, DnsRecord, DomainState, KeyStore, Slot, SlotState, StoreLock,
 };
 use crate::message::rfc5322_date;
 use crate::rotation::dns::DnsChecker;
@@ -120,7 +120,7 @@ pub struct ActivateArgs {
 }
 
 pub fn run(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
-    let store = KeyStore::new(&config.keys.dir);
+    let store = KeyStore::for_config(&config.keys);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -200,8 +200,7 @@ fn generate_cmd(config: &Config, store: &KeyStore, args: GenerateArgs) -> anyhow
         let Some(selector) = free_slot(&state, &policy, algorithm) else {
             bail!("{domain}: both {algorithm} slots ({} and {}) hold keys in use; `keys rotate` replaces them", pair[0], pair[1]);
         };
-        let material = generate(algorithm, args.rsa_bits).map_err(anyhow::Error::msg)?;
-        store.write_key_file(&domain, &selector, &material)?;
+        let key = store.new_key(&domain, &selector, algorithm, args.rsa_bits)?;
         apply(
             &mut state,
             &Step::Generate {
@@ -211,12 +210,13 @@ fn generate_cmd(config: &Config, store: &KeyStore, args: GenerateArgs) -> anyhow
             now(),
             &policy,
         );
+        key.place(&mut state, &selector);
         store.save(&state)?;
         records.push(DnsRecord::new(
             &domain,
             &selector,
             algorithm,
-            &material.public_key,
+            &key.public_key,
         ));
     }
     if args.json {
@@ -590,14 +590,14 @@ fn emergency(config: &Config, store: &KeyStore, domain: &str) -> anyhow::Result<
             selector,
         } = step
         {
-            let material = generate(*algorithm, 2048).map_err(anyhow::Error::msg)?;
-            store.write_key_file(domain, selector, &material)?;
+            let key = store.new_key(domain, selector, *algorithm, 2048)?;
             apply(&mut state, step, now(), &policy);
+            key.place(&mut state, selector);
             publish.push(DnsRecord::new(
                 domain,
                 selector,
                 *algorithm,
-                &material.public_key,
+                &key.public_key,
             ));
         }
     }

@@ -126,8 +126,17 @@ pub fn import(store: &KeyStore, args: ImportArgs) -> anyhow::Result<()> {
             SlotState::Active,
             now,
         )?;
+        let into = match store.token() {
+            // The file is the operator's to delete: we never remove what we did not make.
+            Some(token) => format!(
+                " into PKCS#11 token \"{}\" (sensitive, not extractable; delete {} once OpenDKIM no longer needs it)",
+                token.label(),
+                entry.path
+            ),
+            None => String::new(),
+        };
         println!(
-            "{} {}: imported {algorithm} key from {} (active)",
+            "{} {}: imported {algorithm} key from {}{into} (active)",
             entry.domain, entry.selector, entry.path
         );
         imported += 1;

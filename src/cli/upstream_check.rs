@@ -203,7 +203,7 @@ fn test_message(config: &Config, upstream: &Upstream, to: &str) -> anyhow::Resul
         })
         .or(config.domains.first())
         .context("no [[domains]] configured: a test message needs a domain to sign for")?;
-    let store = crate::keys::KeyStore::new(&config.keys.dir);
+    let store = crate::keys::KeyStore::for_config(&config.keys);
     let ring = crate::dkim::KeyRing::load(&store, config);
     let keys = match ring.lookup(&domain.name) {
         crate::dkim::KeyLookup::Ready(keys) => keys,

@@ -6,6 +6,7 @@
 //! spool in `./spool`, signed mail written to `./outbox` because no upstream is set.
 
 mod inbound;
+mod keys;
 mod live;
 mod metrics;
 mod oauth;
@@ -18,6 +19,7 @@ mod upstreams;
 
 pub use inbound::{normalise_domains, InboundAuthConfig, InboundTlsConfig, SenderPolicyConfig};
 
+pub use keys::Pkcs11Settings;
 pub use live::LiveConfig;
 pub use metrics::MetricsConfig;
 pub use oauth::{AuthMethod, OAuthGrant, OAuthPreset, OAuthSettings};
@@ -175,6 +177,26 @@ pub struct KeysConfig {
     /// At start, generate keys for configured domains that have none, and print the DNS
     /// records to publish. Off in production if keys are provisioned by other means.
     pub generate_missing: bool,
+    /// Where private keys live: `file` (PEM files in `dir`) or `pkcs11` (a token; the
+    /// state files stay in `dir` and name the token's objects). See docs/hsm.md.
+    pub backend: KeyBackend,
+    /// pkcs11: the PKCS#11 module (`.so`); a bare name is found by the dynamic loader.
+    pub module: Option<PathBuf>,
+    /// pkcs11: the label of the token holding the keys.
+    pub token_label: Option<String>,
+    /// pkcs11: a file holding the user PIN (mode 0600; a trailing newline is ignored).
+    pub pin_file: Option<PathBuf>,
+}
+
+/// Where the relay's private keys are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyBackend {
+    /// PEM files in the key store directory.
+    #[default]
+    File,
+    /// A PKCS#11 token: keys are made and used inside it and never leave it.
+    Pkcs11,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -416,6 +438,10 @@ impl Default for KeysConfig {
         KeysConfig {
             dir: PathBuf::from("keys"),
             generate_missing: true,
+            backend: KeyBackend::File,
+            module: None,
+            token_label: None,
+            pin_file: None,
         }
     }
 }
@@ -499,6 +525,7 @@ impl Config {
         }
         self.validate_upstreams()?;
         self.rotation.validate()?;
+        self.keys.validate()?;
         self.validate_signature_limits()?;
         Ok(())
     }

@@ -35,6 +35,8 @@ impl Config {
         };
         at(&mut self.spool.dir);
         at(&mut self.keys.dir);
+        // Not `module`: a bare library name is the dynamic loader's to find.
+        self.keys.pin_file.iter_mut().for_each(at);
         at(&mut self.delivery.outbox_dir);
         if let Some(tls) = &mut self.smtp.tls {
             at(&mut tls.cert_file);

@@ -1,17 +1,18 @@
 //! The keys the relay may sign with right now, loaded from the key store.
 
 use crate::config::{Config, SigningMode};
-use crate::keys::{Algorithm, KeyStore, SlotState};
+use crate::keys::{Algorithm, KeyStore, SlotState, Token};
 use mail_auth::common::crypto::{
-    Algorithm as DkimAlgorithm, DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey,
+    Algorithm as DkimAlgorithm, CryptoError, DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey,
 };
 use mail_auth::common::headers::Writable;
 use rustls_pki_types::{pem::PemObject, PrivateKeyDer};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-/// One loaded private key. It deliberately has no derived `Debug`: the manual one shows
-/// only the selector and algorithm.
+/// One private key to sign with: loaded into ring from a PEM file, or a reference to a key
+/// in a PKCS#11 token (which signs there). It deliberately has no derived `Debug`: the
+/// manual one shows only the selector and algorithm.
 #[derive(Clone)]
 pub struct LoadedKey {
     pub selector: String,
@@ -50,8 +51,21 @@ impl LoadedKey {
         Ok(LoadedKey {
             selector: selector.to_string(),
             algorithm,
-            key: SharedKey(Arc::new(key)),
+            key: SharedKey::Memory(Arc::new(key)),
         })
+    }
+
+    /// A key that stays in a PKCS#11 token, found there by its CKA_ID.
+    pub fn in_token(selector: &str, algorithm: Algorithm, token: Arc<Token>, id: Vec<u8>) -> Self {
+        LoadedKey {
+            selector: selector.to_string(),
+            algorithm,
+            key: SharedKey::Token(Arc::new(TokenKey {
+                token,
+                id,
+                algorithm,
+            })),
+        }
     }
 
     /// Signs `data` as DKIM does for this algorithm: RSASSA-PKCS1-v1_5 over SHA-256 of
@@ -68,17 +82,44 @@ impl LoadedKey {
 
 /// mail-auth's signer takes its key by value; this lets many signers share one key.
 #[derive(Clone)]
-pub(crate) struct SharedKey(Arc<DkimKey>);
+pub(crate) enum SharedKey {
+    Memory(Arc<DkimKey>),
+    Token(Arc<TokenKey>),
+}
+
+/// A key in a token: C_Sign there does what ring does for a file key.
+pub(crate) struct TokenKey {
+    token: Arc<Token>,
+    id: Vec<u8>,
+    algorithm: Algorithm,
+}
 
 impl SigningKey for SharedKey {
     type Hasher = Sha256;
 
     fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
-        self.0.sign(input)
+        match self {
+            SharedKey::Memory(key) => key.sign(input),
+            SharedKey::Token(key) => {
+                // What mail-auth hands a signer is the canonicalised header data (a few
+                // hundred bytes); the token hashes it (RSA) or we do (Ed25519, RFC 8463).
+                let mut data = Vec::new();
+                input.write(&mut data);
+                key.token
+                    .sign(&key.id, key.algorithm, &data)
+                    .map_err(|e| mail_auth::Error::Crypto(CryptoError::Library(e.to_string())))
+            }
+        }
     }
 
     fn algorithm(&self) -> DkimAlgorithm {
-        self.0.algorithm()
+        match self {
+            SharedKey::Memory(key) => key.algorithm(),
+            SharedKey::Token(key) => match key.algorithm {
+                Algorithm::Rsa => DkimAlgorithm::RsaSha256,
+                Algorithm::Ed25519 => DkimAlgorithm::Ed25519Sha256,
+            },
+        }
     }
 }
 
@@ -209,6 +250,15 @@ fn load_domain(store: &KeyStore, config: &Config, domain: &str) -> Result<Arc<Do
     }
     for slot in signing {
         if slot.algorithm == Algorithm::Ed25519 && want_ed25519 == Some(false) {
+            continue;
+        }
+        if let Some((token, id)) = store.token_key(domain, slot).map_err(|e| e.to_string())? {
+            keys.push(LoadedKey::in_token(
+                &slot.selector,
+                slot.algorithm,
+                token,
+                id,
+            ));
             continue;
         }
         let pem = store

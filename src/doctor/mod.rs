@@ -210,7 +210,7 @@ async fn lookup_all(checker: Arc<DnsChecker>, names: Vec<String>) -> HashMap<Str
 
 /// Checks `only` (or every domain) and returns what was found.
 pub async fn run(config: &Config, only: Option<&str>, now: u64) -> Result<Report, DoctorError> {
-    let store = KeyStore::new(&config.keys.dir);
+    let store = KeyStore::for_config(&config.keys);
     let plans = domains(config, &store, only)?
         .iter()
         .map(|d| plan(config, &store, d, now))

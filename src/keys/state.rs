@@ -42,8 +42,12 @@ impl std::fmt::Display for SlotState {
 pub struct Slot {
     pub selector: String,
     pub algorithm: Algorithm,
-    /// PEM file name inside the domain folder.
+    /// PEM file name inside the domain folder (file backend).
     pub key_file: String,
+    /// With `backend = "pkcs11"`: the CKA_ID (hex) of the key pair in the token. An
+    /// object id, never key material.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
     pub state: SlotState,
     /// Unix seconds.
     pub created: u64,

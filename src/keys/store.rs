@@ -1,14 +1,16 @@
 //! Reading and writing the key store on disk.
 
 use super::{
-    generate, public_key_of, Algorithm, DnsRecord, DomainState, KeyMaterial, Slot, SlotState,
+    generate, id_from_hex, id_hex, public_key_of, Algorithm, DnsRecord, DomainState, KeyMaterial,
+    Slot, SlotState, Token, TokenError,
 };
-use crate::config::is_dns_name;
+use crate::config::{is_dns_name, KeysConfig};
 use crate::fsutil::{ensure_dir, write_atomic};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 const STATE_FILE: &str = "state.json";
@@ -27,6 +29,27 @@ pub enum KeyError {
     Invalid { path: PathBuf, problem: String },
     #[error("{0}")]
     Refused(String),
+    #[error("{0}")]
+    Token(#[from] TokenError),
+}
+
+/// A slot's key in a token: the token and the key's CKA_ID.
+pub type TokenKeyRef = (Arc<Token>, Vec<u8>);
+
+/// A key just made for a selector: the public key to publish and, in a token, its CKA_ID
+/// for the slot.
+pub struct NewKey {
+    pub public_key: Vec<u8>,
+    pub token_id: Option<String>,
+}
+
+impl NewKey {
+    /// Notes where the key is on the slot that `apply` made for it.
+    pub fn place(&self, state: &mut DomainState, selector: &str) {
+        if let Some(slot) = state.slots.iter_mut().find(|s| s.selector == selector) {
+            slot.token_id = self.token_id.clone();
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
@@ -39,11 +62,78 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
 #[derive(Debug, Clone)]
 pub struct KeyStore {
     dir: PathBuf,
+    /// With `backend = "pkcs11"`: where new keys are made and token keys are used.
+    token: Option<Arc<Token>>,
 }
 
 impl KeyStore {
+    /// A store whose keys are PEM files in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        KeyStore { dir: dir.into() }
+        KeyStore {
+            dir: dir.into(),
+            token: None,
+        }
+    }
+
+    /// The store the `[keys]` section describes: state files in `dir`, private keys in
+    /// files or in the configured token (opened at first use).
+    pub fn for_config(keys: &KeysConfig) -> Self {
+        KeyStore {
+            dir: keys.dir.clone(),
+            token: keys.pkcs11().map(|settings| Token::shared(&settings)),
+        }
+    }
+
+    /// The token new keys go into, if the store uses one.
+    pub fn token(&self) -> Option<&Arc<Token>> {
+        self.token.as_ref()
+    }
+
+    /// The token and CKA_ID of a slot whose key is in a token.
+    pub fn token_key(&self, domain: &str, slot: &Slot) -> Result<Option<TokenKeyRef>, KeyError> {
+        let Some(hex) = &slot.token_id else {
+            return Ok(None);
+        };
+        let id = id_from_hex(hex).ok_or_else(|| {
+            KeyError::Refused(format!(
+                "{domain}: selector {} has token_id \"{hex}\", which is not hex",
+                slot.selector
+            ))
+        })?;
+        let token = self.token.clone().ok_or_else(|| {
+            KeyError::Refused(format!(
+                "{domain}: the key of selector {} is in a PKCS#11 token, but [keys] backend is not \"pkcs11\"",
+                slot.selector
+            ))
+        })?;
+        Ok(Some((token, id)))
+    }
+
+    /// Makes a key for a selector: in the token, or as a PEM file (replacing a retired
+    /// key's file of the same name). The caller records the slot (`apply`, then
+    /// [`NewKey::place`]).
+    pub fn new_key(
+        &self,
+        domain: &str,
+        selector: &str,
+        algorithm: Algorithm,
+        rsa_bits: usize,
+    ) -> Result<NewKey, KeyError> {
+        self.domain_dir(domain)?;
+        if let Some(token) = &self.token {
+            let pair = token.generate(&token_label(domain, selector), algorithm, rsa_bits)?;
+            tracing::info!(domain, selector, token = %token.label(), id = %id_hex(&pair.id), "key pair generated in the token");
+            return Ok(NewKey {
+                public_key: pair.public_key,
+                token_id: Some(id_hex(&pair.id)),
+            });
+        }
+        let material = generate(algorithm, rsa_bits).map_err(KeyError::Refused)?;
+        self.write_key_file(domain, selector, &material)?;
+        Ok(NewKey {
+            public_key: material.public_key.clone(),
+            token_id: None,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -159,11 +249,23 @@ impl KeyStore {
                 )));
             }
         }
-        let key_file = self.write_key_file(domain, selector, material)?;
+        let (key_file, token_id) = match &self.token {
+            Some(token) => {
+                let pair = token.import(
+                    &token_label(domain, selector),
+                    algorithm,
+                    &material.private_pem,
+                )?;
+                tracing::info!(domain, selector, token = %token.label(), id = %id_hex(&pair.id), "private key imported into the token");
+                (format!("{selector}.pem"), Some(id_hex(&pair.id)))
+            }
+            None => (self.write_key_file(domain, selector, material)?, None),
+        };
         let slot = Slot {
             selector: selector.to_string(),
             algorithm,
             key_file,
+            token_id,
             state,
             created: now,
             published: None,
@@ -208,8 +310,13 @@ impl KeyStore {
         Ok(key_file)
     }
 
-    /// Deletes a retired slot's private key file.
+    /// Deletes a retired slot's private key: its file, or both halves in the token.
     pub fn remove_key_file(&self, domain: &str, slot: &Slot) -> Result<(), KeyError> {
+        if let Some((token, id)) = self.token_key(domain, slot)? {
+            let destroyed = token.destroy(&id)?;
+            tracing::info!(domain, selector = %slot.selector, token = %token.label(), id = %id_hex(&id), objects = destroyed, "retired key destroyed in the token");
+            return Ok(());
+        }
         let path = self.key_path(domain, slot)?;
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path)(e)),
@@ -227,14 +334,58 @@ impl KeyStore {
         state: SlotState,
         now: u64,
     ) -> Result<(Slot, DnsRecord), KeyError> {
-        let material = generate(algorithm, rsa_bits).map_err(KeyError::Refused)?;
-        let slot = self.add_key(domain, selector, algorithm, &material, state, now)?;
-        let record = DnsRecord::new(domain, selector, algorithm, &material.public_key);
+        if self.token.is_none() {
+            let material = generate(algorithm, rsa_bits).map_err(KeyError::Refused)?;
+            let slot = self.add_key(domain, selector, algorithm, &material, state, now)?;
+            let record = DnsRecord::new(domain, selector, algorithm, &material.public_key);
+            return Ok((slot, record));
+        }
+        let mut domain_state = self
+            .load(domain)?
+            .unwrap_or_else(|| DomainState::new(domain));
+        if let Some(existing) = domain_state.slot(selector) {
+            if existing.state != SlotState::Retired {
+                return Err(KeyError::Refused(format!(
+                    "{domain}: selector {selector} already holds a {} key in state {:?}",
+                    existing.algorithm, existing.state
+                )));
+            }
+        }
+        let key = self.new_key(domain, selector, algorithm, rsa_bits)?;
+        let slot = Slot {
+            selector: selector.to_string(),
+            algorithm,
+            key_file: format!("{selector}.pem"),
+            token_id: key.token_id.clone(),
+            state,
+            created: now,
+            published: None,
+            active_since: (state == SlotState::Active).then_some(now),
+            retiring_until: None,
+            hook_published: None,
+            last_dns_check: None,
+            hook_revoked: None,
+            last_hook: None,
+        };
+        domain_state.slots.retain(|s| s.selector != selector);
+        domain_state.slots.push(slot.clone());
+        self.save(&domain_state)?;
+        let record = DnsRecord::new(domain, selector, algorithm, &key.public_key);
         Ok((slot, record))
     }
 
-    /// The DNS record of a slot, computed from its private key file.
+    /// The DNS record of a slot, computed from its private key file or read from the
+    /// public key object in the token.
     pub fn record(&self, domain: &str, slot: &Slot) -> Result<DnsRecord, KeyError> {
+        if let Some((token, id)) = self.token_key(domain, slot)? {
+            let public = token.public_key(&id, slot.algorithm)?;
+            return Ok(DnsRecord::new(
+                domain,
+                &slot.selector,
+                slot.algorithm,
+                &public,
+            ));
+        }
         let pem = self.read_private_pem(domain, slot)?;
         let public = public_key_of(slot.algorithm, &pem).map_err(|problem| KeyError::Invalid {
             path: self.key_path(domain, slot).unwrap_or_default(),
@@ -247,6 +398,11 @@ impl KeyStore {
             &public,
         ))
     }
+}
+
+/// CKA_LABEL of a key pair in the token: who it belongs to, for people listing objects.
+fn token_label(domain: &str, selector: &str) -> String {
+    format!("dkim-relay {domain} {selector}")
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub(super) fn key_store(config: &Config) -> Result<KeyStore, StartError> {
             path: config.keys.dir.display().to_string(),
         });
     }
-    Ok(KeyStore::new(&config.keys.dir))
+    Ok(KeyStore::for_config(&config.keys))
 }
 
 pub(super) fn transport(config: &Config) -> Result<Arc<SharedTransport>, StartError> {

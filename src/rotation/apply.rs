@@ -34,6 +34,7 @@ pub fn apply(state: &mut DomainState, step: &Step, now: u64, policy: &Policy) ->
                 selector: selector.clone(),
                 algorithm: *algorithm,
                 key_file: format!("{selector}.pem"),
+                token_id: None,
                 state: SlotState::Pending,
                 created: now,
                 published: None,

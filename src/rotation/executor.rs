@@ -15,7 +15,7 @@ use super::{
 };
 use crate::config::{Config, DomainConfig};
 use crate::keys::{
-    generate, Algorithm, DnsOutcome, DnsRecord, DomainState, KeyStore, Slot, SlotState, StoreLock,
+    Algorithm, DnsOutcome, DnsRecord, DomainState, KeyStore, Slot, SlotState, StoreLock,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -140,7 +140,7 @@ impl Rotator {
             None
         };
         Ok(Rotator {
-            store: KeyStore::new(&config.keys.dir),
+            store: KeyStore::for_config(&config.keys),
             config: config.clone(),
             dns,
             on_activate: None,
@@ -349,15 +349,21 @@ impl Rotator {
         } = step
         {
             let alg = *algorithm;
-            let material = tokio::task::spawn_blocking(move || generate(alg, 2048))
+            // In a token (C_GenerateKeyPair) or as a file; either is slow work (RSA).
+            let store = self.store.clone();
+            let (d, s) = (domain.to_string(), selector.clone());
+            let key = tokio::task::spawn_blocking(move || store.new_key(&d, &s, alg, 2048))
                 .await
-                .map_err(|e| e.to_string())??;
-            self.store
-                .write_key_file(domain, selector, &material)
+                .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
             report
                 .to_publish
-                .push(DnsRecord::new(domain, selector, alg, &material.public_key));
+                .push(DnsRecord::new(domain, selector, alg, &key.public_key));
+            let transitions = apply(state, step, now, policy);
+            key.place(state, selector);
+            save(state)?;
+            report.transitions.extend(transitions);
+            return Ok(());
         }
         let transitions = apply(state, step, now, policy);
         save(state)?;

@@ -52,6 +52,11 @@ pool_size = {WORKERS}
 pub struct ChildRelay(Child);
 
 impl ChildRelay {
+    /// Takes charge of a relay started some other way (another environment).
+    pub fn from_child(child: Child) -> Self {
+        ChildRelay(child)
+    }
+
     pub fn pid(&self) -> u32 {
         self.0.id()
     }

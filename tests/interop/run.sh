@@ -22,6 +22,8 @@
 #   INTEROP_PATHS    which paths to run (default "smtplib swaks postfix")
 #   INTEROP_TIMEOUT  seconds to wait for each path's outbox (default 120)
 #   INTEROP_KEEP=1   keep the temp dir (it is always kept after a failure)
+#   INTEROP_KEYS     file (default) or pkcs11: keys made and used in a SoftHSM 2
+#                    token in the work dir ([keys] backend = "pkcs11", docs/hsm.md)
 #
 # Needs root only to install missing Debian packages and to run Postfix.
 # Only loopback addresses are used. The last line printed is
@@ -37,6 +39,7 @@ PY=/usr/bin/python3
 BIN=${DKIM_RELAY_BIN:-$ROOT/target/debug/dkim-relay}
 PATHS=${INTEROP_PATHS:-smtplib swaks postfix}
 TIMEOUT=${INTEROP_TIMEOUT:-120}
+KEYS=${INTEROP_KEYS:-file}
 START_TIMEOUT=120   # the first start generates RSA keys, slow in a debug build
 # go-msgauth's source from Debian's golang-github-emersion-go-msgauth-dev (GOPATH layout).
 GOPATH_DEBIAN=/usr/share/gocode
@@ -54,6 +57,9 @@ install_packages() {
     [ -x /usr/sbin/postfix ] || need+=(postfix)
     command -v go >/dev/null || need+=(golang-go)
     command -v opendkim >/dev/null || need+=(opendkim)
+    if [ "$KEYS" = pkcs11 ]; then
+        command -v softhsm2-util >/dev/null || need+=(softhsm2)
+    fi
     [ -d "$GOMSGAUTH_SRC" ] || need+=(golang-github-emersion-go-msgauth-dev)
     perl -MMail::DKIM::Verifier -MNet::DNS::Resolver -e 1 2>/dev/null ||
         need+=(libmail-dkim-perl libnet-dns-perl)
@@ -84,6 +90,25 @@ WORK=$(mktemp -d /tmp/dkim-interop.XXXXXX)
 # Postfix daemons run as user postfix and must reach their queue under here.
 chmod 755 "$WORK"
 HARNESS=$WORK/harness.log   # "PASS|FAIL path check detail" lines
+KEYS_EXTRA=
+if [ "$KEYS" = pkcs11 ]; then
+    # One token for every path's relay (they share the key store), and for `keys dns`.
+    SOFTHSM_MODULE=
+    for m in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so; do
+        [ -e "$m" ] && SOFTHSM_MODULE=$m && break
+    done
+    [ -n "$SOFTHSM_MODULE" ] || { echo "run.sh: INTEROP_KEYS=pkcs11 needs softhsm2" >&2; exit 2; }
+    mkdir -p "$WORK/tokens"
+    printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$WORK/tokens" >"$WORK/softhsm2.conf"
+    export SOFTHSM2_CONF=$WORK/softhsm2.conf
+    softhsm2-util --init-token --free --label interop --so-pin 97531 --pin 24680 >/dev/null
+    echo 24680 >"$WORK/token.pin"
+    chmod 600 "$WORK/token.pin"
+    KEYS_EXTRA="backend = \"pkcs11\"
+module = \"$SOFTHSM_MODULE\"
+token_label = \"interop\"
+pin_file = \"$WORK/token.pin\""
+fi
 : >"$HARNESS"
 RELAY_PID=
 PFX=
@@ -141,6 +166,7 @@ dir = "$dir/spool"
 [keys]
 dir = "$WORK/keys"
 generate_missing = true
+$KEYS_EXTRA
 [[domains]]
 name = "alpha.example"
 ed25519 = true
@@ -253,7 +279,16 @@ fetch_records() {
             note FAIL keys key-mode "${f#"$WORK"/} has mode $mode, expected 600"
         fi
     done < <(grep -rl -- 'PRIVATE KEY' "$WORK/keys" 2>/dev/null | sort)
-    [ "$found" = 1 ] || note FAIL keys key-mode "no PEM private key found under $WORK/keys"
+    if [ "$KEYS" = pkcs11 ]; then
+        # The keys are in the token: no private key may be on disk at all.
+        if [ "$found" = 0 ]; then
+            note PASS keys key-mode "no private key under $WORK/keys (they are in the SoftHSM token)"
+        else
+            note FAIL keys key-mode "a private key is on disk with backend = pkcs11"
+        fi
+    else
+        [ "$found" = 1 ] || note FAIL keys key-mode "no PEM private key found under $WORK/keys"
+    fi
 }
 
 # ------------------------------------------------------------ the three paths
@@ -392,7 +427,7 @@ else
     note FAIL selftest verify.py "see the self-test output above"
 fi
 
-say "relay: $BIN; corpus: $NMSG messages; work dir: $WORK"
+say "relay: $BIN; keys: $KEYS; corpus: $NMSG messages; work dir: $WORK"
 have_records=0
 groups=()
 for path in $PATHS; do
