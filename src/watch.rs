@@ -194,6 +194,7 @@ pub fn reload_effect(old: &Config, new: &Config) -> ReloadEffect {
         public_relay_limit_ipv6,
         max_data_memory,
         data_memory_wait,
+        origins,
     } = smtp;
     let crate::config::DeliveryConfig {
         workers,
@@ -297,6 +298,8 @@ pub fn reload_effect(old: &Config, new: &Config) -> ReloadEffect {
         true,
         "smtp.data_memory_wait",
     );
+    // Read from the connection's snapshot at DATA and MAIL: live.
+    note(*origins != os.origins, true, "smtp.origins");
     note(
         *max_connections != os.max_connections,
         false,

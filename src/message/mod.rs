@@ -4,11 +4,12 @@
 //! type ([`Mailbox`]), since both read the same local-part@domain syntax: the SMTP stage
 //! reads it, the delivery stage writes it.
 
-mod address;
+pub(crate) mod address;
 mod from;
 mod from_syntax;
 mod headers;
 mod unique;
+pub mod repair;
 
 pub use address::{command_path, CommandPath, Mailbox, PathError, ReversePath};
 pub use from::{from_domain, FromError};
