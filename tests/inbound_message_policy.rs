@@ -31,7 +31,7 @@ async fn eight_bit_content_is_refused_when_the_upstream_cannot_carry_it() {
     assert!(!ehlo.contains("8BITMIME"), "{ehlo}");
     assert_eq!(
         smtp.cmd("MAIL FROM:<a@example.com> BODY=8BITMIME").await,
-        "555 5.5.4 Parameter not supported"
+        "555 5.5.4 Parameter not supported; send the command without it"
     );
     let body = "From: a@example.com\r\nSubject: caf\u{e9}\r\n".replace("caf\u{e9}", "cafe")
         + "\r\ncaf\u{e9} au lait\r\n";

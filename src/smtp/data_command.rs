@@ -5,11 +5,15 @@
 use super::data::DataParser;
 use super::pace::Pace;
 use super::receive::{Receiver, Refused, Spooling, Stage, Taken};
+use super::repair::{self, BodyRepair};
 use super::reply::{Refusal, Reply};
 use super::session::{stopping, Flow, Session, State, Transaction};
 use super::wire::DataRead;
 use crate::dkim::KeyLookup;
-use crate::message::{from_domain, merge_address_lists, repeated_field, HeaderBlock};
+use crate::message::repair::{from, mime::PartType};
+use crate::message::{
+    from_domain, merge_address_lists, repeated_field, FromError, FromSyntax, HeaderBlock,
+};
 use crate::spool::{
     DeliveryState, Envelope, Origin, QueueId, QueuedMessage, HEADER_STEP, TRANSFER_BASE,
 };
@@ -114,11 +118,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Taken::Body => piece,
                 Taken::HeaderEnded(at) => {
                     self.open_message(txn, rx).await;
+                    let carry = std::mem::take(&mut rx.carry);
+                    if !carry.is_empty() {
+                        self.write_body(rx, &carry).await;
+                    }
                     &piece[at..]
                 }
             };
             if !body.is_empty() {
-                write_body(rx, body).await;
+                self.write_body(rx, body).await;
             }
             parser.clear_output();
             match read {
@@ -136,34 +144,63 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The message policy on the complete header block (DESIGN §4); when it passes, opens
     /// the spool file and writes what the relay adds, then the header block.
     async fn open_message(&mut self, txn: &Transaction, rx: &mut Receiver) {
-        match self.check_header(txn, &rx.header) {
+        match self.check_header(txn, &rx.header, rx.missing_blank) {
             Err(refused) => rx.drop_all(refused),
             Ok(Admitted {
                 envelope,
                 prefix,
                 header,
-            }) => {
-                let stored = async {
-                    let mut file = self.ctx.spool.begin(&envelope).await?;
-                    file.write(&prefix).await?;
-                    file.write(header.as_deref().unwrap_or(&rx.header)).await?;
-                    Ok::<_, std::io::Error>(file)
-                };
-                match stored.await {
-                    Ok(file) => {
-                        // Written: the policy needs nothing more of it.
-                        rx.header = Vec::new();
-                        rx.stage = Stage::Body(Box::new(Spooling { file, envelope }));
-                    }
-                    Err(e) => rx.drop_all(spool_refusal(&envelope.id, &e)),
+            }) => match self.ctx.spool.begin(&envelope).await {
+                Ok(file) => {
+                    let top = match HeaderBlock::parse(&header) {
+                        Ok(h) => PartType::of(h.fields.iter().map(|f| (f.name, f.value))),
+                        Err(_) => PartType::default(),
+                    };
+                    let body = BodyRepair::new(top, self.client.config.smtp.max_line_length);
+                    let mut head = prefix;
+                    head.extend_from_slice(&header);
+                    // Kept in `head`: the policy needs nothing more of it.
+                    rx.header = Vec::new();
+                    rx.stage = Stage::Body(Box::new(Spooling {
+                        file,
+                        envelope,
+                        head,
+                        body,
+                    }));
                 }
-            }
+                Err(e) => rx.drop_all(spool_refusal(&envelope.id, &e)),
+            },
         }
     }
 
     /// Checks a header block; returns the envelope (size still 0) and the fields the relay
     /// adds before it.
-    fn check_header(&self, txn: &Transaction, header: &[u8]) -> Result<Admitted, Refused> {
+    fn check_header(
+        &self,
+        txn: &Transaction,
+        received: &[u8],
+        missing_blank: bool,
+    ) -> Result<Admitted, Refused> {
+        let origin = self.client.config.smtp.origin_for(self.client.ip);
+        let fixed = repair::fix_header_section(received, missing_blank, &txn.mail_from)
+            .map_err(|r| Refused::new(r, "header block cannot be repaired", false))?;
+        let mut notes = fixed.notes;
+        let mut header = fixed.block;
+        // A bare user or host name in From (cron's `root (Cron Daemon)`): qualified with
+        // the network's domain when it has one, then read again like any From.
+        let qualified = HeaderBlock::parse(&header).ok().and_then(|h| {
+            let field = h.all("From").next()?;
+            if from_domain(&h) != Err(FromError::Syntax(FromSyntax::Unqualified)) {
+                return None;
+            }
+            let (value, note) = repair::qualify_from(field.value, origin)?;
+            Some((repair::replace_in(&header, field.value, &value), note))
+        });
+        if let Some((block, note)) = qualified {
+            header = block;
+            notes.push(note);
+        }
+        let header = &header[..];
         let parsed = HeaderBlock::parse(header)
             .map_err(|e| Refused::new(Refusal::MalformedHeader, e.to_string(), false))?;
         // Repeated To/Cc fields are joined (lossless, see message::unique): the rewritten
@@ -194,8 +231,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 true,
             ));
         }
-        let domain = from_domain(&headers)
+        let mut domain = from_domain(&headers)
             .map_err(|e| Refused::new(Refusal::BadFrom(e.clone()), e.to_string(), true))?;
+        // Item 5: a host named in a private namespace sends as the network's address.
+        let mut rewritten = None;
+        if let Some(o) = origin.filter(|o| o.is_private(&domain)) {
+            let to = o.rewrite_from.as_deref().unwrap_or_default();
+            let field = headers.all("From").next();
+            if let Some((value, old)) = field.and_then(|f| from::replace(f.value, to).map(|r| (f, r))).map(|(f, (v, old))| ((f.value, v), old)) {
+                let base = merged.as_ref().map_or(header, |(b, _)| &b[..]);
+                let block = repair::replace_in(base, value.0, &value.1);
+                let reply_to = headers.all("Reply-To").next().is_none();
+                rewritten = Some((block, old, reply_to));
+            }
+        }
+        if let Some((block, old, _)) = &rewritten {
+            let reparsed = HeaderBlock::parse(block)
+                .map_err(|e| Refused::new(Refusal::MalformedHeader, e.to_string(), false))?;
+            domain = from_domain(&reparsed)
+                .map_err(|e| Refused::new(Refusal::BadFrom(e.clone()), e.to_string(), true))?;
+            notes.push(format!(
+                "rewrote the private-namespace From {old} to {} (smtp.origins rewrite_from)",
+                origin.and_then(|o| o.rewrite_from.as_deref()).unwrap_or_default()
+            ));
+        }
         // Authorisation before the key check: a tenant learns nothing about which other
         // domains the relay signs for.
         if let Some(grant) = self.grant().filter(|g| !g.permits(&domain)) {
@@ -232,6 +291,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some((_, fields)) = &merged {
             tracing::info!(queue_id = %id, fields = %fields.join(", "), "joined repeated address fields into one (receivers fail DKIM on repeated fields)");
         }
+        for note in &notes {
+            tracing::info!(queue_id = %id, client = %self.client.ip, repair = %note, "repaired the message to make it sign-safe");
+        }
         let hostname = &self.client.config.hostname;
         // What the relay adds goes before the data, which is stored as received.
         let mut prefix =
@@ -247,6 +309,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             prefix.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
             tracing::info!(queue_id = %id, "added a Date");
         }
+        if let Some((_, old, true)) = &rewritten {
+            // The original sender keeps getting the replies.
+            prefix.extend_from_slice(format!("Reply-To: {old}\r\n").as_bytes());
+            tracing::info!(queue_id = %id, reply_to = %old, "added a Reply-To with the original From address");
+        }
         let envelope = Envelope {
             id,
             received: unix(now),
@@ -260,10 +327,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             origin: Origin::Client,
         };
         drop(headers);
+        let header = match (rewritten, merged) {
+            (Some((block, _, _)), _) => block,
+            (None, Some((block, _))) => block,
+            (None, None) => header.to_vec(),
+        };
         Ok(Admitted {
             envelope,
             prefix,
-            header: merged.map(|(block, _)| block),
+            header,
         })
     }
 
@@ -298,8 +370,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Refusal::EightBitNotCarried,
             )
         };
-        let (file, mut envelope) = match rx.stage {
-            Stage::Body(spooling) => (spooling.file, spooling.envelope),
+        let (mut file, mut envelope, head, mut body) = match rx.stage {
+            Stage::Body(spooling) => {
+                let Spooling {
+                    file,
+                    envelope,
+                    head,
+                    body,
+                } = *spooling;
+                (file, envelope, head, body)
+            }
             Stage::Discard(Some(r)) if r.late && eight_bit_refused => {
                 return Err(refuse_eight_bit())
             }
@@ -314,6 +394,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(refuse_eight_bit());
         }
         let id = envelope.id.clone();
+        if let Some(why) = body.verdict() {
+            return Err(log_refusal(why.name(), Refusal::LongLineUnrepairable(why)));
+        }
+        match body.finish(&head, &mut file).await {
+            Ok(notes) => {
+                for note in notes {
+                    tracing::info!(queue_id = %id, repair = %note, "repaired the message to make it sign-safe");
+                }
+            }
+            Err(e) => return Err(spool_refusal(&id, &e).refusal),
+        }
         envelope.size = file.written();
         envelope.eight_bit = parser.eight_bit;
         envelope.received = unix(SystemTime::now());
@@ -337,12 +428,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 }
 
-/// Appends body bytes to the spool file; a failed write drops the file and refuses.
-async fn write_body(rx: &mut Receiver, body: &[u8]) {
-    if let Stage::Body(spooling) = &mut rx.stage {
-        if let Err(e) = spooling.file.write(body).await {
-            let refused = spool_refusal(&spooling.envelope.id, &e);
-            rx.drop_all(refused);
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// Hands body bytes to the body repair (held, then staged next to the spool file); a
+    /// failed write drops the file and refuses.
+    async fn write_body(&self, rx: &mut Receiver, body: &[u8]) {
+        if let Stage::Body(spooling) = &mut rx.stage {
+            let dir = self.ctx.spool.queue_dir();
+            let name = spooling.envelope.id.to_string();
+            if let Err(e) = spooling.body.write(dir, &name, body).await {
+                let refused = spool_refusal(&spooling.envelope.id, &e);
+                rx.drop_all(refused);
+            }
         }
     }
 }
@@ -359,11 +455,11 @@ fn spool_refusal(id: &QueueId, e: &std::io::Error) -> Refused {
 }
 
 /// A header block that passed the message policy: its envelope, what the relay adds
-/// before it, and the block itself when the policy rewrote it (repeated To/Cc joined).
+/// before it, and the block as it will be stored (repaired, repeated To/Cc joined).
 struct Admitted {
     envelope: Envelope,
     prefix: Vec<u8>,
-    header: Option<Vec<u8>>,
+    header: Vec<u8>,
 }
 
 /// Out of space or quota: the client should wait (452 4.3.1), not assume a fault.

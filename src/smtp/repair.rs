@@ -1,0 +1,290 @@
+//! The one place where the relay makes what real hosts send sign-safe instead of refusing
+//! it (issue 14 items 2 and 5), before the spool commit and the 250; each repair is logged
+//! with the queue id. The rules are in `message::repair` (pure); this file applies them:
+//!
+//! - header block, at its end: a body-only message gets a From from MAIL FROM; a missing
+//!   empty line is added; lines over 998 octets are folded; an unqualified From is
+//!   qualified with the network's `qualify_domain`; a private-namespace From is rewritten.
+//! - MAIL FROM: a bare user name is qualified the same way (or refused naming the key).
+//! - body: scanned as it arrives; held in memory up to [`HOLD`], then in an unlinked
+//!   staging file (nothing of it survives a crash), and written into the spool file at the
+//!   end of data, re-encoded only when the scan found a line over 998 octets.
+
+use super::reply::Refusal;
+use crate::config::OriginConfig;
+use crate::message::repair::body::{set_qp, Plan, Rewrite, Scan, Unrepairable};
+use crate::message::repair::from;
+use crate::message::repair::header::{fold_block, has_long_line};
+use crate::message::repair::mime::PartType;
+use crate::message::{Mailbox, PathError, ReversePath};
+use crate::spool::Incoming;
+use std::io;
+use std::path::Path;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+/// Body bytes kept in memory before they go to the staging file: most mail from cron and
+/// scripts fits, and the transfer's memory share pays for it.
+pub const HOLD: usize = 64 * 1024;
+/// Read size when the staged body is copied or rewritten into the spool file.
+const CHUNK: usize = 64 * 1024;
+
+/// The header block after its repairs, and what to log about them.
+pub(super) struct HeaderFix {
+    pub block: Vec<u8>,
+    pub notes: Vec<String>,
+}
+
+/// The repairs of a header block that need no parsing of its fields: a body-only message,
+/// a missing empty line, header lines over 998 octets.
+pub(super) fn fix_header_section(
+    header: &[u8],
+    missing_blank: bool,
+    mail_from: &ReversePath,
+) -> Result<HeaderFix, Refusal> {
+    let mut notes = Vec::new();
+    let mut block;
+    if header.is_empty() || header == b"\r\n" {
+        // Postfix's cleanup does the same: the envelope sender is who sent it.
+        let Some(sender) = mail_from.mailbox() else {
+            return Err(Refusal::NoHeader);
+        };
+        block = format!("From: {sender}\r\n\r\n").into_bytes();
+        notes.push(format!(
+            "the message had no header block; added From: {sender} from MAIL FROM"
+        ));
+        return Ok(HeaderFix { block, notes });
+    }
+    block = header.to_vec();
+    if missing_blank {
+        block.extend_from_slice(b"\r\n");
+        notes.push("the header block ended at a line that is no header field; added the empty line before it".into());
+    }
+    if has_long_line(&block) {
+        block = fold_block(&block).map_err(|_| Refusal::HeaderLineUnfoldable)?;
+        notes.push("folded header lines over 998 octets at their whitespace".into());
+    }
+    Ok(HeaderFix { block, notes })
+}
+
+/// A From value with a bare user or host name, qualified with the network's domain; the
+/// note says what it was.
+pub(super) fn qualify_from(value: &[u8], origin: Option<&OriginConfig>) -> Option<(Vec<u8>, String)> {
+    let domain = origin?.qualify_domain.as_deref()?;
+    let (new, old) = from::qualify(value, domain)?;
+    let note = format!("qualified the From address {old} with qualify_domain {domain}");
+    Some((new, note))
+}
+
+/// A MAIL FROM path, qualified when it is a bare user name or `user@host` without a dot
+/// and the network has a `qualify_domain`; refused naming the fix when it has none.
+pub(super) fn qualify_sender(
+    read: Result<ReversePath, PathError>,
+    proto_address: &str,
+    origin: Option<&OriginConfig>,
+) -> Result<ReversePath, Result<Refusal, PathError>> {
+    let unqualified = match &read {
+        Ok(ReversePath::Mailbox(m)) if !m.domain().contains('.') => m.unquoted(),
+        Err(PathError::NoDomain) if !proto_address.contains('@') => proto_address.to_string(),
+        _ => return read.map_err(Err),
+    };
+    let Some(domain) = origin.and_then(|o| o.qualify_domain.as_deref()) else {
+        return Err(Ok(Refusal::UnqualifiedSender));
+    };
+    let qualified = from::qualify_path(&unqualified, domain)
+        .and_then(|a| Mailbox::parse(&a).ok())
+        .ok_or(Err(read.err().unwrap_or(PathError::NoDomain)))?;
+    tracing::info!(sender = %unqualified, qualified = %qualified, "qualified the envelope sender with qualify_domain");
+    Ok(ReversePath::Mailbox(qualified))
+}
+
+/// What [`bare_mail_line`] made of a command line.
+pub(super) enum BareSender {
+    /// Not `MAIL FROM:<name>` with a bare name: read as it is.
+    No,
+    /// The line with the name qualified.
+    Qualified(Vec<u8>),
+    /// A bare name and no `qualify_domain` for the network.
+    Refused,
+}
+
+/// `MAIL FROM:<root>` (a bare user name, which the command parser would refuse as a
+/// syntax error) with the name qualified before the line is parsed.
+pub(super) fn bare_mail_line(line: &[u8], origin: Option<&OriginConfig>) -> BareSender {
+    let Some(head) = line.get(..10) else {
+        return BareSender::No;
+    };
+    if !head.eq_ignore_ascii_case(b"MAIL FROM:") {
+        return BareSender::No;
+    }
+    let rest = line[10..].trim_ascii_start();
+    let Some(inner) = rest.strip_prefix(b"<") else {
+        return BareSender::No;
+    };
+    let Some(close) = inner.iter().position(|&b| b == b'>') else {
+        return BareSender::No;
+    };
+    let name = &inner[..close];
+    let bare = !name.is_empty()
+        && std::str::from_utf8(name).is_ok_and(crate::message::address::is_dot_atom);
+    if !bare {
+        return BareSender::No;
+    }
+    let Some(domain) = origin.and_then(|o| o.qualify_domain.as_deref()) else {
+        return BareSender::Refused;
+    };
+    let mut out = b"MAIL FROM:<".to_vec();
+    out.extend_from_slice(name);
+    out.push(b'@');
+    out.extend_from_slice(domain.as_bytes());
+    out.extend_from_slice(&inner[close..]);
+    tracing::info!(sender = %String::from_utf8_lossy(name), qualify_domain = %domain, "qualified a bare envelope sender name with qualify_domain");
+    BareSender::Qualified(out)
+}
+
+/// `value` (a slice of `block`) replaced by `new`.
+pub(super) fn replace_in(block: &[u8], value: &[u8], new: &[u8]) -> Vec<u8> {
+    let start = (value.as_ptr() as usize).saturating_sub(block.as_ptr() as usize);
+    let end = (start + value.len()).min(block.len());
+    let mut out = Vec::with_capacity(block.len() + new.len());
+    out.extend_from_slice(&block[..start]);
+    out.extend_from_slice(new);
+    out.extend_from_slice(&block[end..]);
+    out
+}
+
+/// The body of a message on its way in: scanned, held, then written at the end.
+pub(super) struct BodyRepair {
+    /// None once [`BodyRepair::verdict`] finished it into `plan`.
+    scan: Option<Scan>,
+    plan: Plan,
+    top: PartType,
+    line_cap: usize,
+    held: Vec<u8>,
+    staged: Option<tokio::fs::File>,
+}
+
+impl BodyRepair {
+    pub fn new(top: PartType, line_cap: usize) -> BodyRepair {
+        BodyRepair {
+            scan: Some(Scan::new(top.clone(), line_cap)),
+            plan: Plan::default(),
+            top,
+            line_cap,
+            held: Vec::new(),
+            staged: None,
+        }
+    }
+
+    /// Takes body bytes; past [`HOLD`] they go to a staging file in `dir` (created, then
+    /// unlinked at once).
+    pub async fn write(&mut self, dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+        if let Some(scan) = &mut self.scan {
+            scan.feed(bytes);
+        }
+        if self.staged.is_none() && self.held.len() + bytes.len() <= HOLD {
+            self.held.extend_from_slice(bytes);
+            return Ok(());
+        }
+        if self.staged.is_none() {
+            let path = dir.join(format!(".{name}.body.tmp"));
+            let file = tokio::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .await?;
+            tokio::fs::remove_file(&path).await?;
+            self.staged = Some(file);
+        }
+        if let Some(file) = &mut self.staged {
+            if !self.held.is_empty() {
+                file.write_all(&std::mem::take(&mut self.held)).await?;
+            }
+            file.write_all(bytes).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the scan: why the body cannot be repaired, if it cannot.
+    pub fn verdict(&mut self) -> Option<Unrepairable> {
+        if let Some(scan) = self.scan.take() {
+            self.plan = scan.finish();
+        }
+        self.plan.problem
+    }
+
+    /// Writes the header (`head`: what the relay adds and the header block with its empty
+    /// line) and the body into the spool file, repaired as the plan says; returns what was
+    /// repaired, for the log.
+    pub async fn finish(mut self, head: &[u8], file: &mut Incoming) -> io::Result<Vec<String>> {
+        self.verdict();
+        let plan = std::mem::take(&mut self.plan);
+        let mut notes = Vec::new();
+        if plan.reencode.contains(&0) {
+            let end = head.len().saturating_sub(2);
+            let mut fixed = set_qp(&head[..end]);
+            if !has_field(&head[..end], b"MIME-Version") {
+                fixed.extend_from_slice(b"MIME-Version: 1.0\r\n");
+            }
+            fixed.extend_from_slice(b"\r\n");
+            file.write(&fixed).await?;
+            notes.push("re-encoded the body as quoted-printable (a line was over 998 octets)".to_string());
+        } else {
+            file.write(head).await?;
+        }
+        let parts = plan.reencode.iter().filter(|i| **i > 0).count();
+        if parts > 0 {
+            notes.push(format!("re-encoded {parts} MIME part(s) as quoted-printable (a line was over 998 octets)"));
+        }
+        if !plan.fold.is_empty() {
+            notes.push("folded MIME part header lines over 998 octets".into());
+        }
+        if plan.long_boundaries > 0 {
+            notes.push("dropped the padding of MIME boundary lines over 998 octets".into());
+        }
+        let mut rewrite = plan
+            .needs_rewrite()
+            .then(|| Rewrite::new(self.top.clone(), self.line_cap, &plan));
+        let mut pass = |bytes: &[u8], out: &mut Vec<u8>| match &mut rewrite {
+            Some(rw) => {
+                rw.feed(bytes);
+                out.append(&mut rw.out);
+            }
+            None => out.extend_from_slice(bytes),
+        };
+        let mut out = Vec::new();
+        match &mut self.staged {
+            None => {
+                pass(&self.held, &mut out);
+                file.write(&out).await?;
+                out.clear();
+            }
+            Some(staged) => {
+                staged.seek(io::SeekFrom::Start(0)).await?;
+                let mut buf = vec![0; CHUNK];
+                loop {
+                    let n = staged.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    pass(&buf[..n], &mut out);
+                    file.write(&out).await?;
+                    out.clear();
+                }
+            }
+        }
+        if let Some(rw) = &mut rewrite {
+            rw.finish();
+            file.write(&rw.out).await?;
+        }
+        Ok(notes)
+    }
+}
+
+fn has_field(block: &[u8], name: &[u8]) -> bool {
+    block.split(|&b| b == b'\n').any(|l| {
+        l.len() > name.len() && l[..name.len()].eq_ignore_ascii_case(name) && l[name.len()..].trim_ascii_start().starts_with(b":")
+    })
+}
