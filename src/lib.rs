@@ -6,7 +6,9 @@
 //! # Layout
 //! A message passes the stages in this order, each a module with a named type at its edge:
 //! - [`smtp`]: the inbound listener and session state machine; ends in a [`spool::Envelope`]
-//!   plus message bytes handed to the spool.
+//!   plus message bytes handed to the spool. Before the commit `smtp/repair.rs` makes what
+//!   real hosts send sign-safe (long lines, missing empty line, bare sender names, private
+//!   From), with the pure rules in `message::repair`.
 //! - [`spool`]: the durable queue on disk; nothing is answered 250 before it is here.
 //! - [`dkim`]: signing at each delivery attempt with the keys active at that moment.
 //! - [`delivery`]: the queue runner, retry schedule, upstream SMTP client (also behind
@@ -17,7 +19,7 @@
 //! and checked), [`clock`] (the wall clock, in one place), [`keys`] (the key store on disk,
 //! and what the DNS watch last saw of each selector), [`rotation`] (the pure rotation
 //! planner and its executor: hooks with a timeout, DNS checks, the store lock held only to
-//! record; the trigger the control socket uses; the DNS watch while serving), [`message`] (header and From parsing),
+//! record; the trigger the control socket uses; the DNS watch while serving), [`message`] (header and From parsing; `repair`: the sign-safe repairs),
 //! [`oauth`] (OAuth 2.0 tokens for upstream AUTH XOAUTH2: fetch, cache, renew),
 //! [`relay`] (wires the stages together), [`watch`] (hot reload of config and keys),
 //! [`queue`] (what each queue command means: one implementation, for the running relay

@@ -46,7 +46,10 @@ async fn run(
 }
 
 fn max_line(data: &[u8]) -> usize {
-    data.split(|&b| b == b'\n').map(|l| l.len().saturating_sub(1)).max().unwrap_or(0)
+    data.split(|&b| b == b'\n')
+        .map(|l| l.len().saturating_sub(1))
+        .max()
+        .unwrap_or(0)
 }
 
 fn text(data: &[u8]) -> String {
@@ -77,7 +80,10 @@ async fn a_long_line_is_reencoded_as_quoted_printable_and_signed() {
     assert!(single.contains("MIME-Version: 1.0\r\n"));
     assert!(single.contains("first a=3Db\r\n"));
     let multi = text(&delivered[1]);
-    assert!(multi.contains("\r\n\r\nshort part\r\n--=_b\r\n"), "the other part is untouched");
+    assert!(
+        multi.contains("\r\n\r\nshort part\r\n--=_b\r\n"),
+        "the other part is untouched"
+    );
     assert!(!multi.contains("7bit"));
 }
 
@@ -91,7 +97,11 @@ async fn a_long_line_under_a_senders_signature_is_refused_with_the_fix() {
     let (replies, delivered) = run(|_| {}, "cron@example.com", &[signed]).await;
     assert!(replies[0].starts_with("554 5.6.0"), "{replies:?}");
     assert!(replies[0].contains("multipart/signed"), "{}", replies[0]);
-    assert!(replies[0].contains("quoted-printable or base64"), "{}", replies[0]);
+    assert!(
+        replies[0].contains("quoted-printable or base64"),
+        "{}",
+        replies[0]
+    );
     assert!(delivered.is_empty());
 }
 
@@ -101,17 +111,26 @@ async fn a_header_block_without_its_empty_line_and_a_body_only_message_are_deliv
     let body_only = "just some text from a script\r\nand more\r\n".to_string();
     let (replies, delivered) = run(|_| {}, "script@example.com", &[no_blank, body_only]).await;
     assert!(replies.iter().all(|r| r.starts_with("250")), "{replies:?}");
-    assert!(text(&delivered[0]).contains("Message-ID: <r@test>\r\n\r\nthis line starts the body\r\n"));
+    assert!(
+        text(&delivered[0]).contains("Message-ID: <r@test>\r\n\r\nthis line starts the body\r\n")
+    );
     let b = text(&delivered[1]);
     assert!(b.contains("From: script@example.com\r\n"), "{b}");
-    assert!(b.contains("\r\n\r\njust some text from a script\r\nand more\r\n"), "{b}");
+    assert!(
+        b.contains("\r\n\r\njust some text from a script\r\nand more\r\n"),
+        "{b}"
+    );
 }
 
 #[tokio::test]
 async fn a_body_only_message_with_the_null_sender_is_refused_with_the_fix() {
     let (replies, _) = run(|_| {}, "", &["only text\r\n".to_string()]).await;
     assert!(replies[0].starts_with("550 5.6.0"), "{replies:?}");
-    assert!(replies[0].contains("add a From: header field"), "{}", replies[0]);
+    assert!(
+        replies[0].contains("add a From: header field"),
+        "{}",
+        replies[0]
+    );
 }
 
 #[tokio::test]
@@ -127,7 +146,10 @@ async fn a_header_line_of_1500_octets_is_folded() {
     assert!(replies[0].starts_with("250"), "{replies:?}");
     assert!(max_line(&delivered[0]) <= 998);
     assert!(text(&delivered[0]).contains("user89@example.net"));
-    assert!(replies[1].starts_with("550 5.6.0") && replies[1].contains("no space to fold"), "{replies:?}");
+    assert!(
+        replies[1].starts_with("550 5.6.0") && replies[1].contains("no space to fold"),
+        "{replies:?}"
+    );
 }
 
 #[tokio::test]
@@ -171,7 +193,13 @@ async fn a_bare_mail_from_is_qualified_or_refused_naming_the_fix() {
 async fn a_private_namespace_from_is_rewritten_and_kept_in_reply_to() {
     let m = message("root@web01.corp.internal", "private");
     let (replies, delivered) = run(
-        |c| c.smtp.origins = vec![origin(None, &["corp.internal"], Some("servers@example.com"))],
+        |c| {
+            c.smtp.origins = vec![origin(
+                None,
+                &["corp.internal"],
+                Some("servers@example.com"),
+            )]
+        },
         "servers@example.com",
         &[m],
     )
@@ -186,14 +214,19 @@ async fn a_private_namespace_from_is_rewritten_and_kept_in_reply_to() {
 /// arrives byte for byte, and a large one with a long line at its very end is repaired.
 #[tokio::test]
 async fn a_large_body_is_staged_and_repaired_at_its_end() {
-    let filler: String = (0..4000).map(|i| format!("line {i} of the report\r\n")).collect();
+    let filler: String = (0..4000)
+        .map(|i| format!("line {i} of the report\r\n"))
+        .collect();
     assert!(filler.len() > 64 * 1024);
     let clean = format!("{HEAD}\r\n{filler}");
     let long = format!("{HEAD}\r\n{filler}{}\r\n", "y".repeat(5000));
     let (replies, delivered) = run(|_| {}, "cron@example.com", &[clean, long]).await;
     assert!(replies.iter().all(|r| r.starts_with("250")), "{replies:?}");
     let d0 = text(&delivered[0]);
-    assert!(d0.ends_with(&filler), "the clean body is stored as received");
+    assert!(
+        d0.ends_with(&filler),
+        "the clean body is stored as received"
+    );
     assert!(!d0.contains("quoted-printable"));
     let d1 = text(&delivered[1]);
     assert!(d1.contains("Content-Transfer-Encoding: quoted-printable\r\n"));

@@ -21,8 +21,8 @@ pub use inbound::{normalise_domains, InboundAuthConfig, InboundTlsConfig, Sender
 
 pub use live::LiveConfig;
 pub use metrics::MetricsConfig;
-pub use origins::OriginConfig;
 pub use oauth::{AuthMethod, OAuthGrant, OAuthPreset, OAuthSettings};
+pub use origins::OriginConfig;
 pub use providers::{ProfileChoice, Provider, ProviderId};
 pub use rotation::{OnDnsMismatch, RotationConfig, SigningMode};
 pub use units::{parse_duration, parse_size, ByteSize, HumanDuration};

@@ -43,7 +43,10 @@ impl OriginConfig {
     pub(super) fn validate(&mut self, i: usize) -> Result<(), ConfigError> {
         let key = |k: &str| format!("smtp.origins[{i}].{k}");
         if self.networks.is_empty() {
-            return Err(ConfigError::new(key("networks"), "must list at least one network"));
+            return Err(ConfigError::new(
+                key("networks"),
+                "must list at least one network",
+            ));
         }
         if let Some(d) = &mut self.qualify_domain {
             *d = crate::domain::normalise(d);
@@ -73,8 +76,7 @@ impl OriginConfig {
                 "is needed with rewrite_from: the domains whose From is rewritten",
             )),
             (Some(a), false) => {
-                let ok = crate::message::Mailbox::parse(a)
-                    .is_ok_and(|m| m.domain().contains('.'));
+                let ok = crate::message::Mailbox::parse(a).is_ok_and(|m| m.domain().contains('.'));
                 if ok {
                     Ok(())
                 } else {
@@ -132,7 +134,11 @@ mod tests {
              [[smtp.origins]]\nnetworks = [\"10.1.0.0/16\"]\nqualify_domain = \"b.example.com\"\n",
         )
         .unwrap();
-        let q = |ip: &str| c.smtp.origin_for(ip.parse().unwrap()).and_then(|o| o.qualify_domain.clone());
+        let q = |ip: &str| {
+            c.smtp
+                .origin_for(ip.parse().unwrap())
+                .and_then(|o| o.qualify_domain.clone())
+        };
         assert_eq!(q("10.9.0.1").as_deref(), Some("example.com"));
         assert_eq!(q("10.1.0.1").as_deref(), Some("b.example.com"));
         assert_eq!(q("192.0.2.1"), None);

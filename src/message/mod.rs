@@ -8,8 +8,8 @@ pub(crate) mod address;
 mod from;
 mod from_syntax;
 mod headers;
-mod unique;
 pub mod repair;
+mod unique;
 
 pub use address::{command_path, CommandPath, Mailbox, PathError, ReversePath};
 pub use from::{from_domain, FromError};

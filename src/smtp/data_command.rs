@@ -238,7 +238,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some(o) = origin.filter(|o| o.is_private(&domain)) {
             let to = o.rewrite_from.as_deref().unwrap_or_default();
             let field = headers.all("From").next();
-            if let Some((value, old)) = field.and_then(|f| from::replace(f.value, to).map(|r| (f, r))).map(|(f, (v, old))| ((f.value, v), old)) {
+            if let Some((value, old)) = field
+                .and_then(|f| from::replace(f.value, to).map(|r| (f, r)))
+                .map(|(f, (v, old))| ((f.value, v), old))
+            {
                 let base = merged.as_ref().map_or(header, |(b, _)| &b[..]);
                 let block = repair::replace_in(base, value.0, &value.1);
                 let reply_to = headers.all("Reply-To").next().is_none();
@@ -252,7 +255,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .map_err(|e| Refused::new(Refusal::BadFrom(e.clone()), e.to_string(), true))?;
             notes.push(format!(
                 "rewrote the private-namespace From {old} to {} (smtp.origins rewrite_from)",
-                origin.and_then(|o| o.rewrite_from.as_deref()).unwrap_or_default()
+                origin
+                    .and_then(|o| o.rewrite_from.as_deref())
+                    .unwrap_or_default()
             ));
         }
         // Authorisation before the key check: a tenant learns nothing about which other

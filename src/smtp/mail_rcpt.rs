@@ -55,11 +55,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // A bare user name (or user@host without a dot) is qualified or refused in repair.rs.
         let origin = smtp.origin_for(self.client.ip);
         let read = checked_path(line, &from.address);
-        let path = super::repair::qualify_sender(read, &from.address, origin).map_err(|e| match e {
-            Ok(refusal) => refusal,
-            Err(PathError::NonAscii) => Refusal::NonAsciiAddress,
-            Err(e) => Refusal::BadSender(e),
-        })?;
+        let path =
+            super::repair::qualify_sender(read, &from.address, origin).map_err(|e| match e {
+                Ok(refusal) => refusal,
+                Err(PathError::NonAscii) => Refusal::NonAsciiAddress,
+                Err(e) => Refusal::BadSender(e),
+            })?;
         if let Some(mailbox) = path.mailbox() {
             let domain = crate::domain::normalise(mailbox.domain());
             if !grant.permits(&domain) {

@@ -264,7 +264,7 @@ mod tests {
     fn a_header_block_ends_at_the_first_line_that_is_no_field() {
         let end = |h: &[u8]| header_end(h, &mut 0);
         assert_eq!(end(b"Subject: x\r\nhello world\r\n"), Some((12, true)));
-        assert_eq!(end(b"Subject: x\r\n folded\r\nbody\r\n"), Some((20, true)));
+        assert_eq!(end(b"Subject: x\r\n folded\r\nbody\r\n"), Some((21, true)));
         // Body only: no header at all.
         assert_eq!(end(b"hello world\r\n"), Some((0, true)));
         assert_eq!(end(b" indented\r\n"), Some((0, true)));

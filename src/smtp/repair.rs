@@ -68,7 +68,10 @@ pub(super) fn fix_header_section(
 
 /// A From value with a bare user or host name, qualified with the network's domain; the
 /// note says what it was.
-pub(super) fn qualify_from(value: &[u8], origin: Option<&OriginConfig>) -> Option<(Vec<u8>, String)> {
+pub(super) fn qualify_from(
+    value: &[u8],
+    origin: Option<&OriginConfig>,
+) -> Option<(Vec<u8>, String)> {
     let domain = origin?.qualify_domain.as_deref()?;
     let (new, old) = from::qualify(value, domain)?;
     let note = format!("qualified the From address {old} with qualify_domain {domain}");
@@ -230,13 +233,17 @@ impl BodyRepair {
             }
             fixed.extend_from_slice(b"\r\n");
             file.write(&fixed).await?;
-            notes.push("re-encoded the body as quoted-printable (a line was over 998 octets)".to_string());
+            notes.push(
+                "re-encoded the body as quoted-printable (a line was over 998 octets)".to_string(),
+            );
         } else {
             file.write(head).await?;
         }
         let parts = plan.reencode.iter().filter(|i| **i > 0).count();
         if parts > 0 {
-            notes.push(format!("re-encoded {parts} MIME part(s) as quoted-printable (a line was over 998 octets)"));
+            notes.push(format!(
+                "re-encoded {parts} MIME part(s) as quoted-printable (a line was over 998 octets)"
+            ));
         }
         if !plan.fold.is_empty() {
             notes.push("folded MIME part header lines over 998 octets".into());
@@ -285,6 +292,8 @@ impl BodyRepair {
 
 fn has_field(block: &[u8], name: &[u8]) -> bool {
     block.split(|&b| b == b'\n').any(|l| {
-        l.len() > name.len() && l[..name.len()].eq_ignore_ascii_case(name) && l[name.len()..].trim_ascii_start().starts_with(b":")
+        l.len() > name.len()
+            && l[..name.len()].eq_ignore_ascii_case(name)
+            && l[name.len()..].trim_ascii_start().starts_with(b":")
     })
 }

@@ -35,10 +35,16 @@ pub enum Unrepairable {
 impl Unrepairable {
     pub fn name(self) -> &'static str {
         match self {
-            Unrepairable::Sealed => "a line over 998 octets inside multipart/signed or multipart/encrypted",
-            Unrepairable::Encoded => "a line over 998 octets in a base64, quoted-printable or unknown-encoding part",
+            Unrepairable::Sealed => {
+                "a line over 998 octets inside multipart/signed or multipart/encrypted"
+            }
+            Unrepairable::Encoded => {
+                "a line over 998 octets in a base64, quoted-printable or unknown-encoding part"
+            }
             Unrepairable::Message => "a line over 998 octets in an attached message (message/*)",
-            Unrepairable::Structure => "a line over 998 octets outside any MIME part, or an unreadable part header",
+            Unrepairable::Structure => {
+                "a line over 998 octets outside any MIME part, or an unreadable part header"
+            }
         }
     }
 }
@@ -61,7 +67,10 @@ struct Frame {
 enum State {
     /// A multipart's preamble or epilogue (or the epilogue of the whole message).
     Container,
-    PartHeader { index: usize, sealed: bool },
+    PartHeader {
+        index: usize,
+        sealed: bool,
+    },
     Leaf(Leaf),
 }
 

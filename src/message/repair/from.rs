@@ -134,9 +134,18 @@ mod tests {
             (" root@localhost", " root@example.com"),
             (" root@web01", " root@example.com"),
             (" Cron Daemon <root>", " Cron Daemon <root@example.com>"),
-            (" \"Cron <x> Daemon\" <root@host>", " \"Cron <x> Daemon\" <root@example.com>"),
-            (" (comment (nested \\) ) still) root", " (comment (nested \\) ) still) root@example.com"),
-            ("\r\n root (Cron\r\n Daemon)", "\r\n root@example.com (Cron\r\n Daemon)"),
+            (
+                " \"Cron <x> Daemon\" <root@host>",
+                " \"Cron <x> Daemon\" <root@example.com>",
+            ),
+            (
+                " (comment (nested \\) ) still) root",
+                " (comment (nested \\) ) still) root@example.com",
+            ),
+            (
+                "\r\n root (Cron\r\n Daemon)",
+                "\r\n root@example.com (Cron\r\n Daemon)",
+            ),
         ] {
             assert_eq!(q(from).as_deref(), Some(want), "{from}");
         }
@@ -173,8 +182,14 @@ mod tests {
 
     #[test]
     fn envelope_senders_are_qualified() {
-        assert_eq!(qualify_path("root", "example.com").as_deref(), Some("root@example.com"));
-        assert_eq!(qualify_path("root@localhost", "example.com").as_deref(), Some("root@example.com"));
+        assert_eq!(
+            qualify_path("root", "example.com").as_deref(),
+            Some("root@example.com")
+        );
+        assert_eq!(
+            qualify_path("root@localhost", "example.com").as_deref(),
+            Some("root@example.com")
+        );
         assert_eq!(qualify_path("root@example.org", "example.com"), None);
     }
 }

@@ -102,7 +102,10 @@ mod tests {
         assert_eq!(line_kind(b"hello world"), LineKind::Other);
         assert_eq!(line_kind(b"time 10:00 now"), LineKind::Other);
         assert_eq!(line_kind(b":empty name"), LineKind::Other);
-        assert_eq!(line_kind(b"From root Tue Dec  1 10:00:00 2026"), LineKind::Other);
+        assert_eq!(
+            line_kind(b"From root Tue Dec  1 10:00:00 2026"),
+            LineKind::Other
+        );
     }
 
     #[test]

@@ -115,8 +115,8 @@ fn tokens(value: &[u8]) -> Vec<Tok> {
                 i += 1;
                 out.push(Tok::Quoted(s));
             }
-            b')' | b'<' | b'>' | b'@' | b',' | b';' | b':' | b'\\' | b'/' | b'['
-            | b']' | b'?' | b'=' => {
+            b')' | b'<' | b'>' | b'@' | b',' | b';' | b':' | b'\\' | b'/' | b'[' | b']' | b'?'
+            | b'=' => {
                 out.push(Tok::Special(b));
                 i += 1;
             }
@@ -183,11 +183,20 @@ mod tests {
             (" multipart/mixed; boundary=abc", Some("abc")),
             (" Multipart/Mixed; BOUNDARY=\"a b;c=d\"", Some("a b;c=d")),
             (" multipart/mixed; boundary=\"a\\\"b\"", Some("a\"b")),
-            (" multipart/mixed (boundary=fake); boundary=real", Some("real")),
-            (" multipart/mixed; (nested (boundary=x) \\) ) boundary=y", Some("y")),
+            (
+                " multipart/mixed (boundary=fake); boundary=real",
+                Some("real"),
+            ),
+            (
+                " multipart/mixed; (nested (boundary=x) \\) ) boundary=y",
+                Some("y"),
+            ),
             (" multipart/mixed;\r\n\tboundary=\"folded\"", Some("folded")),
             (" multipart/mixed; charset=\"boundary=no\"", None),
-            (" multipart/mixed; boundary=first; boundary=second", Some("first")),
+            (
+                " multipart/mixed; boundary=first; boundary=second",
+                Some("first"),
+            ),
             (" multipart/mixed; boundary=\"\"", None),
             (" multipart/mixed; boundary=\"unclosed", Some("unclosed")),
             (" (((", None),
@@ -195,7 +204,9 @@ mod tests {
             let t = ct(value);
             assert_eq!(t.boundary.as_deref(), want.map(str::as_bytes), "{value}");
         }
-        assert!(ct(" multipart/signed; boundary=x; protocol=\"application/pgp-signature\"").is_sealed());
+        assert!(
+            ct(" multipart/signed; boundary=x; protocol=\"application/pgp-signature\"").is_sealed()
+        );
         assert!(!ct(" text/plain; boundary=x").is_multipart());
     }
 

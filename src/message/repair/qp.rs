@@ -93,7 +93,11 @@ mod tests {
         let samples: Vec<Vec<u8>> = vec![
             vec![b'x'; 2000],
             b"a=b trailing space ".to_vec(),
-            (0u8..=255).cycle().take(3000).filter(|b| *b != b'\r' && *b != b'\n').collect(),
+            (0u8..=255)
+                .cycle()
+                .take(3000)
+                .filter(|b| *b != b'\r' && *b != b'\n')
+                .collect(),
             b"--boundary".repeat(300),
             b"From the start From again ".repeat(100),
             vec![b'='; 500],

@@ -120,7 +120,12 @@ fn every_refusal() -> Vec<Refusal> {
 /// (after which the text depends on the case).
 fn documented_form(r: &Refusal) -> String {
     let reply = r.reply();
-    let text = reply.text.split([':', ';']).next().unwrap_or_default().trim_end();
+    let text = reply
+        .text
+        .split([':', ';'])
+        .next()
+        .unwrap_or_default()
+        .trim_end();
     format!("{} {} {}", reply.code, reply.status, text)
 }
 
@@ -132,7 +137,11 @@ fn docs_clients_md_lists_every_refusal() {
         .map(documented_form)
         .filter(|form| !doc.contains(form.as_str()))
         .collect();
-    assert!(missing.is_empty(), "not in docs/clients.md:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "not in docs/clients.md:\n{}",
+        missing.join("\n")
+    );
 }
 
 /// Every 5xx text says what to change (issue 14 item 6): a fix follows the problem.

@@ -78,15 +78,23 @@ fn only_the_offending_part_of_a_multipart_is_reencoded() {
     assert_eq!(plan.problem, None);
     assert_eq!(plan.reencode.iter().copied().collect::<Vec<_>>(), [2]);
     let text = String::from_utf8(out).unwrap();
-    assert!(text.contains("fine = line\r\n"), "the first part is untouched");
-    assert!(text.contains("Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"));
+    assert!(
+        text.contains("fine = line\r\n"),
+        "the first part is untouched"
+    );
+    assert!(text.contains(
+        "Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    ));
     assert!(max_line(text.as_bytes()) <= 998);
     assert!(text.ends_with("--b 1--\r\nepilogue\r\n"));
 }
 
 #[test]
 fn a_long_line_under_a_signature_is_not_repairable() {
-    for kind in ["signed; protocol=\"application/pgp-signature\"", "encrypted"] {
+    for kind in [
+        "signed; protocol=\"application/pgp-signature\"",
+        "encrypted",
+    ] {
         let msg = format!(
             "From: a@example.com\r\nContent-Type: multipart/{kind}; boundary=s\r\n\r\n\
              --s\r\nContent-Type: multipart/mixed; boundary=inner\r\n\r\n--inner\r\n\r\n{}\r\n--inner--\r\n--s\r\n\r\nsig\r\n--s--\r\n",
@@ -167,7 +175,10 @@ fn encoded_preamble_and_message_parts_are_refused_with_the_reason() {
         "From: a@example.com\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n{}\r\n--b\r\n\r\nx\r\n--b--\r\n",
         long(1000)
     );
-    assert_eq!(repair(msg.as_bytes()).0.problem, Some(Unrepairable::Structure));
+    assert_eq!(
+        repair(msg.as_bytes()).0.problem,
+        Some(Unrepairable::Structure)
+    );
 }
 
 #[test]
@@ -199,8 +210,19 @@ fn mutations_never_panic_and_repaired_output_is_clean() {
         b"From: a@example.com\r\nContent-Type: multipart/alternative; boundary=z\r\n\r\n--z\r\n\r\n--z--\r\n".to_vec(),
     ];
     let alphabet: &[&[u8]] = &[
-        b"\r\n", b"--q", b"--z--", b"--s", b"\r\n\r\n", b"x", b" ", b"=", b"\"", b"(", b")",
-        b"Content-Type: multipart/mixed; boundary=q\r\n", b"Content-Transfer-Encoding: base64\r\n",
+        b"\r\n",
+        b"--q",
+        b"--z--",
+        b"--s",
+        b"\r\n\r\n",
+        b"x",
+        b" ",
+        b"=",
+        b"\"",
+        b"(",
+        b")",
+        b"Content-Type: multipart/mixed; boundary=q\r\n",
+        b"Content-Transfer-Encoding: base64\r\n",
         &[0xc3, 0xa9],
     ];
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
