@@ -10,7 +10,7 @@ use super::reply::{Refusal, Reply};
 use super::session::{stopping, Flow, Session, State, Transaction};
 use super::wire::DataRead;
 use crate::dkim::KeyLookup;
-use crate::message::repair::{from, mime::PartType};
+use crate::message::repair::mime::PartType;
 use crate::message::{
     from_domain, merge_address_lists, repeated_field, FromError, FromSyntax, HeaderBlock,
 };
@@ -234,30 +234,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut domain = from_domain(&headers)
             .map_err(|e| Refused::new(Refusal::BadFrom(e.clone()), e.to_string(), true))?;
         // Item 5: a host named in a private namespace sends as the network's address.
-        let mut rewritten = None;
-        if let Some(o) = origin.filter(|o| o.is_private(&domain)) {
-            let to = o.rewrite_from.as_deref().unwrap_or_default();
-            let field = headers.all("From").next();
-            if let Some((value, old)) = field
-                .and_then(|f| from::replace(f.value, to).map(|r| (f, r)))
-                .map(|(f, (v, old))| ((f.value, v), old))
-            {
-                let base = merged.as_ref().map_or(header, |(b, _)| &b[..]);
-                let block = repair::replace_in(base, value.0, &value.1);
-                let reply_to = headers.all("Reply-To").next().is_none();
-                rewritten = Some((block, old, reply_to));
-            }
-        }
-        if let Some((block, old, _)) = &rewritten {
-            let reparsed = HeaderBlock::parse(block)
+        let base = merged.as_ref().map_or(header, |(b, _)| &b[..]);
+        let rewritten = repair::rewrite_private_from(base, &headers, origin, &domain);
+        if let Some(r) = &rewritten {
+            let reparsed = HeaderBlock::parse(&r.block)
                 .map_err(|e| Refused::new(Refusal::MalformedHeader, e.to_string(), false))?;
             domain = from_domain(&reparsed)
                 .map_err(|e| Refused::new(Refusal::BadFrom(e.clone()), e.to_string(), true))?;
             notes.push(format!(
-                "rewrote the private-namespace From {old} to {} (smtp.origins rewrite_from)",
-                origin
-                    .and_then(|o| o.rewrite_from.as_deref())
-                    .unwrap_or_default()
+                "rewrote the private-namespace From {} to {} (smtp.origins rewrite_from)",
+                r.old, r.to
             ));
         }
         // Authorisation before the key check: a tenant learns nothing about which other
@@ -314,10 +300,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             prefix.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
             tracing::info!(queue_id = %id, "added a Date");
         }
-        if let Some((_, old, true)) = &rewritten {
+        if let Some(r) = rewritten.as_ref().filter(|r| r.add_reply_to) {
             // The original sender keeps getting the replies.
-            prefix.extend_from_slice(format!("Reply-To: {old}\r\n").as_bytes());
-            tracing::info!(queue_id = %id, reply_to = %old, "added a Reply-To with the original From address");
+            prefix.extend_from_slice(format!("Reply-To: {}\r\n", r.old).as_bytes());
+            tracing::info!(queue_id = %id, reply_to = %r.old, "added a Reply-To with the original From address");
         }
         let envelope = Envelope {
             id,
@@ -333,7 +319,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         drop(headers);
         let header = match (rewritten, merged) {
-            (Some((block, _, _)), _) => block,
+            (Some(r), _) => r.block,
             (None, Some((block, _))) => block,
             (None, None) => header.to_vec(),
         };

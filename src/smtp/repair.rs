@@ -16,7 +16,7 @@ use crate::message::repair::body::{set_qp, Plan, Rewrite, Scan, Unrepairable};
 use crate::message::repair::from;
 use crate::message::repair::header::{fold_block, has_long_line};
 use crate::message::repair::mime::PartType;
-use crate::message::{Mailbox, PathError, ReversePath};
+use crate::message::{HeaderBlock, Mailbox, PathError, ReversePath};
 use crate::spool::Incoming;
 use std::io;
 use std::path::Path;
@@ -98,6 +98,38 @@ pub(super) fn qualify_sender(
         .ok_or(Err(read.err().unwrap_or(PathError::NoDomain)))?;
     tracing::info!(sender = %unqualified, qualified = %qualified, "qualified the envelope sender with qualify_domain");
     Ok(ReversePath::Mailbox(qualified))
+}
+
+/// A private-namespace From replaced by the network's `rewrite_from` (item 5).
+pub(super) struct PrivateRewrite {
+    /// The header block with the new From address.
+    pub block: Vec<u8>,
+    /// The address it had (for Reply-To and the log).
+    pub old: String,
+    pub to: String,
+    /// The message has no Reply-To: one with the old address is added.
+    pub add_reply_to: bool,
+}
+
+/// The rewrite of `block`'s From when its `domain` is one of the network's
+/// `private_domains` (as Postfix's smtp_generic_maps does on the host); the display name
+/// and comments stay. `headers` is `block` parsed.
+pub(super) fn rewrite_private_from(
+    block: &[u8],
+    headers: &HeaderBlock<'_>,
+    origin: Option<&OriginConfig>,
+    domain: &str,
+) -> Option<PrivateRewrite> {
+    let origin = origin.filter(|o| o.is_private(domain))?;
+    let to = origin.rewrite_from.as_deref()?;
+    let field = headers.all("From").next()?;
+    let (value, old) = from::replace(field.value, to)?;
+    Some(PrivateRewrite {
+        block: replace_in(block, field.value, &value),
+        old,
+        to: to.to_string(),
+        add_reply_to: headers.all("Reply-To").next().is_none(),
+    })
 }
 
 /// What [`bare_mail_line`] made of a command line.
