@@ -425,6 +425,17 @@ mod tests {
         assert!(!effect.rebuild_router);
     }
 
+    /// Issue 14: `[[smtp.origins]]` is read from each connection's snapshot, so it is live.
+    #[test]
+    fn smtp_origins_apply_live() {
+        let old = Config::from_toml("[[domains]]\nname = \"example.com\"\n").unwrap();
+        let text = "[[smtp.origins]]\nnetworks = [\"10.0.0.0/8\"]\nqualify_domain = \"example.com\"\n\
+            [[domains]]\nname = \"example.com\"\n";
+        let effect = reload_effect(&old, &Config::from_toml(text).unwrap());
+        assert_eq!(effect.live, ["smtp.origins"]);
+        assert!(effect.restart.is_empty());
+    }
+
     /// Hot reload refuses what `config check` refuses: the two halves of the address space.
     #[test]
     fn a_reload_to_an_open_relay_is_refused() {
