@@ -429,7 +429,8 @@ mod tests {
     #[test]
     fn smtp_origins_apply_live() {
         let old = Config::from_toml("[[domains]]\nname = \"example.com\"\n").unwrap();
-        let text = "[[smtp.origins]]\nnetworks = [\"10.0.0.0/8\"]\nqualify_domain = \"example.com\"\n\
+        let text =
+            "[[smtp.origins]]\nnetworks = [\"10.0.0.0/8\"]\nqualify_domain = \"example.com\"\n\
             [[domains]]\nname = \"example.com\"\n";
         let effect = reload_effect(&old, &Config::from_toml(text).unwrap());
         assert_eq!(effect.live, ["smtp.origins"]);

@@ -16,7 +16,8 @@ pub struct OriginConfig {
     pub networks: Vec<IpNet>,
     /// Domain for a From or MAIL FROM that is a bare user name (`root`, cron's
     /// `root (Cron Daemon)`) or `user@host` without a dot (`root@localhost`): it becomes
-    /// `user@qualify_domain`. Absent: such mail is refused with a reply naming this key.
+    /// `user@qualify_domain`. Absent: such a From, and MAIL FROM:<root>, are refused with
+    /// a reply naming this key (MAIL FROM:<root@localhost> is relayed unchanged).
     #[serde(default)]
     pub qualify_domain: Option<String>,
     /// Domains (and their subdomains) only the sending network knows, such as

@@ -79,18 +79,23 @@ pub(super) fn qualify_from(
 }
 
 /// A MAIL FROM path, qualified when it is a bare user name or `user@host` without a dot
-/// and the network has a `qualify_domain`; refused naming the fix when it has none.
+/// and the network has a `qualify_domain`. Without one a bare name is refused naming the
+/// fix and `user@host` is relayed unchanged.
 pub(super) fn qualify_sender(
     read: Result<ReversePath, PathError>,
     proto_address: &str,
     origin: Option<&OriginConfig>,
 ) -> Result<ReversePath, Result<Refusal, PathError>> {
-    let unqualified = match &read {
-        Ok(ReversePath::Mailbox(m)) if !m.domain().contains('.') => m.unquoted(),
-        Err(PathError::NoDomain) if !proto_address.contains('@') => proto_address.to_string(),
+    let domain = origin.and_then(|o| o.qualify_domain.as_deref());
+    let unqualified = match (&read, domain) {
+        // `user@host` without a dot: qualified when the network says how, else relayed
+        // as before. Postfix accepts it too (reject_non_fqdn_sender is off by default);
+        // the envelope sender picks no key and only loses its bounces.
+        (Ok(ReversePath::Mailbox(m)), Some(_)) if !m.domain().contains('.') => m.unquoted(),
+        (Err(PathError::NoDomain), _) if !proto_address.contains('@') => proto_address.to_string(),
         _ => return read.map_err(Err),
     };
-    let Some(domain) = origin.and_then(|o| o.qualify_domain.as_deref()) else {
+    let Some(domain) = domain else {
         return Err(Ok(Refusal::UnqualifiedSender));
     };
     let qualified = from::qualify_path(&unqualified, domain)
@@ -328,4 +333,79 @@ fn has_field(block: &[u8], name: &[u8]) -> bool {
             && l[..name.len()].eq_ignore_ascii_case(name)
             && l[name.len()..].trim_ascii_start().starts_with(b":")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(qualify: Option<&str>) -> OriginConfig {
+        OriginConfig {
+            networks: vec!["127.0.0.0/8".parse().unwrap()],
+            qualify_domain: qualify.map(str::to_string),
+            private_domains: Vec::new(),
+            rewrite_from: None,
+        }
+    }
+
+    #[test]
+    fn a_bare_mail_from_line_is_qualified_with_its_parameters_kept() {
+        let o = origin(Some("example.com"));
+        for (line, want) in [
+            (
+                &b"MAIL FROM:<root>\r\n"[..],
+                &b"MAIL FROM:<root@example.com>\r\n"[..],
+            ),
+            (
+                b"mail from: <cron.daily> SIZE=10\r\n",
+                b"MAIL FROM:<cron.daily@example.com> SIZE=10\r\n",
+            ),
+        ] {
+            match bare_mail_line(line, Some(&o)) {
+                BareSender::Qualified(l) => assert_eq!(l, want),
+                _ => panic!("{}", String::from_utf8_lossy(line)),
+            }
+        }
+        for line in [
+            &b"MAIL FROM:<>\r\n"[..],
+            b"MAIL FROM:<root@example.org>\r\n",
+            b"MAIL FROM:<ro ot>\r\n",
+            b"MAIL FROM:<\"root\">\r\n",
+            b"MAIL FROM:<root\r\n",
+            b"RCPT TO:<root>\r\n",
+            b"MAIL FROM:<a..b>\r\n",
+        ] {
+            assert!(
+                matches!(bare_mail_line(line, Some(&o)), BareSender::No),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        assert!(matches!(
+            bare_mail_line(b"MAIL FROM:<root>\r\n", Some(&origin(None))),
+            BareSender::Refused
+        ));
+        assert!(matches!(
+            bare_mail_line(b"MAIL FROM:<root>\r\n", None),
+            BareSender::Refused
+        ));
+    }
+
+    #[test]
+    fn header_section_repairs() {
+        let sender = ReversePath::Mailbox(Mailbox::parse("cron@example.com").unwrap());
+        let fix = fix_header_section(b"", true, &sender).unwrap();
+        assert_eq!(fix.block, b"From: cron@example.com\r\n\r\n");
+        assert!(matches!(
+            fix_header_section(b"\r\n", false, &ReversePath::Null),
+            Err(Refusal::NoHeader)
+        ));
+        let fix = fix_header_section(b"Subject: x\r\n", true, &sender).unwrap();
+        assert_eq!(fix.block, b"Subject: x\r\n\r\n");
+        let long = format!("X-A: {}\r\n\r\n", "a".repeat(1200));
+        assert!(matches!(
+            fix_header_section(long.as_bytes(), false, &sender),
+            Err(Refusal::HeaderLineUnfoldable)
+        ));
+    }
 }
