@@ -1,6 +1,7 @@
 //! DATA and the end of a transaction: read the message, apply the message policy
-//! (DESIGN §4) to its header block as soon as that is complete, stream the rest to the
-//! spool file (`receive.rs`), and only after the file is durable answer 250.
+//! (DESIGN §4) to its header block as soon as that is complete, stream the rest to disk
+//! (`receive.rs`, `repair.rs`: the repairs run before the spool file is written), and only
+//! after the file is durable answer 250.
 
 use super::data::DataParser;
 use super::pace::Pace;
@@ -141,8 +142,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// The message policy on the complete header block (DESIGN §4); when it passes, opens
-    /// the spool file and writes what the relay adds, then the header block.
+    /// The message policy on the complete header block (DESIGN §4); when it passes, the
+    /// body is taken by the repair (`repair.rs`), which writes the spool file at the end.
     async fn open_message(&mut self, txn: &Transaction, rx: &mut Receiver) {
         match self.check_header(txn, &rx.header, rx.missing_blank) {
             Err(refused) => rx.drop_all(refused),
@@ -150,26 +151,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 envelope,
                 prefix,
                 header,
-            }) => match self.ctx.spool.begin(&envelope).await {
-                Ok(file) => {
-                    let top = match HeaderBlock::parse(&header) {
-                        Ok(h) => PartType::of(h.fields.iter().map(|f| (f.name, f.value))),
-                        Err(_) => PartType::default(),
-                    };
-                    let body = BodyRepair::new(top, self.client.config.smtp.max_line_length);
-                    let mut head = prefix;
-                    head.extend_from_slice(&header);
-                    // Kept in `head`: the policy needs nothing more of it.
-                    rx.header = Vec::new();
-                    rx.stage = Stage::Body(Box::new(Spooling {
-                        file,
-                        envelope,
-                        head,
-                        body,
-                    }));
-                }
-                Err(e) => rx.drop_all(spool_refusal(&envelope.id, &e)),
-            },
+            }) => {
+                let top = match HeaderBlock::parse(&header) {
+                    Ok(h) => PartType::of(h.fields.iter().map(|f| (f.name, f.value))),
+                    Err(_) => PartType::default(),
+                };
+                let body = BodyRepair::new(top, self.client.config.smtp.max_line_length);
+                let mut head = prefix;
+                head.extend_from_slice(&header);
+                // Kept in `head`: the policy needs nothing more of it.
+                rx.header = Vec::new();
+                rx.stage = Stage::Body(Box::new(Spooling {
+                    envelope,
+                    head,
+                    body,
+                }));
+            }
         }
     }
 
@@ -361,15 +358,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Refusal::EightBitNotCarried,
             )
         };
-        let (mut file, mut envelope, head, mut body) = match rx.stage {
+        let (mut envelope, head, mut body) = match rx.stage {
             Stage::Body(spooling) => {
                 let Spooling {
-                    file,
                     envelope,
                     head,
                     body,
                 } = *spooling;
-                (file, envelope, head, body)
+                (envelope, head, body)
             }
             Stage::Discard(Some(r)) if r.late && eight_bit_refused => {
                 return Err(refuse_eight_bit())
@@ -388,6 +384,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some(why) = body.verdict() {
             return Err(log_refusal(why.name(), Refusal::LongLineUnrepairable(why)));
         }
+        let mut file = match self.ctx.spool.begin(&envelope).await {
+            Ok(file) => file,
+            Err(e) => return Err(spool_refusal(&id, &e).refusal),
+        };
         match body.finish(&head, &mut file).await {
             Ok(notes) => {
                 for note in notes {

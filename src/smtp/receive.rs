@@ -6,7 +6,7 @@
 //! (`smtp.max_data_memory`): a fixed share taken at DATA, more for a large header block.
 
 use super::reply::Refusal;
-use crate::spool::{Envelope, Incoming, MemoryLease, HEADER_STEP};
+use crate::spool::{Envelope, MemoryLease, HEADER_STEP};
 
 pub(super) struct Receiver {
     /// The header block, up to and including its empty line.
@@ -38,11 +38,10 @@ pub(super) enum Stage {
 
 /// A message on its way into the spool.
 pub(super) struct Spooling {
-    pub file: Incoming,
     /// The envelope to commit, all but its final size, time and 8-bit flag.
     pub envelope: Envelope,
-    /// What the relay adds and the header block: written at the end of data, since a
-    /// body repair may still change its Content-Transfer-Encoding.
+    /// What the relay adds and the header block: written into the spool file at the end
+    /// of data, since a body repair may still change its Content-Transfer-Encoding.
     pub head: Vec<u8>,
     /// The body, scanned and held until the end of data (`repair.rs`).
     pub body: super::repair::BodyRepair,

@@ -6,9 +6,11 @@
 //!   empty line is added; lines over 998 octets are folded; an unqualified From is
 //!   qualified with the network's `qualify_domain`; a private-namespace From is rewritten.
 //! - MAIL FROM: a bare user name is qualified the same way (or refused naming the key).
-//! - body: scanned as it arrives; held in memory up to [`HOLD`], then in an unlinked
-//!   staging file (nothing of it survives a crash), and written into the spool file at the
-//!   end of data, re-encoded only when the scan found a line over 998 octets.
+//! - body: scanned as it arrives; held in memory up to [`HOLD`], then streamed to a
+//!   staging file in the queue folder (`.ID.body.tmp`: removed when dropped, and at start
+//!   like every temp file), and written into the spool file at the end of data,
+//!   re-encoded only when the scan found a line over 998 octets. The spool's API has no
+//!   read-back, so a body over [`HOLD`] is copied once at the end even when clean.
 
 use super::reply::Refusal;
 use crate::config::OriginConfig;
@@ -200,7 +202,16 @@ pub(super) struct BodyRepair {
     top: PartType,
     line_cap: usize,
     held: Vec<u8>,
-    staged: Option<tokio::fs::File>,
+    staged: Option<(tokio::fs::File, std::path::PathBuf)>,
+}
+
+impl Drop for BodyRepair {
+    /// A refused, failed or finished transfer leaves no staging file behind.
+    fn drop(&mut self) {
+        if let Some((_, path)) = self.staged.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 impl BodyRepair {
@@ -215,8 +226,7 @@ impl BodyRepair {
         }
     }
 
-    /// Takes body bytes; past [`HOLD`] they go to a staging file in `dir` (created, then
-    /// unlinked at once).
+    /// Takes body bytes; past [`HOLD`] they go to a staging file in `dir`.
     pub async fn write(&mut self, dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
         if let Some(scan) = &mut self.scan {
             scan.feed(bytes);
@@ -235,10 +245,9 @@ impl BodyRepair {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)
                 .await?;
-            tokio::fs::remove_file(&path).await?;
-            self.staged = Some(file);
+            self.staged = Some((file, path));
         }
-        if let Some(file) = &mut self.staged {
+        if let Some((file, _)) = &mut self.staged {
             if !self.held.is_empty() {
                 file.write_all(&std::mem::take(&mut self.held)).await?;
             }
@@ -305,7 +314,8 @@ impl BodyRepair {
                 file.write(&out).await?;
                 out.clear();
             }
-            Some(staged) => {
+            Some((staged, _)) => {
+                staged.flush().await?;
                 staged.seek(io::SeekFrom::Start(0)).await?;
                 let mut buf = vec![0; CHUNK];
                 loop {
