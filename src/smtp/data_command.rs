@@ -384,18 +384,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some(why) = body.verdict() {
             return Err(log_refusal(why.name(), Refusal::LongLineUnrepairable(why)));
         }
-        let mut file = match self.ctx.spool.begin(&envelope).await {
-            Ok(file) => file,
-            Err(e) => return Err(spool_refusal(&id, &e).refusal),
-        };
-        match body.finish(&head, &mut file).await {
-            Ok(notes) => {
+        let file = match body.finish(&self.ctx.spool, &envelope, &head).await {
+            Ok((file, notes)) => {
                 for note in notes {
                     tracing::info!(queue_id = %id, repair = %note, "repaired the message to make it sign-safe");
                 }
+                file
             }
             Err(e) => return Err(spool_refusal(&id, &e).refusal),
-        }
+        };
         envelope.size = file.written();
         envelope.eight_bit = parser.eight_bit;
         envelope.received = unix(SystemTime::now());
@@ -420,13 +417,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    /// Hands body bytes to the body repair (held, then staged next to the spool file); a
-    /// failed write drops the file and refuses.
+    /// Hands body bytes to the body repair (held, then into the spool file); a failed
+    /// write drops the file and refuses.
     async fn write_body(&self, rx: &mut Receiver, body: &[u8]) {
         if let Stage::Body(spooling) = &mut rx.stage {
-            let dir = self.ctx.spool.queue_dir();
-            let name = spooling.envelope.id.to_string();
-            if let Err(e) = spooling.body.write(dir, &name, body).await {
+            let Spooling {
+                envelope,
+                head,
+                body: repair,
+            } = &mut **spooling;
+            if let Err(e) = repair.write(&self.ctx.spool, envelope, head, body).await {
                 let refused = spool_refusal(&spooling.envelope.id, &e);
                 rx.drop_all(refused);
             }

@@ -6,11 +6,11 @@
 //!   empty line is added; lines over 998 octets are folded; an unqualified From is
 //!   qualified with the network's `qualify_domain`; a private-namespace From is rewritten.
 //! - MAIL FROM: a bare user name is qualified the same way (or refused naming the key).
-//! - body: scanned as it arrives; held in memory up to [`HOLD`], then streamed to a
-//!   staging file in the queue folder (`.ID.body.tmp`: removed when dropped, and at start
-//!   like every temp file), and written into the spool file at the end of data,
-//!   re-encoded only when the scan found a line over 998 octets. The spool's API has no
-//!   read-back, so a body over [`HOLD`] is copied once at the end even when clean.
+//! - body: scanned as it arrives and held in memory up to [`HOLD`], so that it can be
+//!   re-encoded at the end of data when the scan found a line over 998 octets; a larger
+//!   body streams into the spool file as it arrives (one file, no copy), and one that
+//!   would need a repair is refused naming the fix (the spool has no read-back to
+//!   rewrite it file to file).
 
 use super::reply::Refusal;
 use crate::config::OriginConfig;
@@ -19,16 +19,12 @@ use crate::message::repair::from;
 use crate::message::repair::header::{fold_block, has_long_line};
 use crate::message::repair::mime::PartType;
 use crate::message::{HeaderBlock, Mailbox, PathError, ReversePath};
-use crate::spool::Incoming;
+use crate::spool::{Envelope, Incoming, Spool};
 use std::io;
-use std::path::Path;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-/// Body bytes kept in memory before they go to the staging file: most mail from cron and
-/// scripts fits, and the transfer's memory share pays for it.
+/// Body bytes kept in memory before they stream into the spool file: most mail from cron
+/// and scripts fits, and the transfer's memory share pays for it.
 pub const HOLD: usize = 64 * 1024;
-/// Read size when the staged body is copied or rewritten into the spool file.
-const CHUNK: usize = 64 * 1024;
 
 /// The header block after its repairs, and what to log about them.
 pub(super) struct HeaderFix {
@@ -194,7 +190,10 @@ pub(super) fn replace_in(block: &[u8], value: &[u8], new: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The body of a message on its way in: scanned, held, then written at the end.
+/// The body of a message on its way in: scanned as it arrives, and held in memory up to
+/// [`HOLD`] so that a repair can still change it (and the header's transfer encoding).
+/// Past that it streams into the spool file as before; the spool's API has no read-back,
+/// so a larger message that needs a repair is refused naming the fix.
 pub(super) struct BodyRepair {
     /// None once [`BodyRepair::verdict`] finished it into `plan`.
     scan: Option<Scan>,
@@ -202,16 +201,8 @@ pub(super) struct BodyRepair {
     top: PartType,
     line_cap: usize,
     held: Vec<u8>,
-    staged: Option<(tokio::fs::File, std::path::PathBuf)>,
-}
-
-impl Drop for BodyRepair {
-    /// A refused, failed or finished transfer leaves no staging file behind.
-    fn drop(&mut self) {
-        if let Some((_, path)) = self.staged.take() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
+    /// The spool file, once the body outgrew the hold.
+    direct: Option<Incoming>,
 }
 
 impl BodyRepair {
@@ -222,37 +213,34 @@ impl BodyRepair {
             top,
             line_cap,
             held: Vec::new(),
-            staged: None,
+            direct: None,
         }
     }
 
-    /// Takes body bytes; past [`HOLD`] they go to a staging file in `dir`.
-    pub async fn write(&mut self, dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    /// Takes body bytes; past [`HOLD`] the spool file is begun with `head` (what the
+    /// relay adds and the header block) and everything goes there.
+    pub async fn write(
+        &mut self,
+        spool: &Spool,
+        envelope: &Envelope,
+        head: &[u8],
+        bytes: &[u8],
+    ) -> io::Result<()> {
         if let Some(scan) = &mut self.scan {
             scan.feed(bytes);
         }
-        if self.staged.is_none() && self.held.len() + bytes.len() <= HOLD {
+        if let Some(file) = &mut self.direct {
+            return file.write(bytes).await;
+        }
+        if self.held.len() + bytes.len() <= HOLD {
             self.held.extend_from_slice(bytes);
             return Ok(());
         }
-        if self.staged.is_none() {
-            let path = dir.join(format!(".{name}.body.tmp"));
-            let file = tokio::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-                .await?;
-            self.staged = Some((file, path));
-        }
-        if let Some((file, _)) = &mut self.staged {
-            if !self.held.is_empty() {
-                file.write_all(&std::mem::take(&mut self.held)).await?;
-            }
-            file.write_all(bytes).await?;
-        }
+        let mut file = spool.begin(envelope).await?;
+        file.write(head).await?;
+        file.write(&std::mem::take(&mut self.held)).await?;
+        file.write(bytes).await?;
+        self.direct = Some(file);
         Ok(())
     }
 
@@ -261,15 +249,29 @@ impl BodyRepair {
         if let Some(scan) = self.scan.take() {
             self.plan = scan.finish();
         }
-        self.plan.problem
+        match self.plan.problem {
+            Some(p) => Some(p),
+            None if self.direct.is_some() && self.plan.needs_rewrite() => {
+                Some(Unrepairable::TooLarge)
+            }
+            None => None,
+        }
     }
 
-    /// Writes the header (`head`: what the relay adds and the header block with its empty
-    /// line) and the body into the spool file, repaired as the plan says; returns what was
-    /// repaired, for the log.
-    pub async fn finish(mut self, head: &[u8], file: &mut Incoming) -> io::Result<Vec<String>> {
+    /// The spool file with the whole message in it, repaired as the plan says; and what
+    /// was repaired, for the log. Call after [`BodyRepair::verdict`] found nothing.
+    pub async fn finish(
+        mut self,
+        spool: &Spool,
+        envelope: &Envelope,
+        head: &[u8],
+    ) -> io::Result<(Incoming, Vec<String>)> {
         self.verdict();
+        if let Some(file) = self.direct.take() {
+            return Ok((file, Vec::new()));
+        }
         let plan = std::mem::take(&mut self.plan);
+        let mut file = spool.begin(envelope).await?;
         let mut notes = Vec::new();
         if plan.reencode.contains(&0) {
             let end = head.len().saturating_sub(2);
@@ -297,43 +299,15 @@ impl BodyRepair {
         if plan.long_boundaries > 0 {
             notes.push("dropped the padding of MIME boundary lines over 998 octets".into());
         }
-        let mut rewrite = plan
-            .needs_rewrite()
-            .then(|| Rewrite::new(self.top.clone(), self.line_cap, &plan));
-        let mut pass = |bytes: &[u8], out: &mut Vec<u8>| match &mut rewrite {
-            Some(rw) => {
-                rw.feed(bytes);
-                out.append(&mut rw.out);
-            }
-            None => out.extend_from_slice(bytes),
-        };
-        let mut out = Vec::new();
-        match &mut self.staged {
-            None => {
-                pass(&self.held, &mut out);
-                file.write(&out).await?;
-                out.clear();
-            }
-            Some((staged, _)) => {
-                staged.flush().await?;
-                staged.seek(io::SeekFrom::Start(0)).await?;
-                let mut buf = vec![0; CHUNK];
-                loop {
-                    let n = staged.read(&mut buf).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    pass(&buf[..n], &mut out);
-                    file.write(&out).await?;
-                    out.clear();
-                }
-            }
-        }
-        if let Some(rw) = &mut rewrite {
+        if plan.needs_rewrite() {
+            let mut rw = Rewrite::new(self.top.clone(), self.line_cap, &plan);
+            rw.feed(&self.held);
             rw.finish();
             file.write(&rw.out).await?;
+        } else {
+            file.write(&self.held).await?;
         }
-        Ok(notes)
+        Ok((file, notes))
     }
 }
 

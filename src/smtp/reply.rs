@@ -254,7 +254,7 @@ impl Refusal {
                 554,
                 "5.6.0",
                 format!(
-                    "Message has {}, which this relay cannot re-encode without changing what was signed or encoded; encode that part as quoted-printable or base64 before signing or sending",
+                    "Message has {}; encode that part as quoted-printable or base64 before signing or sending",
                     why.name()
                 ),
             ),

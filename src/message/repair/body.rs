@@ -30,21 +30,18 @@ pub enum Unrepairable {
     Message,
     /// The line is in a multipart's preamble or epilogue, or a part header is unreadable.
     Structure,
+    /// The message is too large to be held for re-encoding (`smtp/repair.rs` HOLD).
+    TooLarge,
 }
 
 impl Unrepairable {
     pub fn name(self) -> &'static str {
         match self {
-            Unrepairable::Sealed => {
-                "a line over 998 octets inside multipart/signed or multipart/encrypted"
-            }
-            Unrepairable::Encoded => {
-                "a line over 998 octets in a base64, quoted-printable or unknown-encoding part"
-            }
-            Unrepairable::Message => "a line over 998 octets in an attached message (message/*)",
-            Unrepairable::Structure => {
-                "a line over 998 octets outside any MIME part, or an unreadable part header"
-            }
+            Unrepairable::Sealed => "a line over 998 octets inside multipart/signed or multipart/encrypted, which re-encoding would break",
+            Unrepairable::Encoded => "a line over 998 octets in a base64, quoted-printable or unknown-encoding part, which cannot be re-encoded",
+            Unrepairable::Message => "a line over 998 octets in an attached message (message/*), which may not be quoted-printable",
+            Unrepairable::Structure => "a line over 998 octets outside any MIME part, or in an unreadable part header",
+            Unrepairable::TooLarge => "a line over 998 octets in a message over 64 KiB, which this relay re-encodes only when smaller",
         }
     }
 }

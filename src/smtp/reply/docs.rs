@@ -56,6 +56,7 @@ fn every_refusal() -> Vec<Refusal> {
         Refusal::NoHeader,
         Refusal::HeaderLineUnfoldable,
         Refusal::LongLineUnrepairable(Unrepairable::Sealed),
+        Refusal::LongLineUnrepairable(Unrepairable::TooLarge),
         Refusal::UnqualifiedSender,
         Refusal::NoDataMemory,
     ];
