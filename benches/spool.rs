@@ -71,6 +71,7 @@ fn cpu_seconds() -> f64 {
 
 fn envelope(i: usize, size: usize) -> Envelope {
     Envelope {
+        utf8: Default::default(),
         id: QueueId::generate(std::time::SystemTime::now()),
         received: 1_700_000_000 + i as u64,
         client: "127.0.0.1".parse().expect("address"),

@@ -6,7 +6,9 @@
 //! # Layout
 //! A message passes the stages in this order, each a module with a named type at its edge:
 //! - [`smtp`]: the inbound listener and session state machine; ends in a [`spool::Envelope`]
-//!   plus message bytes handed to the spool.
+//!   plus message bytes handed to the spool. Before the commit `smtp/repair.rs` makes what
+//!   real hosts send sign-safe (long lines, missing empty line, bare sender names, private
+//!   From), with the pure rules in `message::repair`.
 //! - [`spool`]: the durable queue on disk; nothing is answered 250 before it is here.
 //! - [`dkim`]: signing at each delivery attempt with the keys active at that moment, of the
 //!   message in the form the upstream's connection takes (`message::transport_form`).
@@ -20,7 +22,7 @@
 //! planner and its executor: hooks with a timeout, DNS checks, the store lock held only to
 //! record; the trigger the control socket uses; the DNS watch while serving), [`message`] (header and From parsing;
 //! `transport_form`, the form each upstream gets: SMTPUTF8, RFC 2047 encoded-words,
-//! quoted-printable),
+//! quoted-printable; `repair`: the sign-safe repairs before the spool),
 //! [`oauth`] (OAuth 2.0 tokens for upstream AUTH XOAUTH2: fetch, cache, renew),
 //! [`relay`] (wires the stages together), [`watch`] (hot reload of config and keys),
 //! [`queue`] (what each queue command means: one implementation, for the running relay

@@ -198,6 +198,7 @@ pub fn reload_effect(old: &Config, new: &Config) -> ReloadEffect {
         public_relay_limit_ipv6,
         max_data_memory,
         data_memory_wait,
+        origins,
     } = smtp;
     let crate::config::DeliveryConfig {
         workers,
@@ -301,6 +302,8 @@ pub fn reload_effect(old: &Config, new: &Config) -> ReloadEffect {
         true,
         "smtp.data_memory_wait",
     );
+    // Read from the connection's snapshot at DATA and MAIL: live.
+    note(*origins != os.origins, true, "smtp.origins");
     note(
         *max_connections != os.max_connections,
         false,
@@ -434,6 +437,18 @@ mod tests {
         );
         assert_eq!(effect.restart, ["smtp.max_connections", "delivery.workers"]);
         assert!(!effect.rebuild_router);
+    }
+
+    /// Issue 14: `[[smtp.origins]]` is read from each connection's snapshot, so it is live.
+    #[test]
+    fn smtp_origins_apply_live() {
+        let old = Config::from_toml("[[domains]]\nname = \"example.com\"\n").unwrap();
+        let text =
+            "[[smtp.origins]]\nnetworks = [\"10.0.0.0/8\"]\nqualify_domain = \"example.com\"\n\
+            [[domains]]\nname = \"example.com\"\n";
+        let effect = reload_effect(&old, &Config::from_toml(text).unwrap());
+        assert_eq!(effect.live, ["smtp.origins"]);
+        assert!(effect.restart.is_empty());
     }
 
     /// Hot reload refuses what `config check` refuses: the two halves of the address space.

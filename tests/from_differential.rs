@@ -192,6 +192,14 @@ fn every_from_in_the_interop_corpus_is_still_accepted() {
         if path.extension().is_none_or(|e| e != "eml") {
             continue;
         }
+        // repair-*.eml hold what the relay repairs before this check (issue 14), such as
+        // cron's bare From, qualified with qualify_domain.
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("repair-"))
+        {
+            continue;
+        }
         let raw = std::fs::read(&path).unwrap();
         // The corpus files are stored with LF; the relay sees CRLF.
         let text = String::from_utf8_lossy(&raw)

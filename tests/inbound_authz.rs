@@ -11,8 +11,8 @@ use common::*;
 /// (MAIL FROM, header From, expected reply prefix)
 type Row = (&'static str, &'static str, &'static str);
 
-const DENIED_FROM: &str = "550 5.7.1 Not authorised to send as the From domain";
-const DENIED_SENDER: &str = "550 5.7.1 Not authorised to use this envelope sender domain";
+const DENIED_FROM: &str = "550 5.7.1 Not authorised to send as the From domain; send as a domain this client may use, or add it to its from_domains";
+const DENIED_SENDER: &str = "550 5.7.1 Not authorised to use this envelope sender domain; use a MAIL FROM in a domain this client may use, or <>";
 
 async fn run_table<S>(smtp: &mut Smtp<S>, table: &[Row]) -> usize
 where

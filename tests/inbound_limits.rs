@@ -121,13 +121,13 @@ async fn messages_per_session_header_size_and_line_lengths_are_bounded() {
     big.push_str("\r\nbody\r\n");
     assert_eq!(
         smtp.send("a@example.com", "u@example.net", &big).await,
-        "552 5.3.4 Message header too big"
+        "552 5.3.4 Message header too big; stay within smtp.max_header_size"
     );
     // A command line over 512 is refused; an AUTH line of 5000 is read as AUTH (538:
     // no TLS yet), and one over 12288 is too long.
     assert_eq!(
         smtp.cmd(&format!("NOOP {}", "x".repeat(600))).await,
-        "500 5.5.2 Line too long"
+        "500 5.5.2 Line too long; send commands within smtp.max_command_length octets"
     );
     assert!(smtp
         .cmd(&format!("AUTH PLAIN {}", "A".repeat(5000)))
@@ -136,7 +136,7 @@ async fn messages_per_session_header_size_and_line_lengths_are_bounded() {
     assert_eq!(
         smtp.cmd(&format!("AUTH PLAIN {}", "A".repeat(13_000)))
             .await,
-        "500 5.5.2 Line too long"
+        "500 5.5.2 Line too long; send commands within smtp.max_command_length octets"
     );
     // One message per session: the second MAIL gets 421 and the connection closes.
     let r = smtp

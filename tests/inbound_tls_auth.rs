@@ -46,7 +46,7 @@ async fn auth_is_refused_before_tls_and_accepted_inside_it() {
     assert!(!ehlo.contains("AUTH"), "AUTH offered in clear text: {ehlo}");
     assert_eq!(
         plain.auth_plain(USER, PASSWORD).await,
-        "538 5.7.11 Encryption required for requested authentication mechanism"
+        "538 5.7.11 Encryption required for requested authentication mechanism; send STARTTLS before AUTH"
     );
     assert!(plain.cmd("AUTH LOGIN").await.starts_with("538 5.7.11"));
     // Not authenticated, not in an allowed network: no relaying.
@@ -100,7 +100,7 @@ async fn auth_login_works_and_a_wrong_password_is_delayed_then_refused_then_lock
     let t0 = Instant::now();
     assert_eq!(
         tls.cmd(&b64("wrong")).await,
-        "535 5.7.8 Authentication credentials invalid"
+        "535 5.7.8 Authentication credentials invalid; check the user name and password"
     );
     assert!(
         t0.elapsed() >= Duration::from_millis(300),
@@ -202,7 +202,7 @@ async fn require_tls_refuses_mail_in_clear_text() {
     plain.ehlo().await;
     assert_eq!(
         plain.cmd("MAIL FROM:<a@example.com>").await,
-        "530 5.7.0 Must issue a STARTTLS command first"
+        "530 5.7.0 Must issue a STARTTLS command first; enable STARTTLS on the client"
     );
     let (mut tls, _) = plain.starttls(&pki.ca_pem).await;
     assert!(tls.auth_plain(USER, PASSWORD).await.starts_with("235"));

@@ -10,6 +10,7 @@ mod keys;
 mod live;
 mod metrics;
 mod oauth;
+mod origins;
 mod paths;
 pub mod providers;
 mod relay_space;
@@ -23,6 +24,7 @@ pub use keys::Pkcs11Settings;
 pub use live::LiveConfig;
 pub use metrics::MetricsConfig;
 pub use oauth::{AuthMethod, OAuthGrant, OAuthPreset, OAuthSettings};
+pub use origins::OriginConfig;
 pub use providers::{ProfileChoice, Provider, ProviderId};
 pub use rotation::{OnDnsMismatch, RotationConfig, SigningMode};
 pub use units::{parse_duration, parse_size, ByteSize, HumanDuration};
@@ -100,7 +102,11 @@ pub struct SmtpConfig {
     pub max_connections_per_client: usize,
     /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4: 512).
     pub max_command_length: usize,
-    /// Longest line inside a message, CRLF excluded (RFC 5322 §2.1.1: 998).
+    /// Longest line inside a message the relay accepts at all, CRLF excluded; a longer
+    /// one gets 554 5.6.0. Lines over 998 octets (RFC 5322 §2.1.1) up to it are repaired
+    /// before signing (a body re-encoded as quoted-printable, a header line folded), so
+    /// this is a hard cap on what one line may hold in memory, not the RFC limit.
+    /// Default 65536; 998 to 1048576 (998: every long line refused, as before).
     pub max_line_length: usize,
     /// Protocol errors in one session before it is closed with 421.
     pub max_errors: usize,
@@ -158,6 +164,9 @@ pub struct SmtpConfig {
     /// How long a DATA command waits for its share of `max_data_memory` before 452 4.3.1.
     /// Default 10s.
     pub data_memory_wait: HumanDuration,
+    /// `[[smtp.origins]]`: per network, a domain for bare sender names and a From rewrite
+    /// for private-namespace hosts (see `origins.rs`).
+    pub origins: Vec<OriginConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -400,7 +409,7 @@ impl Default for SmtpConfig {
             max_connections: 200,
             max_connections_per_client: 50,
             max_command_length: 512,
-            max_line_length: 998,
+            max_line_length: 65_536,
             max_errors: 20,
             command_timeout: HumanDuration(Duration::from_secs(300)),
             data_timeout: HumanDuration(Duration::from_secs(600)),
@@ -420,6 +429,7 @@ impl Default for SmtpConfig {
             public_relay_limit_ipv6: 32,
             max_data_memory: ByteSize(128 << 20),
             data_memory_wait: HumanDuration(Duration::from_secs(10)),
+            origins: Vec::new(),
         }
     }
 }
@@ -559,10 +569,12 @@ impl SmtpConfig {
                 return Err(ConfigError::new(field, "must be at least 1"));
             }
         }
-        if !(78..=998).contains(&self.max_line_length) {
+        // Lines over 998 are repaired, not relayed: the cap bounds what one line holds
+        // in memory while the body is walked.
+        if !(998..=1_048_576).contains(&self.max_line_length) {
             return Err(ConfigError::new(
                 "smtp.max_line_length",
-                "must be between 78 and 998 (RFC 5322 §2.1.1); longer lines get folded by a later hop and break the signature",
+                "must be between 998 (RFC 5322 §2.1.1: every longer line refused) and 1048576; lines over 998 up to it are re-encoded or folded before signing",
             ));
         }
         if !(512..=65_536).contains(&self.max_command_length) {
@@ -584,6 +596,9 @@ impl SmtpConfig {
 
     /// Validation of the inbound hardening fields (and normalisation of their domains).
     fn validate_inbound(&mut self) -> Result<(), ConfigError> {
+        for (i, origin) in self.origins.iter_mut().enumerate() {
+            origin.validate(i)?;
+        }
         inbound::validate_limits(self)
     }
 }

@@ -64,8 +64,11 @@ fn domain_names_are_normalised_and_checked() {
 }
 
 #[test]
-fn line_length_above_998_is_refused() {
-    let err = Config::from_toml("[smtp]\nmax_line_length = 2000\n").unwrap_err();
+fn line_length_below_998_or_above_the_hard_cap_is_refused() {
+    Config::from_toml("[smtp]\nmax_line_length = 2000\n").unwrap();
+    let err = Config::from_toml("[smtp]\nmax_line_length = 500\n").unwrap_err();
+    assert_eq!(err.field, "smtp.max_line_length");
+    let err = Config::from_toml("[smtp]\nmax_line_length = 2000000\n").unwrap_err();
     assert_eq!(err.field, "smtp.max_line_length");
 }
 

@@ -4,10 +4,11 @@
 //! type ([`Mailbox`]), since both read the same local-part@domain syntax: the SMTP stage
 //! reads it, the delivery stage writes it.
 
-mod address;
+pub(crate) mod address;
 mod from;
 mod from_syntax;
 mod headers;
+pub mod repair;
 mod unique;
 
 pub use address::{command_path, CommandPath, Mailbox, PathError, ReversePath};

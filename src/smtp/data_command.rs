@@ -1,15 +1,20 @@
 //! DATA and the end of a transaction: read the message, apply the message policy
-//! (DESIGN §4) to its header block as soon as that is complete, stream the rest to the
-//! spool file (`receive.rs`), and only after the file is durable answer 250.
+//! (DESIGN §4) to its header block as soon as that is complete, stream the rest to disk
+//! (`receive.rs`, `repair.rs`: the repairs run before the spool file is written), and only
+//! after the file is durable answer 250.
 
 use super::data::DataParser;
 use super::pace::Pace;
 use super::receive::{Receiver, Refused, Spooling, Stage, Taken};
+use super::repair::{self, BodyRepair};
 use super::reply::{Refusal, Reply};
 use super::session::{stopping, Flow, Session, State, Transaction};
 use super::wire::DataRead;
 use crate::dkim::KeyLookup;
-use crate::message::{from_domain, merge_address_lists, repeated_field, HeaderBlock, Mailbox};
+use crate::message::repair::mime::PartType;
+use crate::message::{
+    from_domain, merge_address_lists, repeated_field, FromError, FromSyntax, HeaderBlock, Mailbox,
+};
 use crate::spool::{
     DeliveryState, Envelope, Origin, QueueId, QueuedMessage, Utf8Use, HEADER_STEP, TRANSFER_BASE,
 };
@@ -114,11 +119,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Taken::Body => piece,
                 Taken::HeaderEnded(at) => {
                     self.open_message(txn, rx).await;
+                    let carry = std::mem::take(&mut rx.carry);
+                    if !carry.is_empty() {
+                        self.write_body(rx, &carry).await;
+                    }
                     &piece[at..]
                 }
             };
             if !body.is_empty() {
-                write_body(rx, body).await;
+                self.write_body(rx, body).await;
             }
             parser.clear_output();
             match read {
@@ -133,37 +142,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// The message policy on the complete header block (DESIGN §4); when it passes, opens
-    /// the spool file and writes what the relay adds, then the header block.
+    /// The message policy on the complete header block (DESIGN §4); when it passes, the
+    /// body is taken by the repair (`repair.rs`), which writes the spool file at the end.
     async fn open_message(&mut self, txn: &Transaction, rx: &mut Receiver) {
-        match self.check_header(txn, &rx.header) {
+        match self.check_header(txn, &rx.header, rx.missing_blank) {
             Err(refused) => rx.drop_all(refused),
             Ok(Admitted {
                 envelope,
                 prefix,
                 header,
             }) => {
-                let stored = async {
-                    let mut file = self.ctx.spool.begin(&envelope).await?;
-                    file.write(&prefix).await?;
-                    file.write(header.as_deref().unwrap_or(&rx.header)).await?;
-                    Ok::<_, std::io::Error>(file)
+                let top = match HeaderBlock::parse(&header) {
+                    Ok(h) => PartType::of(h.fields.iter().map(|f| (f.name, f.value))),
+                    Err(_) => PartType::default(),
                 };
-                match stored.await {
-                    Ok(file) => {
-                        // Written: the policy needs nothing more of it.
-                        rx.header = Vec::new();
-                        rx.stage = Stage::Body(Box::new(Spooling { file, envelope }));
-                    }
-                    Err(e) => rx.drop_all(spool_refusal(&envelope.id, &e)),
-                }
+                let body = BodyRepair::new(top, self.client.config.smtp.max_line_length);
+                let mut head = prefix;
+                head.extend_from_slice(&header);
+                // Kept in `head`: the policy needs nothing more of it.
+                rx.header = Vec::new();
+                rx.stage = Stage::Body(Box::new(Spooling {
+                    envelope,
+                    head,
+                    body,
+                }));
             }
         }
     }
 
     /// Checks a header block; returns the envelope (size still 0) and the fields the relay
     /// adds before it.
-    fn check_header(&self, txn: &Transaction, header: &[u8]) -> Result<Admitted, Refused> {
+    fn check_header(
+        &self,
+        txn: &Transaction,
+        received: &[u8],
+        missing_blank: bool,
+    ) -> Result<Admitted, Refused> {
+        let origin = self.client.config.smtp.origin_for(self.client.ip);
+        let fixed = repair::fix_header_section(received, missing_blank, &txn.mail_from)
+            .map_err(|r| Refused::new(r, "header block cannot be repaired", false))?;
+        let mut notes = fixed.notes;
+        let mut header = fixed.block;
+        // A bare user or host name in From (cron's `root (Cron Daemon)`): qualified with
+        // the network's domain when it has one, then read again like any From.
+        let qualified = HeaderBlock::parse(&header).ok().and_then(|h| {
+            let field = h.all("From").next()?;
+            if from_domain(&h) != Err(FromError::Syntax(FromSyntax::Unqualified)) {
+                return None;
+            }
+            let (value, note) = repair::qualify_from(field.value, origin)?;
+            Some((repair::replace_in(&header, field.value, &value), note))
+        });
+        if let Some((block, note)) = qualified {
+            header = block;
+            notes.push(note);
+        }
+        let header = &header[..];
         let parsed = HeaderBlock::parse(header)
             .map_err(|e| Refused::new(Refusal::MalformedHeader, e.to_string(), false))?;
         // The header section as received (a merge below rewrites the block, not this).
@@ -199,8 +233,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 true,
             ));
         }
-        let domain = from_domain(&headers)
+        let mut domain = from_domain(&headers)
             .map_err(|e| Refused::new(Refusal::BadFrom(e.clone()), e.to_string(), true))?;
+        // Item 5: a host named in a private namespace sends as the network's address.
+        let base = merged.as_ref().map_or(header, |(b, _)| &b[..]);
+        let rewritten = repair::rewrite_private_from(base, &headers, origin, &domain);
+        if let Some(r) = &rewritten {
+            let reparsed = HeaderBlock::parse(&r.block)
+                .map_err(|e| Refused::new(Refusal::MalformedHeader, e.to_string(), false))?;
+            domain = from_domain(&reparsed)
+                .map_err(|e| Refused::new(Refusal::BadFrom(e.clone()), e.to_string(), true))?;
+            notes.push(format!(
+                "rewrote the private-namespace From {} to {} (smtp.origins rewrite_from)",
+                r.old, r.to
+            ));
+        }
         // Authorisation before the key check: a tenant learns nothing about which other
         // domains the relay signs for.
         if let Some(grant) = self.grant().filter(|g| !g.permits(&domain)) {
@@ -237,6 +284,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some((_, fields)) = &merged {
             tracing::info!(queue_id = %id, fields = %fields.join(", "), "joined repeated address fields into one (receivers fail DKIM on repeated fields)");
         }
+        for note in &notes {
+            tracing::info!(queue_id = %id, client = %self.client.ip, repair = %note, "repaired the message to make it sign-safe");
+        }
         let hostname = &self.client.config.hostname;
         // What the relay adds goes before the data, which is stored as received.
         let mut prefix =
@@ -251,6 +301,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let date = crate::message::rfc5322_date(unix(now));
             prefix.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
             tracing::info!(queue_id = %id, "added a Date");
+        }
+        if let Some(r) = rewritten.as_ref().filter(|r| r.add_reply_to) {
+            // The original sender keeps getting the replies.
+            prefix.extend_from_slice(format!("Reply-To: {}\r\n", r.old).as_bytes());
+            tracing::info!(queue_id = %id, reply_to = %r.old, "added a Reply-To with the original From address");
         }
         let envelope = Envelope {
             id,
@@ -274,10 +329,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             tracing::info!(queue_id = %envelope.id, smtputf8 = envelope.utf8.requested, utf8_headers = envelope.utf8.headers, utf8_addresses = envelope.utf8.addresses, "message uses UTF-8; each upstream gets it as UTF-8 (SMTPUTF8) or encoded");
         }
         drop(headers);
+        let header = match (rewritten, merged) {
+            (Some(r), _) => r.block,
+            (None, Some((block, _))) => block,
+            (None, None) => header.to_vec(),
+        };
         Ok(Admitted {
             envelope,
             prefix,
-            header: merged.map(|(block, _)| block),
+            header,
         })
     }
 
@@ -307,8 +367,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         // 8-bit bodies are always taken: an upstream without 8BITMIME gets them as
         // quoted-printable, converted before signing (message::transport_form).
-        let (file, mut envelope) = match rx.stage {
-            Stage::Body(spooling) => (spooling.file, spooling.envelope),
+        let (mut envelope, head, mut body) = match rx.stage {
+            Stage::Body(spooling) => {
+                let Spooling {
+                    envelope,
+                    head,
+                    body,
+                } = *spooling;
+                (envelope, head, body)
+            }
             Stage::Discard(Some(r)) => return Err(log_refusal(&r.why, r.refusal)),
             // The reader's own refusals were answered above, and the header stage always
             // ends in open_message: neither is left here.
@@ -317,6 +384,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         };
         let id = envelope.id.clone();
+        if let Some(why) = body.verdict() {
+            return Err(log_refusal(why.name(), Refusal::LongLineUnrepairable(why)));
+        }
+        let file = match body.finish(&self.ctx.spool, &envelope, &head).await {
+            Ok((file, notes)) => {
+                for note in notes {
+                    tracing::info!(queue_id = %id, repair = %note, "repaired the message to make it sign-safe");
+                }
+                file
+            }
+            Err(e) => return Err(spool_refusal(&id, &e).refusal),
+        };
         envelope.size = file.written();
         envelope.eight_bit = parser.eight_bit;
         envelope.received = unix(SystemTime::now());
@@ -340,12 +419,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 }
 
-/// Appends body bytes to the spool file; a failed write drops the file and refuses.
-async fn write_body(rx: &mut Receiver, body: &[u8]) {
-    if let Stage::Body(spooling) = &mut rx.stage {
-        if let Err(e) = spooling.file.write(body).await {
-            let refused = spool_refusal(&spooling.envelope.id, &e);
-            rx.drop_all(refused);
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// Hands body bytes to the body repair (held, then into the spool file); a failed
+    /// write drops the file and refuses.
+    async fn write_body(&self, rx: &mut Receiver, body: &[u8]) {
+        if let Stage::Body(spooling) = &mut rx.stage {
+            let Spooling {
+                envelope,
+                head,
+                body: repair,
+            } = &mut **spooling;
+            if let Err(e) = repair.write(&self.ctx.spool, envelope, head, body).await {
+                let refused = spool_refusal(&spooling.envelope.id, &e);
+                rx.drop_all(refused);
+            }
         }
     }
 }
@@ -362,11 +449,11 @@ fn spool_refusal(id: &QueueId, e: &std::io::Error) -> Refused {
 }
 
 /// A header block that passed the message policy: its envelope, what the relay adds
-/// before it, and the block itself when the policy rewrote it (repeated To/Cc joined).
+/// before it, and the block as it will be stored (repaired, repeated To/Cc joined).
 struct Admitted {
     envelope: Envelope,
     prefix: Vec<u8>,
-    header: Option<Vec<u8>>,
+    header: Vec<u8>,
 }
 
 /// Out of space or quota: the client should wait (452 4.3.1), not assume a fault.

@@ -50,10 +50,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if from.size as u64 > smtp.max_message_size.0 {
             return Err(Refusal::MessageTooBig);
         }
-        let path = checked_path(line, &from.address).map_err(|e| match e {
-            PathError::NonAscii => Refusal::NonAsciiAddress,
-            e => Refusal::BadSender(e),
-        })?;
+        // A bare user name (or user@host without a dot) is qualified or refused in repair.rs.
+        let origin = smtp.origin_for(self.client.ip);
+        let read = checked_path(line, &from.address);
+        let path =
+            super::repair::qualify_sender(read, &from.address, origin).map_err(|e| match e {
+                Ok(refusal) => refusal,
+                Err(PathError::NonAscii) => Refusal::NonAsciiAddress,
+                Err(e) => Refusal::BadSender(e),
+            })?;
         if let Some(mailbox) = path.mailbox() {
             let domain = crate::domain::normalise(mailbox.domain());
             if !grant.permits(&domain) {

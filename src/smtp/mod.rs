@@ -12,6 +12,7 @@ mod mail_rcpt;
 pub mod outsiders;
 pub mod pace;
 mod receive;
+mod repair;
 pub mod reply;
 pub mod server;
 mod session;

@@ -6,11 +6,19 @@
 //! (`smtp.max_data_memory`): a fixed share taken at DATA, more for a large header block.
 
 use super::reply::Refusal;
-use crate::spool::{Envelope, Incoming, MemoryLease, HEADER_STEP};
+use crate::spool::{Envelope, MemoryLease, HEADER_STEP};
 
 pub(super) struct Receiver {
     /// The header block, up to and including its empty line.
     pub header: Vec<u8>,
+    /// Where the first header line not yet read as complete begins.
+    scanned: usize,
+    /// The header block ended at a line that is no header field, not at an empty line
+    /// (msmtp and scripts write such mail): the repair adds the empty line.
+    pub missing_blank: bool,
+    /// Body bytes that were gathered as header before the block turned out to end
+    /// earlier; the caller writes them before the rest of the piece.
+    pub carry: Vec<u8>,
     max_header: usize,
     /// Header bytes the lease pays for.
     header_room: usize,
@@ -30,9 +38,13 @@ pub(super) enum Stage {
 
 /// A message on its way into the spool.
 pub(super) struct Spooling {
-    pub file: Incoming,
     /// The envelope to commit, all but its final size, time and 8-bit flag.
     pub envelope: Envelope,
+    /// What the relay adds and the header block: written into the spool file at the end
+    /// of data, since a body repair may still change its Content-Transfer-Encoding.
+    pub head: Vec<u8>,
+    /// The body, scanned and held until the end of data (`repair.rs`).
+    pub body: super::repair::BodyRepair,
 }
 
 /// Why a message will be refused, found before its end.
@@ -71,6 +83,9 @@ impl Receiver {
     pub fn new(lease: MemoryLease, header_room: usize, max_header: usize) -> Receiver {
         Receiver {
             header: Vec::new(),
+            scanned: 0,
+            missing_blank: false,
+            carry: Vec::new(),
             max_header,
             header_room,
             lease,
@@ -100,10 +115,17 @@ impl Receiver {
             return Taken::Used;
         }
         self.header.extend_from_slice(&piece[..take]);
-        match header_end(&self.header, old) {
-            Some(end) => {
+        match header_end(&self.header, &mut self.scanned) {
+            Some((end, missing_blank)) => {
+                self.missing_blank = missing_blank;
+                let at = if end < old {
+                    self.carry = self.header[end..old].to_vec();
+                    0
+                } else {
+                    end - old
+                };
                 self.header.truncate(end);
-                Taken::HeaderEnded(end - old)
+                Taken::HeaderEnded(at)
             }
             None if take < piece.len() => {
                 self.drop_all(Refused::new(
@@ -143,18 +165,23 @@ impl Receiver {
     }
 }
 
-/// The end (just past its empty line) of a header block gathered so far, whose first
-/// `searched` bytes held no end.
-fn header_end(header: &[u8], searched: usize) -> Option<usize> {
-    if header.starts_with(b"\r\n") {
-        // No header fields at all; the policy refuses that.
-        return Some(2);
+/// The end of a header block gathered so far, read line by line from `scanned` (which
+/// moves past the complete field lines): just past its empty line (false), or at the
+/// start of the first line that is no header field (true: the empty line is missing;
+/// at 0 there is no header at all).
+fn header_end(header: &[u8], scanned: &mut usize) -> Option<(usize, bool)> {
+    use crate::message::repair::header::{line_kind, LineKind};
+    loop {
+        let start = *scanned;
+        let len = header[start..].windows(2).position(|w| w == b"\r\n")?;
+        match line_kind(&header[start..start + len]) {
+            LineKind::Empty => return Some((start + len + 2, false)),
+            LineKind::Field => {}
+            LineKind::Continuation if start > 0 => {}
+            LineKind::Continuation | LineKind::Other => return Some((start, true)),
+        }
+        *scanned = start + len + 2;
     }
-    let from = searched.saturating_sub(3);
-    header[from..]
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| from + i + 4)
 }
 
 #[cfg(test)]
@@ -227,8 +254,33 @@ mod tests {
 
     #[test]
     fn an_empty_header_block_ends_at_once() {
-        assert_eq!(header_end(b"\r\nbody", 0), Some(2));
-        assert_eq!(header_end(b"A: b\r\n\r\n", 5), Some(8));
-        assert_eq!(header_end(b"A: b\r\n", 0), None);
+        let end = |h: &[u8]| header_end(h, &mut 0);
+        assert_eq!(end(b"\r\nbody"), Some((2, false)));
+        assert_eq!(end(b"A: b\r\n\r\n"), Some((8, false)));
+        assert_eq!(end(b"A: b\r\n"), None);
+    }
+
+    /// Issue 14: msmtp and scripts write a header block straight into the body.
+    #[test]
+    fn a_header_block_ends_at_the_first_line_that_is_no_field() {
+        let end = |h: &[u8]| header_end(h, &mut 0);
+        assert_eq!(end(b"Subject: x\r\nhello world\r\n"), Some((12, true)));
+        assert_eq!(end(b"Subject: x\r\n folded\r\nbody\r\n"), Some((21, true)));
+        // Body only: no header at all.
+        assert_eq!(end(b"hello world\r\n"), Some((0, true)));
+        assert_eq!(end(b" indented\r\n"), Some((0, true)));
+        // An incomplete line is not judged yet.
+        assert_eq!(end(b"Subject: x\r\nhello"), None);
+    }
+
+    #[tokio::test]
+    async fn body_bytes_taken_as_header_are_handed_back() {
+        let budget = MemoryBudget::new(1 << 20);
+        let mut rx = receiver(&budget, 4096).await;
+        assert!(matches!(rx.take(b"Subject: x\r\nbody li"), Taken::Used));
+        assert!(matches!(rx.take(b"ne\r\nmore\r\n"), Taken::HeaderEnded(0)));
+        assert_eq!(rx.header, b"Subject: x\r\n");
+        assert_eq!(rx.carry, b"body li");
+        assert!(rx.missing_blank);
     }
 }

@@ -145,6 +145,16 @@ pub enum Refusal {
     ClientNotAllowed,
     /// `max_outsider_connections` clients outside the allowed networks are connected.
     TooManyOutsiders,
+    // Sign-safe repairs (issue 14 item 2).
+    /// A message with no header block at all and the null sender: no From can be added.
+    NoHeader,
+    /// A header line over 998 octets with no whitespace to fold it at.
+    HeaderLineUnfoldable,
+    /// A line over 998 octets where re-encoding is impossible or would break a signature.
+    LongLineUnrepairable(crate::message::repair::body::Unrepairable),
+    /// MAIL FROM is a bare user name (or user@host without a dot) and the network has no
+    /// `qualify_domain`.
+    UnqualifiedSender,
     // Memory under load (issue "Hostile clients" 5).
     /// No share of `max_data_memory` for this message (at DATA, or while its header grew).
     NoDataMemory,
@@ -153,13 +163,25 @@ pub enum Refusal {
 impl Refusal {
     pub fn reply(&self) -> Reply {
         match self {
-            Refusal::UnknownCommand => Reply::new(500, "5.5.2", "Command not recognised"),
+            Refusal::UnknownCommand => Reply::new(
+                500,
+                "5.5.2",
+                "Command not recognised; use EHLO, MAIL, RCPT, DATA, RSET, NOOP or QUIT",
+            ),
             Refusal::Syntax(usage) => Reply::owned(501, "5.5.4", format!("Syntax: {usage}")),
             Refusal::BadSequence(why) => {
                 Reply::owned(503, "5.5.1", format!("Bad sequence of commands: {why}"))
             }
-            Refusal::NotImplemented => Reply::new(502, "5.5.1", "Command not implemented"),
-            Refusal::CommandTooLong => Reply::new(500, "5.5.2", "Line too long"),
+            Refusal::NotImplemented => Reply::new(
+                502,
+                "5.5.1",
+                "Command not implemented; use EHLO, MAIL, RCPT, DATA, RSET, NOOP or QUIT (STARTTLS and AUTH when EHLO offers them)",
+            ),
+            Refusal::CommandTooLong => Reply::new(
+                500,
+                "5.5.2",
+                "Line too long; send commands within smtp.max_command_length octets",
+            ),
             Refusal::BadCommandLine(t) => Reply::owned(
                 500,
                 "5.5.2",
@@ -169,10 +191,22 @@ impl Refusal {
                 ),
             ),
             Refusal::RelayDenied => {
-                Reply::new(550, "5.7.1", "Relay access denied: client not allowed")
+                Reply::new(
+                550,
+                "5.7.1",
+                "Relay access denied: client not allowed; add its network to smtp.allowed_networks or authenticate with AUTH",
+            )
             }
-            Refusal::UnsupportedParameter => Reply::new(555, "5.5.4", "Parameter not supported"),
-            Refusal::BadRecipient => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
+            Refusal::UnsupportedParameter => Reply::new(
+                555,
+                "5.5.4",
+                "Parameter not supported; send the command without it",
+            ),
+            Refusal::BadRecipient => Reply::new(
+                501,
+                "5.1.3",
+                "Bad recipient address syntax; send RCPT TO:<local@domain>",
+            ),
             Refusal::BadSender(why) => Reply::owned(
                 501,
                 "5.1.7",
@@ -183,18 +217,55 @@ impl Refusal {
                 "5.1.3",
                 format!("Bad recipient address: {why}; send RCPT TO:<local@domain>"),
             ),
-            Refusal::MessageTooBig => Reply::new(552, "5.3.4", "Message too big"),
+            Refusal::MessageTooBig => Reply::new(
+                552,
+                "5.3.4",
+                "Message too big; stay within the SIZE that EHLO announces (smtp.max_message_size)",
+            ),
             Refusal::TooManyRecipients => Reply::new(452, "4.5.3", "Too many recipients"),
-            Refusal::NoRecipients => Reply::new(554, "5.5.1", "No valid recipients"),
+            Refusal::NoRecipients => Reply::new(
+                554,
+                "5.5.1",
+                "No valid recipients; send RCPT TO:<address> before DATA",
+            ),
             Refusal::TaintedData(t) => Reply::owned(
                 550,
                 "5.6.0",
                 format!("Message contains a {}; lines must end in CRLF", t.name()),
             ),
-            Refusal::LineTooLong => {
-                Reply::new(554, "5.6.0", "Message has a line longer than 998 octets")
-            }
-            Refusal::MalformedHeader => Reply::new(550, "5.6.0", "Message header is malformed"),
+            Refusal::LineTooLong => Reply::new(
+                554,
+                "5.6.0",
+                "Message has a line longer than this relay's hard limit (smtp.max_line_length); encode the body as quoted-printable or base64",
+            ),
+            Refusal::NoHeader => Reply::new(
+                550,
+                "5.6.0",
+                "Message has no header block and the null sender <>, so no From can be added; add a From: header field",
+            ),
+            Refusal::HeaderLineUnfoldable => Reply::new(
+                550,
+                "5.6.0",
+                "Message has a header line over 998 octets with no space to fold it at; shorten that field or encode it (RFC 2047)",
+            ),
+            Refusal::LongLineUnrepairable(why) => Reply::owned(
+                554,
+                "5.6.0",
+                format!(
+                    "Message has {}; encode that part as quoted-printable or base64 before signing or sending",
+                    why.name()
+                ),
+            ),
+            Refusal::UnqualifiedSender => Reply::new(
+                553,
+                "5.1.7",
+                "MAIL FROM is a bare user or host name; give the sending host a mail domain (Postfix: myorigin = example.com) or set qualify_domain for its network in [[smtp.origins]]",
+            ),
+            Refusal::MalformedHeader => Reply::new(
+                550,
+                "5.6.0",
+                "Message header is malformed; write each header field as Name: value, folded lines starting with a space",
+            ),
             Refusal::BadFrom(why) => Reply::owned(
                 550,
                 "5.6.0",
@@ -209,7 +280,11 @@ impl Refusal {
                 ),
             ),
             Refusal::NoKeyForDomain => {
-                Reply::new(550, "5.7.1", "This relay does not sign for the From domain")
+                Reply::new(
+                550,
+                "5.7.1",
+                "This relay does not sign for the From domain; send as a domain it signs for, or add the domain as [[domains]] on the relay",
+            )
             }
             Refusal::SpoolFailed => Reply::new(451, "4.3.0", "Message not stored; try again later"),
             Refusal::SpoolFull => {
@@ -223,30 +298,54 @@ impl Refusal {
                 Reply::new(421, "4.7.0", "Too many connections; try again later")
             }
             Refusal::ShuttingDown => Reply::new(421, "4.3.2", "Service shutting down"),
-            Refusal::TlsRequired => Reply::new(530, "5.7.0", "Must issue a STARTTLS command first"),
+            Refusal::TlsRequired => Reply::new(
+                530,
+                "5.7.0",
+                "Must issue a STARTTLS command first; enable STARTTLS on the client",
+            ),
             Refusal::AuthNeedsTls => Reply::new(
                 538,
                 "5.7.11",
-                "Encryption required for requested authentication mechanism",
+                "Encryption required for requested authentication mechanism; send STARTTLS before AUTH",
             ),
-            Refusal::AuthMechanism => Reply::new(504, "5.5.4", "Unrecognized authentication type"),
-            Refusal::AuthFailed => Reply::new(535, "5.7.8", "Authentication credentials invalid"),
+            Refusal::AuthMechanism => Reply::new(
+                504,
+                "5.5.4",
+                "Unrecognized authentication type; use AUTH PLAIN or AUTH LOGIN",
+            ),
+            Refusal::AuthFailed => Reply::new(
+                535,
+                "5.7.8",
+                "Authentication credentials invalid; check the user name and password",
+            ),
             Refusal::AuthLocked => Reply::new(
                 454,
                 "4.7.0",
                 "Too many failed authentications; try again later",
             ),
-            Refusal::AuthCancelled => Reply::new(501, "5.7.0", "Authentication cancelled"),
+            Refusal::AuthCancelled => Reply::new(
+                501,
+                "5.7.0",
+                "Authentication cancelled; send AUTH again to retry",
+            ),
             Refusal::AuthBadEncoding => {
-                Reply::new(501, "5.5.2", "Cannot decode the authentication response")
+                Reply::new(
+                501,
+                "5.5.2",
+                "Cannot decode the authentication response; send it base64-encoded in the mechanism's format",
+            )
             }
             Refusal::FromDomainDenied => {
-                Reply::new(550, "5.7.1", "Not authorised to send as the From domain")
+                Reply::new(
+                550,
+                "5.7.1",
+                "Not authorised to send as the From domain; send as a domain this client may use, or add it to its from_domains",
+            )
             }
             Refusal::SenderDomainDenied => Reply::new(
                 550,
                 "5.7.1",
-                "Not authorised to use this envelope sender domain",
+                "Not authorised to use this envelope sender domain; use a MAIL FROM in a domain this client may use, or <>",
             ),
             Refusal::NonAsciiAddress => Reply::new(
                 553,
@@ -258,7 +357,11 @@ impl Refusal {
                 "5.6.7",
                 "Header field bytes are not valid UTF-8 (a Latin-1 or other legacy charset?); send UTF-8 or RFC 2047 encoded-words",
             ),
-            Refusal::HeaderTooBig => Reply::new(552, "5.3.4", "Message header too big"),
+            Refusal::HeaderTooBig => Reply::new(
+                552,
+                "5.3.4",
+                "Message header too big; stay within smtp.max_header_size",
+            ),
             Refusal::TooManyMessages => {
                 Reply::new(421, "4.7.0", "Too many messages in this session; reconnect")
             }
@@ -297,10 +400,13 @@ fn from_fix(why: &crate::message::FromError) -> &'static str {
         FromError::Missing => "add one From: header, such as From: Name <user@example.com>",
         FromError::Several(_) => "send exactly one From header",
         FromError::Syntax(FromSyntax::Unqualified) => {
-            "the sending host wrote a bare user or host name: give it a mail domain (Postfix: myorigin = example.com; cron: MAILFROM=cron@example.com; msmtp: from user@example.com)"
+            "the sending host wrote a bare user or host name: give it a mail domain (Postfix: myorigin = example.com; cron: MAILFROM=cron@example.com; msmtp: from user@example.com), or set qualify_domain for its network in [[smtp.origins]] on the relay"
         }
         FromError::Syntax(_) | FromError::ParsersDisagree => {
             "write one address such as Name <user@example.com>"
         }
     }
 }
+
+#[cfg(test)]
+mod docs;

@@ -235,6 +235,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.reset();
             return self.answer(Err(Refusal::BadCommandLine(taint)));
         }
+        // MAIL FROM:<root>: qualified (or refused naming the fix) in repair.rs.
+        let origin = self.client.config.smtp.origin_for(self.client.ip);
+        let qualified;
+        let line = match super::repair::bare_mail_line(line, origin) {
+            super::repair::BareSender::No => line,
+            super::repair::BareSender::Qualified(l) => {
+                qualified = l;
+                &qualified[..]
+            }
+            super::repair::BareSender::Refused => {
+                return self.answer(Err(Refusal::UnqualifiedSender))
+            }
+        };
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request,
             Err(e) => return self.answer(Err(parse_refusal(e))),

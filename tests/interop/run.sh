@@ -161,6 +161,10 @@ start_relay() {  # start_relay PATH -> sets RELAY_PID, PORT, CONFIG, OUTBOX
 hostname = "relay.test"
 [smtp]
 listen = "127.0.0.1:$PORT"
+# corpus/repair-cron-unqualified-from.eml: cron's bare "From: root (Cron Daemon)".
+[[smtp.origins]]
+networks = ["127.0.0.0/8"]
+qualify_domain = "alpha.example"
 [spool]
 dir = "$dir/spool"
 [keys]

@@ -56,6 +56,12 @@ def make_keys():
 def sign(raw, keys, algs=("rsa-sha256", "ed25519-sha256"), h_edit=None,
          canon=(b"relaxed", b"relaxed"), length=False):
     headers, _ = verify.split_message(raw)
+    if verify.from_domain(headers) is None:
+        # repair-cron-unqualified-from.eml: the relay qualifies the bare From with
+        # run.sh's qualify_domain before signing; so does this stand-in.
+        raw = raw.replace(b"From: root (Cron Daemon)\r\n",
+                          b"From: root@alpha.example (Cron Daemon)\r\n", 1)
+        headers, _ = verify.split_message(raw)
     dom = verify.from_domain(headers)
     want = verify.expected_h(headers)
     include = [n.encode() for n, c in sorted(want.items()) for _ in range(c)]
@@ -93,10 +99,13 @@ def check_corpus():
         # corpus is meant to be accepted, so it has none of them.
         if b"\0" in raw or re.search(rb"\r(?!\n)|(?<!\r)\n", raw) or not raw.endswith(b"\r\n"):
             problems.append("%s: not clean CRLF text (bare CR/LF, NUL or no final CRLF)" % n)
-        if any(len(line) > 998 for line in raw.split(b"\r\n")):
+        # repair-*: what the relay repairs before signing (issue 14 item 2): long lines,
+        # a bare From qualified with run.sh's qualify_domain.
+        repair = n.startswith("repair-")
+        if not repair and any(len(line) > 998 for line in raw.split(b"\r\n")):
             problems.append("%s: a line is over 998 octets" % n)
         headers, _ = verify.split_message(raw)
-        if verify.from_domain(headers) not in DOMAINS:
+        if not repair and verify.from_domain(headers) not in DOMAINS:
             problems.append("%s: needs one From mailbox at %s" % (n, " or ".join(DOMAINS)))
         key = verify.subject_key(headers)
         if key is None or key in subjects:
