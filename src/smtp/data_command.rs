@@ -180,7 +180,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     ) -> Result<Admitted, Refused> {
         let origin = self.client.config.smtp.origin_for(self.client.ip);
         let fixed = repair::fix_header_section(received, missing_blank, &txn.mail_from)
-            .map_err(|r| Refused::new(r, "header block cannot be repaired", false))?;
+            .map_err(|r| Refused::new(r, "header block cannot be repaired"))?;
         let mut notes = fixed.notes;
         let mut header = fixed.block;
         // A bare user or host name in From (cron's `root (Cron Daemon)`): qualified with
@@ -199,7 +199,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let header = &header[..];
         let parsed = HeaderBlock::parse(header)
-            .map_err(|e| Refused::new(Refusal::MalformedHeader, e.to_string(), false))?;
+            .map_err(|e| Refused::new(Refusal::MalformedHeader, e.to_string()))?;
         // The header section as received (a merge below rewrites the block, not this).
         let header_section = &header[..parsed.body_offset.min(header.len())];
         // Repeated To/Cc fields are joined (lossless, see message::unique): the rewritten
@@ -211,7 +211,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         });
         let headers = match &merged {
             Some((block, _)) => HeaderBlock::parse(block)
-                .map_err(|e| Refused::new(Refusal::MalformedHeader, e.to_string(), false))?,
+                .map_err(|e| Refused::new(Refusal::MalformedHeader, e.to_string()))?,
             None => parsed,
         };
         // UTF-8 header values are taken with or without SMTPUTF8 (msmtp and `mail -s`
@@ -223,26 +223,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(Refused::new(
                 Refusal::Utf8Headers,
                 "header bytes that are not UTF-8",
-                false,
             ));
         }
         if let Some(name) = repeated_field(&headers) {
             return Err(Refused::new(
                 Refusal::RepeatedField(name),
                 format!("more than one {name} field"),
-                true,
             ));
         }
         let mut domain = from_domain(&headers)
-            .map_err(|e| Refused::new(Refusal::BadFrom(e.clone()), e.to_string(), true))?;
+            .map_err(|e| Refused::new(Refusal::BadFrom(e.clone()), e.to_string()))?;
         // Item 5: a host named in a private namespace sends as the network's address.
         let base = merged.as_ref().map_or(header, |(b, _)| &b[..]);
         let rewritten = repair::rewrite_private_from(base, &headers, origin, &domain);
         if let Some(r) = &rewritten {
             let reparsed = HeaderBlock::parse(&r.block)
-                .map_err(|e| Refused::new(Refusal::MalformedHeader, e.to_string(), false))?;
+                .map_err(|e| Refused::new(Refusal::MalformedHeader, e.to_string()))?;
             domain = from_domain(&reparsed)
-                .map_err(|e| Refused::new(Refusal::BadFrom(e.clone()), e.to_string(), true))?;
+                .map_err(|e| Refused::new(Refusal::BadFrom(e.clone()), e.to_string()))?;
             notes.push(format!(
                 "rewrote the private-namespace From {} to {} (smtp.origins rewrite_from)",
                 r.old, r.to
@@ -255,7 +253,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Err(Refused::new(
                 Refusal::FromDomainDenied,
                 "From domain not allowed",
-                true,
             ));
         }
         match self.ctx.keys.current().lookup(&domain) {
@@ -263,7 +260,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Err(Refused::new(
                     Refusal::NoKeyForDomain,
                     format!("no key configured for the From domain {domain}"),
-                    true,
                 ));
             }
             KeyLookup::Unusable(reason) => {
@@ -441,10 +437,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 fn spool_refusal(id: &QueueId, e: &std::io::Error) -> Refused {
     if is_full(e) {
         tracing::error!(queue_id = %id, error = %e, "spool is full; message refused with 452");
-        Refused::new(Refusal::SpoolFull, "spool full", true)
+        Refused::new(Refusal::SpoolFull, "spool full")
     } else {
         tracing::error!(queue_id = %id, error = %e, "spool write failed; message refused with 451");
-        Refused::new(Refusal::SpoolFailed, "spool write failed", true)
+        Refused::new(Refusal::SpoolFailed, "spool write failed")
     }
 }
 

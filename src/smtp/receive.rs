@@ -52,19 +52,13 @@ pub(super) struct Refused {
     pub refusal: Refusal,
     /// For the log.
     pub why: String,
-    /// Found after the checks on the whole data in the order the refusals are given.
-    /// Nothing reads it since the 8-bit body rule went (8-bit bodies are converted at
-    /// delivery); kept for one merge so the call sites other branches add still build.
-    #[allow(dead_code)]
-    pub late: bool,
 }
 
 impl Refused {
-    pub fn new(refusal: Refusal, why: impl Into<String>, late: bool) -> Refused {
+    pub fn new(refusal: Refusal, why: impl Into<String>) -> Refused {
         Refused {
             refusal,
             why: why.into(),
-            late,
         }
     }
 }
@@ -110,7 +104,6 @@ impl Receiver {
             self.drop_all(Refused::new(
                 Refusal::NoDataMemory,
                 "no memory budget left for the header block",
-                false,
             ));
             return Taken::Used;
         }
@@ -128,11 +121,7 @@ impl Receiver {
                 Taken::HeaderEnded(at)
             }
             None if take < piece.len() => {
-                self.drop_all(Refused::new(
-                    Refusal::HeaderTooBig,
-                    "header block too big",
-                    false,
-                ));
+                self.drop_all(Refused::new(Refusal::HeaderTooBig, "header block too big"));
                 Taken::Used
             }
             None => Taken::Used,
