@@ -343,8 +343,11 @@ queue_directory = $PFX/queue
 data_directory = $PFX/data
 mail_owner = postfix
 setgid_group = postdrop
-myhostname = client.interop.test
-mydomain = interop.test
+# As a host of the signing domain is named: Postfix qualifies cron's bare root as
+# root@client.alpha.example (myorigin), which the relay signs with alpha.example's
+# keys (subdomains, issue 14 item 5) rather than refusing.
+myhostname = client.alpha.example
+mydomain = alpha.example
 myorigin = \$myhostname
 # Nothing is delivered locally: every recipient goes to the relayhost.
 mydestination =

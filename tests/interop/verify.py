@@ -12,7 +12,8 @@ LABEL= prefix groups the results, e.g. `postfix=/tmp/x/outbox-postfix`.
 Every DKIM-Signature of every message is checked separately:
   verify      dkimpy verifies it against the published records (no real DNS)
   tags        a= rsa-sha256 or ed25519-sha256, c=relaxed/relaxed, no l=,
-              t= present and not in the future, d= = the From domain,
+              t= present and not in the future, d= = the From domain or a
+              parent of it (relaxed alignment),
               RSA keys >= 2048 bits
   h-list      the h= list equals the DESIGN §5 rule computed from the
               message's own headers (case-insensitive, as a multiset)
@@ -314,8 +315,10 @@ def check_message(label, name, raw, records, res, now):
         elif int(t) > now + 300:
             problems.append("t=%s is in the future" % t.decode())
         d = tags.get(b"d", b"").decode("ascii", "replace").lower()
-        if d != dom:
-            problems.append("d=%s but From domain is %s" % (d, dom))
+        # DMARC's relaxed alignment: the From domain itself, or a parent that signs its
+        # subdomains (a Postfix host's root@client.alpha.example signed d=alpha.example).
+        if d != dom and not dom.endswith("." + d):
+            problems.append("d=%s does not align with the From domain %s" % (d, dom))
         if a == "rsa-sha256" and ok and keysize < MIN_RSA_BITS:
             problems.append("RSA key is %d bits" % keysize)
         ok_all &= res.add(label, "tags", not problems, "%s: %s" % (where, "; ".join(problems)))
