@@ -6,13 +6,11 @@
 //! numbers of the plan are the parts the rewrite sees. Memory: one line (capped by the
 //! caller's hard line limit) and one part header (capped at [`PART_HEADER_CAP`]).
 
-use super::header::fold_line;
+use super::header::{fold_line, MAX_LINE};
 use super::mime::{Encoding, PartType};
 use super::qp;
 use std::collections::BTreeSet;
 
-/// RFC 5322 §2.1.1: the longest line, CRLF excluded.
-pub const MAX_LINE: usize = 998;
 /// A part header longer than this is not read; a message needing a repair in such a part
 /// is refused (no real part header comes near it).
 pub const PART_HEADER_CAP: usize = 64 * 1024;

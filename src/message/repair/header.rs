@@ -1,7 +1,8 @@
 //! Header-section repairs: where a header section really ends when the empty line is
 //! missing, and folding a header line over 998 octets at its whitespace.
 
-use super::body::MAX_LINE;
+/// RFC 5322 §2.1.1: the longest line, CRLF excluded.
+pub const MAX_LINE: usize = 998;
 
 /// What one header-section line (without CRLF) is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
