@@ -10,14 +10,15 @@
 
 mod common;
 
+use common::crash::{queue_id_of, spooled_ids, tag_of, wait_until};
+
 use common::child::{spawn_relay, write_config};
 use common::upstream::FakeUpstream;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -70,40 +71,6 @@ impl Smtp {
         );
         self.w.write_all(body.as_bytes()).await?;
         Ok(self.reply().await?.starts_with("250"))
-    }
-}
-
-fn tag_of(data: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(data);
-    text.lines()
-        .find_map(|l| l.strip_prefix("Subject: "))
-        .map(str::to_string)
-}
-
-fn queue_id_of(data: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(data);
-    let after = text.split("with ESMTP id ").nth(1)?;
-    Some(after.split(';').next()?.trim().to_string())
-}
-
-fn spooled_ids(spool: &Path) -> HashSet<String> {
-    std::fs::read_dir(spool.join("queue"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    name.strip_suffix(".msg").map(str::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -16,10 +16,9 @@ use common::*;
 use dkim_relay::config::{Config, KeyBackend};
 use dkim_relay::keys::{id_from_hex, KeyStore, SlotState};
 use dkim_relay::rotation::Rotator;
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -257,29 +256,7 @@ fn spawn_relay(
     conf: &Path,
     log: Arc<Mutex<Vec<String>>>,
 ) -> (common::child::ChildRelay, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dkim-relay"))
-        .env("SOFTHSM2_CONF", conf)
-        .args(["--config", &config.display().to_string(), "serve"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.contains(dkim_relay::relay::ACCEPTING) {
-                let _ = tx.send(dkim_relay::relay::listen_addr_in_log(&line));
-            }
-            log.lock().unwrap().push(line);
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("relay did not start")
-        .expect("listen address in the log");
-    (common::child::ChildRelay::from_child(child), addr)
+    common::child::spawn_relay_with_env(config, log, &[("SOFTHSM2_CONF", conf)])
 }
 
 fn cli(config: &Path, conf: &Path, args: &[&str]) -> (bool, String) {

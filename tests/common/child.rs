@@ -83,7 +83,17 @@ impl Drop for ChildRelay {
 }
 
 pub fn spawn_relay(config: &Path, log: Arc<Mutex<Vec<String>>>) -> (ChildRelay, SocketAddr) {
+    spawn_relay_with_env(config, log, &[])
+}
+
+/// [`spawn_relay`] with environment variables set for the child (SOFTHSM2_CONF, say).
+pub fn spawn_relay_with_env(
+    config: &Path,
+    log: Arc<Mutex<Vec<String>>>,
+    env: &[(&str, &Path)],
+) -> (ChildRelay, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dkim-relay"))
+        .envs(env.iter().copied())
         .args(["--config", &config.display().to_string(), "serve"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -5,6 +5,7 @@
 
 pub mod bind;
 pub mod child;
+pub mod crash;
 pub mod dns;
 pub mod http;
 pub mod inbound;
