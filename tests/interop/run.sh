@@ -180,7 +180,7 @@ ed25519 = true
 [delivery]
 outbox_dir = "$OUTBOX"
 # alpha.example and beta.example are not in any DNS: first keys become active without
-# waiting for DNS to serve them (dkimpy checks them against `keys dns` output instead).
+# waiting for DNS to serve them (dkimpy checks them against the keys dns output instead).
 [rotation]
 dns_check = false
 propagation_wait = "0s"
