@@ -72,6 +72,35 @@ pub struct Slot {
     pub last_hook: Option<HookRun>,
 }
 
+impl Slot {
+    /// A key just made or imported into `selector`: nothing published, checked or hooked
+    /// yet; active from `now` when it starts active (a first key, an emergency).
+    pub fn new(
+        selector: &str,
+        algorithm: Algorithm,
+        key_file: String,
+        token_id: Option<String>,
+        state: SlotState,
+        now: u64,
+    ) -> Slot {
+        Slot {
+            selector: selector.to_string(),
+            algorithm,
+            key_file,
+            token_id,
+            state,
+            created: now,
+            published: None,
+            active_since: (state == SlotState::Active).then_some(now),
+            retiring_until: None,
+            hook_published: None,
+            last_dns_check: None,
+            hook_revoked: None,
+            last_hook: None,
+        }
+    }
+}
+
 /// One run of the publish hook (publish or revoke) for a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HookRun {

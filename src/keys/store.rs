@@ -238,17 +238,7 @@ impl KeyStore {
         state: SlotState,
         now: u64,
     ) -> Result<Slot, KeyError> {
-        let mut domain_state = self
-            .load(domain)?
-            .unwrap_or_else(|| DomainState::new(domain));
-        if let Some(existing) = domain_state.slot(selector) {
-            if existing.state != SlotState::Retired {
-                return Err(KeyError::Refused(format!(
-                    "{domain}: selector {selector} already holds a {} key in state {:?}",
-                    existing.algorithm, existing.state
-                )));
-            }
-        }
+        let mut domain_state = self.vacant(domain, selector)?;
         let (key_file, token_id) = match &self.token {
             Some(token) => {
                 let pair = token.import(
@@ -261,25 +251,29 @@ impl KeyStore {
             }
             None => (self.write_key_file(domain, selector, material)?, None),
         };
-        let slot = Slot {
-            selector: selector.to_string(),
-            algorithm,
-            key_file,
-            token_id,
-            state,
-            created: now,
-            published: None,
-            active_since: (state == SlotState::Active).then_some(now),
-            retiring_until: None,
-            hook_published: None,
-            last_dns_check: None,
-            hook_revoked: None,
-            last_hook: None,
-        };
+        let slot = Slot::new(selector, algorithm, key_file, token_id, state, now);
         domain_state.slots.retain(|s| s.selector != selector);
         domain_state.slots.push(slot.clone());
         self.save(&domain_state)?;
         Ok(slot)
+    }
+
+    /// The domain's state, when `selector` may take a new key (empty or retired); else
+    /// the refusal that names what it holds.
+    fn vacant(&self, domain: &str, selector: &str) -> Result<DomainState, KeyError> {
+        let domain_state = self
+            .load(domain)?
+            .unwrap_or_else(|| DomainState::new(domain));
+        if let Some(existing) = domain_state.slot(selector) {
+            if existing.state != SlotState::Retired {
+                return Err(KeyError::Refused(format!(
+                    "{domain}: selector {selector} already holds a {} key in state {}",
+                    existing.algorithm,
+                    existing.state.as_str()
+                )));
+            }
+        }
+        Ok(domain_state)
     }
 
     /// Writes a slot's private key file (mode 0600, fsynced), replacing a retired key's
@@ -340,33 +334,16 @@ impl KeyStore {
             let record = DnsRecord::new(domain, selector, algorithm, &material.public_key);
             return Ok((slot, record));
         }
-        let mut domain_state = self
-            .load(domain)?
-            .unwrap_or_else(|| DomainState::new(domain));
-        if let Some(existing) = domain_state.slot(selector) {
-            if existing.state != SlotState::Retired {
-                return Err(KeyError::Refused(format!(
-                    "{domain}: selector {selector} already holds a {} key in state {:?}",
-                    existing.algorithm, existing.state
-                )));
-            }
-        }
+        let mut domain_state = self.vacant(domain, selector)?;
         let key = self.new_key(domain, selector, algorithm, rsa_bits)?;
-        let slot = Slot {
-            selector: selector.to_string(),
+        let slot = Slot::new(
+            selector,
             algorithm,
-            key_file: format!("{selector}.pem"),
-            token_id: key.token_id.clone(),
+            format!("{selector}.pem"),
+            key.token_id.clone(),
             state,
-            created: now,
-            published: None,
-            active_since: (state == SlotState::Active).then_some(now),
-            retiring_until: None,
-            hook_published: None,
-            last_dns_check: None,
-            hook_revoked: None,
-            last_hook: None,
-        };
+            now,
+        );
         domain_state.slots.retain(|s| s.selector != selector);
         domain_state.slots.push(slot.clone());
         self.save(&domain_state)?;

@@ -30,21 +30,14 @@ pub fn apply(state: &mut DomainState, step: &Step, now: u64, policy: &Policy) ->
         } => {
             let from = state.slot(selector).map(|s| s.state);
             state.slots.retain(|s| &s.selector != selector);
-            state.slots.push(Slot {
-                selector: selector.clone(),
-                algorithm: *algorithm,
-                key_file: format!("{selector}.pem"),
-                token_id: None,
-                state: SlotState::Pending,
-                created: now,
-                published: None,
-                active_since: None,
-                retiring_until: None,
-                hook_published: None,
-                last_dns_check: None,
-                hook_revoked: None,
-                last_hook: None,
-            });
+            state.slots.push(Slot::new(
+                selector,
+                *algorithm,
+                format!("{selector}.pem"),
+                None,
+                SlotState::Pending,
+                now,
+            ));
             out.push(Transition {
                 selector: selector.clone(),
                 from,
