@@ -31,7 +31,7 @@
 //! checks in DNS), [`dmarc`] (DMARC aggregate reports: read from mail, gzip or zip without
 //! expanding XML entities, stored once each in the spool folder, summed per domain, source
 //! and selector for `dmarc report`, `doctor` and /metrics), [`systemd`] (readiness notification), [`cli`] (the command line),
-//! [`listener`] (what every listener does when accept fails), [`logging`].
+//! [`listener`] (what every listener does when accept fails), [`resolver`] (how a DNS resolver is built), [`logging`].
 
 pub mod auth;
 pub mod cli;
@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod queue;
 pub mod relay;
+pub mod resolver;
 pub mod rotation;
 pub mod smtp;
 pub mod spool;

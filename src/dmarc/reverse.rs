@@ -2,9 +2,8 @@
 //! --resolve`), all at once, each bounded by [`PTR_TIMEOUT`]: a report may list hundreds of
 //! addresses whose reverse zones answer slowly or never.
 
-use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use crate::resolver::Patience;
 use mail_auth::hickory_resolver::proto::rr::RData;
-use mail_auth::MessageAuthenticator;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -20,20 +19,14 @@ pub async fn names(
     server: Option<SocketAddr>,
     ips: &[String],
 ) -> Result<HashMap<String, String>, String> {
-    let resolver = match server {
-        Some(addr) => {
-            let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-            for connection in ns.connections.iter_mut() {
-                connection.port = addr.port();
-            }
-            let mut opts = ResolverOpts::default();
-            opts.timeout = PTR_TIMEOUT;
-            opts.attempts = 1;
-            MessageAuthenticator::new(ResolverConfig::from_name_servers(vec![ns]), opts)
-        }
-        None => MessageAuthenticator::new_system_conf(),
-    }
-    .map_err(|e| format!("DNS resolver: {e}"))?;
+    let resolver = crate::resolver::resolver(
+        server,
+        Patience {
+            timeout: PTR_TIMEOUT,
+            attempts: 1,
+            cache_size: None,
+        },
+    )?;
     let resolver = std::sync::Arc::new(resolver);
     let mut tasks = tokio::task::JoinSet::new();
     for ip in ips.iter().take(MAX_LOOKUPS) {

@@ -3,8 +3,8 @@
 //! `p=` with the local public key (decoded bytes, not base64 text).
 
 use crate::keys::{Algorithm, DnsCheck, DnsOutcome};
+use crate::resolver::Patience;
 use base64::Engine;
-use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use mail_auth::hickory_resolver::proto::rr::RData;
 use mail_auth::MessageAuthenticator;
 use std::net::SocketAddr;
@@ -17,22 +17,15 @@ pub struct DnsChecker {
 impl DnsChecker {
     /// Uses `server` (tests point it at a DNS server on 127.0.0.1) or the system resolver.
     pub fn new(server: Option<SocketAddr>) -> Result<DnsChecker, String> {
-        let resolver = match server {
-            Some(addr) => {
-                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                for connection in ns.connections.iter_mut() {
-                    connection.port = addr.port();
-                }
-                let mut opts = ResolverOpts::default();
-                opts.timeout = Duration::from_secs(3);
-                opts.attempts = 2;
+        let resolver = crate::resolver::resolver(
+            server,
+            Patience {
+                timeout: Duration::from_secs(3),
+                attempts: 2,
                 // A key that was just published must be seen at once, not after a TTL.
-                opts.cache_size = 0;
-                MessageAuthenticator::new(ResolverConfig::from_name_servers(vec![ns]), opts)
-            }
-            None => MessageAuthenticator::new_system_conf(),
-        }
-        .map_err(|e| format!("DNS resolver: {e}"))?;
+                cache_size: Some(0),
+            },
+        )?;
         Ok(DnsChecker { resolver })
     }
 
