@@ -136,15 +136,15 @@ fn open_temp(
 /// What a commit does once every byte is in the file: cut it to length (a reused file may
 /// be longer), fsync its data, rename it into the queue, and make the rename durable.
 /// Blocking.
-struct Finish<'a> {
-    queue: &'a Path,
-    name: &'a str,
+struct Finish {
+    queue: PathBuf,
+    name: String,
     fsync: bool,
-    full: &'a DiskFull,
-    dir_sync: Option<&'a DirSync>,
+    full: DiskFull,
+    dir_sync: Option<DirSync>,
 }
 
-impl Finish<'_> {
+impl Finish {
     fn run(&self, file: &std::fs::File, tmp: &Path, len: u64) -> io::Result<()> {
         file.set_len(len)?;
         self.full.check()?;
@@ -153,13 +153,13 @@ impl Finish<'_> {
             // block map); the timestamps it skips matter to no reader.
             file.sync_data()?;
         }
-        std::fs::rename(tmp, self.queue.join(self.name))?;
+        std::fs::rename(tmp, self.queue.join(&self.name))?;
         // The rename is durable once an fsync of the directory begun after it has
         // finished; concurrent commits share one (dirsync.rs).
-        match (self.fsync, self.dir_sync) {
+        match (self.fsync, &self.dir_sync) {
             (false, _) => Ok(()),
-            (true, Some(group)) => group.sync(self.queue),
-            (true, None) => sync_dir(self.queue),
+            (true, Some(group)) => group.sync(&self.queue),
+            (true, None) => sync_dir(&self.queue),
         }
     }
 }
@@ -236,24 +236,19 @@ impl Incoming {
         }
         let head = self.head.fill(envelope)?;
         let len = head.len() as u64 + self.written;
-        let (queue, name, fsync) = (self.queue.clone(), self.name.clone(), self.fsync);
-        let (full, dir_sync, recycler) = (
-            self.full.clone(),
-            self.dir_sync.clone(),
-            self.recycler.clone(),
-        );
+        let finish = Finish {
+            queue: self.queue.clone(),
+            name: self.name.clone(),
+            fsync: self.fsync,
+            full: self.full.clone(),
+            dir_sync: self.dir_sync.clone(),
+        };
+        let recycler = self.recycler.clone();
         match std::mem::replace(&mut self.bytes, Bytes::Gone) {
             Bytes::Held(held) => {
                 // The whole message is here: open, write, fsync and rename in one trip.
                 tokio::task::spawn_blocking(move || -> io::Result<()> {
-                    let finish = Finish {
-                        queue: &queue,
-                        name: &name,
-                        fsync,
-                        full: &full,
-                        dir_sync: dir_sync.as_ref(),
-                    };
-                    let (file, tmp) = open_temp(recycler.as_ref(), &queue, &name)?;
+                    let (file, tmp) = open_temp(recycler.as_ref(), &finish.queue, &finish.name)?;
                     let result = file
                         .write_all_at(&head, 0)
                         .and_then(|()| file.write_all_at(&held, head.len() as u64))
@@ -274,13 +269,6 @@ impl Incoming {
                 let file = file.into_std().await;
                 let tmp = self.tmp.clone().ok_or_else(gone)?;
                 tokio::task::spawn_blocking(move || -> io::Result<()> {
-                    let finish = Finish {
-                        queue: &queue,
-                        name: &name,
-                        fsync,
-                        full: &full,
-                        dir_sync: dir_sync.as_ref(),
-                    };
                     file.write_all_at(&head, 0)?;
                     finish.run(&file, &tmp, len)
                 })
