@@ -260,19 +260,7 @@ fn spawn_relay(
 }
 
 fn cli(config: &Path, conf: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dkim-relay"))
-        .env("SOFTHSM2_CONF", conf)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::child::cli_with_env(config, args, &[("SOFTHSM2_CONF", conf)])
 }
 
 fn write_config(root: &Path, hsm: &SoftHsm, upstream: SocketAddr) -> PathBuf {

@@ -119,7 +119,13 @@ pub fn spawn_relay_with_env(
 
 /// Runs `dkim-relay --config CONFIG ARGS…`; returns (success, stdout + stderr).
 pub fn cli(config: &Path, args: &[&str]) -> (bool, String) {
+    cli_with_env(config, args, &[])
+}
+
+/// [`cli`] with environment variables set for the command (SOFTHSM2_CONF, say).
+pub fn cli_with_env(config: &Path, args: &[&str], env: &[(&str, &Path)]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dkim-relay"))
+        .envs(env.iter().copied())
         .arg("--config")
         .arg(config)
         .args(args)
