@@ -1,16 +1,14 @@
 //! The keys the relay may sign with right now, loaded from the key store.
 
+use super::file_key::FileKey;
 use crate::config::{Config, SigningMode};
 use crate::keys::{Algorithm, KeyStore, SlotState, Token};
-use mail_auth::common::crypto::{
-    Algorithm as DkimAlgorithm, CryptoError, DkimKey, Ed25519Key, RsaKey, Sha256, SigningKey,
-};
+use mail_auth::common::crypto::{Algorithm as DkimAlgorithm, CryptoError, Sha256, SigningKey};
 use mail_auth::common::headers::Writable;
-use rustls_pki_types::{pem::PemObject, PrivateKeyDer};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-/// One private key to sign with: loaded into ring from a PEM file, or a reference to a key
+/// One private key to sign with: loaded from a PEM file (file_key.rs), or a reference to a key
 /// in a PKCS#11 token (which signs there). It deliberately has no derived `Debug`: the
 /// manual one shows only the selector and algorithm.
 #[derive(Clone)]
@@ -27,31 +25,12 @@ impl std::fmt::Debug for LoadedKey {
 }
 
 impl LoadedKey {
-    /// Loads a PKCS#8 (or PKCS#1 for RSA) PEM key into ring.
+    /// Loads a PKCS#8 (or PKCS#1 for RSA) PEM key.
     pub fn from_pem(selector: &str, algorithm: Algorithm, pem: &str) -> Result<Self, String> {
-        let der = PrivateKeyDer::from_pem_slice(pem.as_bytes())
-            .map_err(|_| format!("{selector}: not a PEM private key"))?;
-        let key = match algorithm {
-            Algorithm::Rsa => RsaKey::<Sha256>::from_key_der(der)
-                .map(DkimKey::Rsa)
-                .map_err(|_| {
-                    format!("{selector}: ring refuses this RSA key (it needs 2048 bits or more)")
-                })?,
-            Algorithm::Ed25519 => {
-                let PrivateKeyDer::Pkcs8(pkcs8) = der else {
-                    return Err(format!("{selector}: an Ed25519 key must be PKCS#8"));
-                };
-                // OpenSSL writes PKCS#8 v1 without the public key, which only this
-                // constructor accepts (DESIGN §8).
-                Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der())
-                    .map(DkimKey::Ed25519)
-                    .map_err(|_| format!("{selector}: not a usable Ed25519 key"))?
-            }
-        };
         Ok(LoadedKey {
             selector: selector.to_string(),
             algorithm,
-            key: SharedKey::Memory(Arc::new(key)),
+            key: SharedKey::Memory(Arc::new(FileKey::from_pem(selector, algorithm, pem)?)),
         })
     }
 
@@ -83,11 +62,11 @@ impl LoadedKey {
 /// mail-auth's signer takes its key by value; this lets many signers share one key.
 #[derive(Clone)]
 pub(crate) enum SharedKey {
-    Memory(Arc<DkimKey>),
+    Memory(Arc<FileKey>),
     Token(Arc<TokenKey>),
 }
 
-/// A key in a token: C_Sign there does what ring does for a file key.
+/// A key in a token: C_Sign there does what file_key.rs does for a file key.
 pub(crate) struct TokenKey {
     token: Arc<Token>,
     id: Vec<u8>,
@@ -98,27 +77,28 @@ impl SigningKey for SharedKey {
     type Hasher = Sha256;
 
     fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
-        match self {
-            SharedKey::Memory(key) => key.sign(input),
-            SharedKey::Token(key) => {
-                // What mail-auth hands a signer is the canonicalised header data (a few
-                // hundred bytes); the token hashes it (RSA) or we do (Ed25519, RFC 8463).
-                let mut data = Vec::new();
-                input.write(&mut data);
-                key.token
-                    .sign(&key.id, key.algorithm, &data)
-                    .map_err(|e| mail_auth::Error::Crypto(CryptoError::Library(e.to_string())))
-            }
-        }
+        // What mail-auth hands a signer is the canonicalised header data (a few hundred
+        // bytes); the signer hashes it (RSA), or it is hashed first (Ed25519, RFC 8463).
+        let mut data = Vec::new();
+        input.write(&mut data);
+        let signed = match self {
+            SharedKey::Memory(key) => key.sign(&data),
+            SharedKey::Token(key) => key
+                .token
+                .sign(&key.id, key.algorithm, &data)
+                .map_err(|e| e.to_string()),
+        };
+        signed.map_err(|e| mail_auth::Error::Crypto(CryptoError::Library(e)))
     }
 
     fn algorithm(&self) -> DkimAlgorithm {
-        match self {
+        let algorithm = match self {
             SharedKey::Memory(key) => key.algorithm(),
-            SharedKey::Token(key) => match key.algorithm {
-                Algorithm::Rsa => DkimAlgorithm::RsaSha256,
-                Algorithm::Ed25519 => DkimAlgorithm::Ed25519Sha256,
-            },
+            SharedKey::Token(key) => key.algorithm,
+        };
+        match algorithm {
+            Algorithm::Rsa => DkimAlgorithm::RsaSha256,
+            Algorithm::Ed25519 => DkimAlgorithm::Ed25519Sha256,
         }
     }
 }

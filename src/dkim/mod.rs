@@ -3,9 +3,11 @@
 //!
 //! The boundary types are [`KeyRing`] (what may be signed, loaded from the key store) and
 //! [`sign`], which turns a spooled message into the `DKIM-Signature` header fields to
-//! prepend. Signing goes through mail-auth 0.13.3 on ring.
+//! prepend. mail-auth 0.13.3 builds the signatures; file keys sign through aws-lc-rs
+//! (file_key.rs), token keys in their PKCS#11 token.
 
 mod body;
+mod file_key;
 mod headers;
 mod keyring;
 mod sign;
