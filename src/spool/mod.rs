@@ -309,8 +309,11 @@ impl Spool {
                 if let Some(id) = name.strip_suffix(".state") {
                     let queued = QueueId::try_from(id.to_string())
                         .is_ok_and(|id| self.segments.contains(&id));
-                    if !queued && !names.contains(&format!("{id}.msg")) {
+                    let owner = self.segments.owned_here();
+                    if owner && !queued && !names.contains(&format!("{id}.msg")) {
                         // The message was removed after delivery but its state was not.
+                        // (Not by an attached reader: the relay may have queued it since
+                        // the reader scanned its segments.)
                         let _ = std::fs::remove_file(self.queue.join(name));
                     }
                 }

@@ -43,9 +43,9 @@ pub struct Segments {
 struct Inner {
     queue: PathBuf,
     fsync: bool,
-    /// The relay's own spool, which appends, quarantines and deletes. An attached spool
-    /// (the `queue` CLI, maybe while a relay runs) only reads, rescanning at each use, and
-    /// marks done (`queue remove` with no relay running).
+    /// The relay's own spool (or the `queue` CLI's while it holds the spool lock), which
+    /// appends, quarantines and deletes. An attached spool (`queue show`, maybe while a
+    /// relay runs) reads, rescanning at each use; it never appends or deletes.
     owner: bool,
     log: Mutex<Log>,
     /// fdatasyncs of segments and the commits they answered.
@@ -200,6 +200,11 @@ impl Segments {
                 counts: Arc::default(),
             }),
         }
+    }
+
+    /// Whether this is the owner's log, not an attached reader's.
+    pub fn owned_here(&self) -> bool {
+        self.inner.owner
     }
 
     pub fn sync_counts(&self) -> (u64, u64) {
