@@ -328,6 +328,19 @@ impl Spool {
         Ok(out)
     }
 
+    /// The ids of every queued message (in segments and in files), without reading them:
+    /// for the queue gauges.
+    pub fn queued_ids(&self) -> io::Result<Vec<QueueId>> {
+        let mut ids = self.segments.ids()?;
+        for entry in std::fs::read_dir(&self.queue)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".msg") {
+                ids.extend(QueueId::try_from(id.to_string()).ok());
+            }
+        }
+        Ok(ids)
+    }
+
     fn load_one(&self, id: &str) -> Result<QueuedMessage, String> {
         let queue_id = QueueId::try_from(id.to_string())?;
         let (bytes, start) = self.read_stored(&queue_id).map_err(|e| e.to_string())?;

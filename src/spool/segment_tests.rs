@@ -259,3 +259,20 @@ fn a_full_disk_refuses_a_segment_commit_before_anything_is_written() {
     spool.disk_full_switch().set(false);
     assert_eq!(loaded_ids(&spool), ["bh01"]);
 }
+
+#[test]
+fn queued_ids_count_messages_in_segments_and_in_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_with(dir.path(), &["bi01", "bi02"]);
+    let big = vec![b'z'; incoming::HOLD + 1];
+    spool.store(&envelope("bi03", &big), &big).unwrap();
+    spool.remove(&id("bi01")).unwrap();
+    let mut ids: Vec<String> = spool
+        .queued_ids()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["bi02", "bi03"]);
+}

@@ -31,11 +31,7 @@ use tokio::sync::broadcast;
 pub fn spooled_ids(spool: &Path) -> std::collections::HashSet<String> {
     dkim_relay::spool::Spool::attach(spool, false)
         .load_all()
-        .map(|all| {
-            all.into_iter()
-                .map(|m| m.envelope.id.to_string())
-                .collect()
-        })
+        .map(|all| all.into_iter().map(|m| m.envelope.id.to_string()).collect())
         .unwrap_or_default()
 }
 
