@@ -11,8 +11,8 @@
 //!   From), with the pure rules in `message::repair`.
 //! - [`spool`]: the durable queue on disk; nothing is answered 250 before it is here. Small
 //!   messages are appended to a segment log with group commit (`segment`, its records in
-//!   `record`, read back at start by `recover`), larger ones get a file each (`incoming`,
-//!   `file`); both share the group fsync of `dirsync`.
+//!   `record`, where each message is in `index`, read back at start by `recover`), larger
+//!   ones get a file each (`incoming`, `file`); both share the group fsync of `dirsync`.
 //! - [`dkim`]: signing at each delivery attempt with the keys active at that moment, of the
 //!   message in the form the upstream's connection takes (`message::transport_form`).
 //! - [`delivery`]: the queue runner, retry schedule, upstream SMTP client (also behind

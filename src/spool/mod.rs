@@ -19,6 +19,7 @@ mod dirsync;
 mod envelope;
 mod file;
 mod incoming;
+mod index;
 mod problem;
 mod record;
 mod recover;

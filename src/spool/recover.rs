@@ -10,8 +10,9 @@
 
 use super::dirsync::{DirSync, SyncCounts};
 use super::file;
+use super::index::{done_name, log_name, number_of, Log, Open, Place};
 use super::record::{self, Found, SEGMENT_HEADER};
-use super::segment::{done_name, log_name, number_of, Log, Open, Place, Segment};
+use super::segment::Segment;
 use crate::fsutil::read_nofollow;
 use std::collections::{BTreeSet, HashSet};
 use std::io;

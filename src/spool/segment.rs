@@ -19,10 +19,10 @@
 //! next start), never a log without its marks.
 
 use super::dirsync::{DirSync, SyncCounts};
+pub(super) use super::index::{done_name, log_name, Log, Open, Place};
 use super::record::{self, RECORD_HEADER, SEGMENT_HEADER};
 use super::QueueId;
 use crate::fsutil::sync_dir;
-use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -52,36 +52,6 @@ struct Inner {
     counts: Arc<SyncCounts>,
 }
 
-/// The index: where each queued message is, and each segment's live count.
-#[derive(Debug, Default)]
-pub(super) struct Log {
-    /// The number the next new segment gets: above every segment and mark file seen.
-    pub next: u64,
-    /// The segment being appended to; None until the first append after a start.
-    pub current: Option<u64>,
-    pub segments: BTreeMap<u64, Open>,
-    pub index: HashMap<QueueId, Place>,
-}
-
-/// A segment with messages not yet delivered (or the current one).
-#[derive(Debug)]
-pub(super) struct Open {
-    pub seg: Arc<Segment>,
-    pub live: usize,
-    /// Where the next record goes (the current segment) or the end of what was loaded.
-    pub end: u64,
-}
-
-/// Where a queued message's record is.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Place {
-    pub segment: u64,
-    /// Offset of the record (its header) in the segment.
-    pub at: u64,
-    /// Bytes of its payload.
-    pub len: u32,
-}
-
 #[derive(Debug)]
 pub(super) struct Segment {
     pub number: u64,
@@ -92,27 +62,6 @@ pub(super) struct Segment {
     pub sync: DirSync,
     /// The `.done` file, opened at the first mark.
     pub done: Mutex<Option<File>>,
-}
-
-pub fn log_name(number: u64) -> String {
-    format!("segment-{number}.log")
-}
-
-pub fn done_name(number: u64) -> String {
-    format!("segment-{number}.done")
-}
-
-/// The number of a segment's log or mark file name.
-pub fn number_of(name: &str) -> Option<(u64, bool)> {
-    let rest = name.strip_prefix("segment-")?;
-    let (n, is_log) = match rest.strip_suffix(".log") {
-        Some(n) => (n, true),
-        None => (rest.strip_suffix(".done")?, false),
-    };
-    n.bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| n.parse().ok())?
-        .map(|n| (n, is_log))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
