@@ -182,7 +182,8 @@ impl Segments {
         if !self.inner.owner {
             return Err(io::Error::other("an attached spool does not append"));
         }
-        // The record but its header is built outside the lock.
+        // The record, all but its header (which needs the segment's salt), is built
+        // outside the lock.
         let crc = record::payload_crc(parts);
         let mut bytes = Vec::with_capacity(RECORD_HEADER + len);
         bytes.resize(RECORD_HEADER, 0);
