@@ -60,7 +60,11 @@ fn scan_dir(queue: &Path, owner: Option<Owner>, counts: &Arc<SyncCounts>) -> io:
             Ok(()) => {}
             // Deleted meanwhile (an attached reader while the relay delivers): nothing to read.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            // Unreadable (a symlink planted under its name, a permission changed): its
+            // messages are not delivered, and it does not stop the relay either.
+            Err(e) => {
+                tracing::error!(file = %log_name(n), error = %e, "cannot read a spool segment; its messages will not be delivered until it can be read")
+            }
         }
     }
     Ok(log)

@@ -276,3 +276,17 @@ fn queued_ids_count_messages_in_segments_and_in_files() {
     ids.sort();
     assert_eq!(ids, ["bi02", "bi03"]);
 }
+
+#[test]
+fn a_segment_that_cannot_be_read_is_skipped_and_the_rest_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(spool_with(dir.path(), &["bj01"]));
+    let outside = dir.path().join("elsewhere.log");
+    std::fs::write(&outside, b"not the relay's").unwrap();
+    // A symlink planted as a segment is not followed, and does not stop the start.
+    std::os::unix::fs::symlink(&outside, dir.path().join("queue/segment-7.log")).unwrap();
+    let spool = spool_with(dir.path(), &["bj02"]);
+    assert_eq!(loaded_ids(&spool), ["bj01", "bj02"]);
+    // New segments are numbered past it.
+    assert!(dir.path().join("queue/segment-8.log").exists());
+}
