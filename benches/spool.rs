@@ -1,27 +1,24 @@
 //! `cargo bench --bench spool -- [--n N] [--size S] [--concurrency C] [--rounds R] [--dir D]`:
 //! the spool alone under the relay's pattern (C concurrent writers, each message streamed
 //! in with `begin`/`write`/`commit` with fsync on, then read back and removed as delivery
-//! does), against the group-commit alternative of issue 18 item 1, in one run:
+//! does), a file per message against the segment log of issue 18 item 1, in one run:
 //!
-//! - `files, own dir fsync`: the recycled-file spool with every commit fsyncing the queue
-//!   directory itself (the spool before group commit of the directory fsync);
-//! - `files, grouped dir fsync`: the spool as it is (concurrent commits share one);
-//! - `segment log`: a sketch of an append-only log with group commit: writers hand their
-//!   record to one committer thread, which appends every record waiting (one write) and
-//!   fdatasyncs once for all of them, then answers each; removal appends a tombstone
-//!   without fsync. It has no checksum, rotation or compaction, so it is a lower bound on
-//!   that design's cost.
+//! - `files, own dir fsync`: a file per message (temp file, fdatasync, rename) with every
+//!   commit fsyncing the queue directory itself (the spool before group commit);
+//! - `files, grouped dir fsync`: a file per message, concurrent commits sharing the
+//!   directory fsync (the spool before the segment log);
+//! - `segment log`: the spool as it is: a message up to 64 KiB is appended to the segment
+//!   log, concurrent appends sharing one fdatasync; removal marks it done. (A larger
+//!   `--size` goes to files in this variant too.)
 //!
 //! Prints, per variant and round, messages/s and process CPU (utime + stime of every
 //! thread, from getrusage) per message, and the ratios to the segment log. Rounds
 //! alternate the variants so that a shared machine's drift hits them alike.
 
 use dkim_relay::spool::{Envelope, Origin, QueueId, Spool};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Args {
@@ -97,7 +94,7 @@ impl Variant {
         match self {
             Variant::OwnDirFsync => "files, own dir fsync",
             Variant::GroupedDirFsync => "files, grouped dir fsync",
-            Variant::SegmentLog => "segment log (sketch)",
+            Variant::SegmentLog => "segment log",
         }
     }
 }
@@ -105,13 +102,16 @@ impl Variant {
 struct Figures {
     rate: f64,
     cpu_us: f64,
-    /// Directory fsyncs (files) or fdatasyncs (log) per message.
+    /// Directory fsyncs (files) or segment fdatasyncs (log) per message.
     syncs_per_msg: f64,
 }
 
-async fn run_files(root: &Path, args: &Args, grouped: bool) -> Figures {
+async fn run(root: &Path, args: &Args, variant: Variant) -> Figures {
     let mut spool = Spool::open(root, true).expect("spool");
-    if !grouped {
+    if variant != Variant::SegmentLog {
+        spool = spool.with_a_file_per_message();
+    }
+    if variant == Variant::OwnDirFsync {
         spool = spool.with_ungrouped_dir_sync();
     }
     let message = Arc::new(vec![b'x'; args.size]);
@@ -145,11 +145,10 @@ async fn run_files(root: &Path, args: &Args, grouped: bool) -> Figures {
         t.await.expect("writer");
     }
     let (wall, cpu) = (t0.elapsed(), cpu_seconds() - cpu0);
-    let (syncs, commits) = spool.dir_sync_counts();
-    let syncs = if grouped {
-        syncs
-    } else {
-        commits.max(args.n as u64)
+    let syncs = match variant {
+        Variant::OwnDirFsync => args.n as u64,
+        Variant::GroupedDirFsync => spool.dir_sync_counts().0,
+        Variant::SegmentLog => spool.segment_sync_counts().0 + spool.dir_sync_counts().0,
     };
     figures(args.n, wall, cpu, syncs)
 }
@@ -160,104 +159,6 @@ fn figures(n: usize, wall: Duration, cpu: f64, syncs: u64) -> Figures {
         cpu_us: cpu * 1e6 / n as f64,
         syncs_per_msg: syncs as f64 / n as f64,
     }
-}
-
-/// A record for the log committer, answered once it is durable.
-struct Record {
-    bytes: Vec<u8>,
-    done: tokio::sync::oneshot::Sender<u64>,
-}
-
-/// The segment log sketch's committer: appends every waiting record with one write and
-/// one fdatasync, then answers them with their offsets. Returns the fdatasyncs run.
-fn committer(file: std::fs::File, records: mpsc::Receiver<Record>) -> u64 {
-    let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
-    let (mut offset, mut syncs) = (0u64, 0u64);
-    while let Ok(first) = records.recv() {
-        let mut batch = vec![first];
-        batch.extend(records.try_iter());
-        let mut offsets = Vec::with_capacity(batch.len());
-        for r in &batch {
-            offsets.push(offset);
-            file.write_all(&(r.bytes.len() as u64).to_le_bytes())
-                .expect("append");
-            file.write_all(&r.bytes).expect("append");
-            offset += 8 + r.bytes.len() as u64;
-        }
-        file.flush().expect("append");
-        file.get_ref().sync_data().expect("fdatasync");
-        syncs += 1;
-        for (r, at) in batch.into_iter().zip(offsets) {
-            let _ = r.done.send(at);
-        }
-    }
-    syncs
-}
-
-async fn run_log(root: &Path, args: &Args) -> Figures {
-    std::fs::create_dir_all(root).expect("log dir");
-    let path = root.join("segment-0000.log");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .expect("segment");
-    sync_dir(root);
-    let reader = Arc::new(std::fs::File::open(&path).expect("segment"));
-    let (tx, rx) = mpsc::channel::<Record>();
-    let committer = std::thread::spawn(move || committer(file, rx));
-    let message = Arc::new(vec![b'x'; args.size]);
-    let next = Arc::new(AtomicUsize::new(0));
-    let (cpu0, t0) = (cpu_seconds(), Instant::now());
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let (tx, message, next, reader, n) = (
-            tx.clone(),
-            message.clone(),
-            next.clone(),
-            reader.clone(),
-            args.n,
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let env = envelope(i, message.len());
-                let mut bytes = serde_json::to_vec(&env).expect("envelope");
-                bytes.extend_from_slice(&message);
-                let len = bytes.len();
-                let (done, answer) = tokio::sync::oneshot::channel();
-                tx.send(Record { bytes, done }).expect("committer");
-                let at = answer.await.expect("committed");
-                // Delivery: read the record back, then a tombstone (not fsynced).
-                let (reader, tx) = (reader.clone(), tx.clone());
-                tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; len];
-                    reader.read_exact_at(&mut buf, at + 8).expect("read");
-                    let (done, _ignored) = tokio::sync::oneshot::channel();
-                    let tomb = format!("D {}", env.id).into_bytes();
-                    let _ = tx.send(Record { bytes: tomb, done });
-                })
-                .await
-                .expect("delivery");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("writer");
-    }
-    let (wall, cpu) = (t0.elapsed(), cpu_seconds() - cpu0);
-    drop(tx);
-    let syncs = committer.join().expect("committer");
-    figures(args.n, wall, cpu, syncs)
-}
-
-fn sync_dir(dir: &Path) {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .expect("dir fsync");
 }
 
 fn main() {
@@ -294,12 +195,7 @@ fn main() {
     for round in 0..args.rounds {
         for (k, v) in variants.iter().enumerate() {
             let dir = base.path().join(format!("r{round}-{k}"));
-            let f = runtime.block_on(async {
-                match v {
-                    Variant::SegmentLog => run_log(&dir, &args).await,
-                    _ => run_files(&dir, &args, *v == Variant::GroupedDirFsync).await,
-                }
-            });
+            let f = runtime.block_on(async { run(&dir, &args, *v).await });
             println!(
                 "round {round}  {:<26} {:>8.1} msg/s  {:>7.1} us CPU/msg  {:.3} syncs/msg",
                 v.name(),

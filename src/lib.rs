@@ -9,7 +9,10 @@
 //!   plus message bytes handed to the spool. Before the commit `smtp/repair.rs` makes what
 //!   real hosts send sign-safe (long lines, missing empty line, bare sender names, private
 //!   From), with the pure rules in `message::repair`.
-//! - [`spool`]: the durable queue on disk; nothing is answered 250 before it is here.
+//! - [`spool`]: the durable queue on disk; nothing is answered 250 before it is here. Small
+//!   messages are appended to a segment log with group commit (`segment`, its records in
+//!   `record`, where each message is in `index`, read back at start by `recover`), larger
+//!   ones get a file each (`incoming`, `file`); both share the group fsync of `dirsync`.
 //! - [`dkim`]: signing at each delivery attempt with the keys active at that moment, of the
 //!   message in the form the upstream's connection takes (`message::transport_form`).
 //! - [`delivery`]: the queue runner, retry schedule, upstream SMTP client (also behind

@@ -195,7 +195,6 @@ pub async fn start(config: Config) -> Result<RelayHandle, StartError> {
         store,
         dns: dns_seen,
         spool_dir: config.spool.dir.clone(),
-        queue_dir: spool.spool.queue_dir().to_path_buf(),
         spool: spool.spool.clone(),
     };
     let metrics = listeners::metrics(&config, http, shutdown_rx).await?;

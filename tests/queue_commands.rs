@@ -100,7 +100,7 @@ async fn queue_commands_work_against_a_running_relay() {
     );
     let (ok, out) = queue(dir.path(), &["remove", &c]).await;
     assert!(ok, "{out}");
-    assert!(!dir.path().join(format!("spool/queue/{c}.msg")).exists());
+    assert!(!spooled_ids(&dir.path().join("spool")).contains(&c));
     let (ok, out) = queue(dir.path(), &["show", &c]).await;
     assert!(!ok && out.contains("no message"), "{out}");
 

@@ -112,16 +112,7 @@ async fn restart_with_a_non_empty_spool_delivers_exactly_what_was_there() {
     }
     drop(client);
     relay.shutdown().await;
-    let spooled = std::fs::read_dir(dir.path().join("spool/queue"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".msg")
-        })
-        .count();
+    let spooled = spooled_ids(&dir.path().join("spool")).len();
     assert_eq!(spooled, 3);
 
     // Second life: the upstream is back.

@@ -139,7 +139,7 @@ async fn a_hook_that_exits_0_but_publishes_a_wrong_value_runs_again_and_on_reque
         &config,
         &store,
         &dkim_relay::keys::DnsSeen::default(),
-        dir.path(),
+        &dkim_relay::spool::Spool::attach(dir.path(), false),
         now,
     );
     assert!(

@@ -55,19 +55,10 @@ fn spawn_on_tmpfs(
     (Relay(child), addr)
 }
 
-/// Queued message files, seen through the child's own mount namespace.
+/// Queued messages, seen through the child's own mount namespace.
 fn queued(relay: &Relay, spool: &std::path::Path) -> usize {
-    let queue = format!("/proc/{}/root{}/queue", relay.0.id(), spool.display());
-    std::fs::read_dir(queue)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".msg")
-        })
-        .count()
+    let spool = format!("/proc/{}/root{}", relay.0.id(), spool.display());
+    spooled_ids(std::path::Path::new(&spool)).len()
 }
 
 fn sized_message(subject: &str, kib: usize) -> String {

@@ -23,8 +23,8 @@ pub struct HttpContext {
     /// The DNS watch's last results: per-selector metrics and a readiness reason.
     pub dns: Arc<crate::keys::DnsSeen>,
     pub spool_dir: PathBuf,
-    pub queue_dir: PathBuf,
-    /// For the readiness probe: a test write into the queue, as a message would be stored.
+    /// For the readiness probe (a test write into the queue, as a message would be stored)
+    /// and the queue gauges.
     pub spool: crate::spool::Spool,
 }
 
@@ -88,7 +88,7 @@ async fn handle(mut stream: TcpStream, ctx: &HttpContext) -> std::io::Result<()>
         ("GET", "/metrics") => (
             "200 OK",
             "text/plain; version=0.0.4",
-            render(&config, &ctx.store, &ctx.dns, &ctx.queue_dir, now),
+            render(&config, &ctx.store, &ctx.dns, &ctx.spool, now),
         ),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
         _ => (

@@ -5,24 +5,19 @@ use super::global;
 use crate::config::Config;
 use crate::dkim::{KeyLookup, SharedKeyRing};
 use crate::keys::{DnsCheck, DnsOutcome, DnsSeen, KeyStore, SlotState};
-use std::path::Path;
+use crate::spool::Spool;
 use std::sync::atomic::Ordering;
 
-/// (number of queued messages, age in seconds of the oldest) from the spool's file names:
-/// queue ids start with 14 hex digits of microseconds since the epoch.
-fn queue_stats(queue_dir: &Path, now: u64) -> (u64, u64) {
+/// (number of queued messages, age in seconds of the oldest) from the spool's queue ids:
+/// they start with 14 hex digits of microseconds since the epoch.
+fn queue_stats(spool: &Spool, now: u64) -> (u64, u64) {
     let mut count = 0;
     let mut oldest = u64::MAX;
-    if let Ok(entries) = std::fs::read_dir(queue_dir) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(id) = name.strip_suffix(".msg") else {
-                continue;
-            };
-            count += 1;
-            if let Some(micros) = id.get(..14).and_then(|h| u64::from_str_radix(h, 16).ok()) {
-                oldest = oldest.min(micros / 1_000_000);
-            }
+    for id in spool.queued_ids().unwrap_or_default() {
+        count += 1;
+        let id = id.as_str();
+        if let Some(micros) = id.get(..14).and_then(|h| u64::from_str_radix(h, 16).ok()) {
+            oldest = oldest.min(micros / 1_000_000);
         }
     }
     let age = if count == 0 {
@@ -43,13 +38,7 @@ fn state_name(state: SlotState) -> &'static str {
     }
 }
 
-pub fn render(
-    config: &Config,
-    store: &KeyStore,
-    dns: &DnsSeen,
-    queue_dir: &Path,
-    now: u64,
-) -> String {
+pub fn render(config: &Config, store: &KeyStore, dns: &DnsSeen, spool: &Spool, now: u64) -> String {
     let r = global();
     let mut out = String::new();
     let mut line = |s: String| {
@@ -107,7 +96,7 @@ pub fn render(
         histogram.render(name, "", &mut lines);
         line(lines.trim_end().to_string());
     }
-    let (queued, oldest) = queue_stats(queue_dir, now);
+    let (queued, oldest) = queue_stats(spool, now);
     line("# TYPE dkim_relay_queue_messages gauge".into());
     line(format!("dkim_relay_queue_messages {queued}"));
     line("# TYPE dkim_relay_queue_oldest_age_seconds gauge".into());

@@ -1,23 +1,23 @@
 //! A message written into the spool while it arrives, so that a large message is never
 //! held whole in memory. The message is appended in pieces after the envelope is known
-//! (after the header block), and [`Incoming::commit`] writes the head it reserved, fsyncs,
-//! renames into the queue and fsyncs the directory (that last fsync shared with the
-//! commits running at the same time, see dirsync.rs): the same steps as
-//! [`super::Spool::store`], so only after it returns Ok may the client get 250.
+//! (after the header block), and [`Incoming::commit`] makes it durable the way
+//! [`super::Spool::store`] does, so only after it returns Ok may the client get 250.
 //!
-//! The first [`HOLD`] bytes are held in memory and the temp file is opened only when the
-//! message outgrows them: a small message (most mail) is then written, fsynced and renamed
-//! in one trip to the blocking pool at commit, instead of one trip for opening, one per
-//! write and one for the commit; each trip wakes a thread, and those wake-ups cost more
-//! CPU than the writes. The held bytes take the place of the file write in flight in the
-//! transfer's memory budget (`TRANSFER_BASE`), so a transfer holds no more than before.
+//! The first [`HOLD`] bytes are held in memory and a temp file is opened only when the
+//! message outgrows them. A small message (most mail) is then appended to the segment log
+//! at commit (segment.rs) in one trip to the blocking pool, instead of one trip for opening,
+//! one per write and one for the commit; each trip wakes a thread, and those wake-ups cost
+//! more CPU than the writes. A larger one is finished in its temp file: the head it
+//! reserved written, fsync, rename into the queue, fsync of the directory (that last one
+//! shared with the commits running at the same time, see dirsync.rs). The held bytes take
+//! the place of the file write in flight in the transfer's memory budget
+//! (`TRANSFER_BASE`), so a transfer holds no more than before.
 //!
 //! Dropped uncommitted (refused, tainted, disconnect, error) it removes its temp file if
 //! it had one: nothing of such a message stays in the queue.
 
 use super::dirsync::DirSync;
 use super::file::ReservedHead;
-use super::recycle::Recycler;
 use super::{msg_name, DiskFull, Envelope, Spool};
 use crate::fsutil::sync_dir;
 use std::io;
@@ -29,8 +29,8 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 /// piece of output from the DATA reader, which the memory budget counts.
 const WRITE_BUF: usize = 128 * 1024;
 
-/// Message bytes held in memory before the temp file is opened: at most the write in
-/// flight the budget counts, and the size of the files the recycler keeps (recycle.rs).
+/// Message bytes held in memory before the temp file is opened (at most the write in
+/// flight the budget counts); a message no longer than this goes to the segment log.
 pub const HOLD: usize = 64 * 1024;
 
 #[derive(Debug)]
@@ -46,7 +46,8 @@ pub struct Incoming {
     fsync: bool,
     full: DiskFull,
     dir_sync: Option<DirSync>,
-    recycler: Option<Recycler>,
+    /// The spool, for the segment log (a small message) and its space (a large one).
+    spool: Spool,
     committed: bool,
 }
 
@@ -76,65 +77,47 @@ impl Spool {
             fsync: self.fsync,
             full: self.full.clone(),
             dir_sync: self.dir_sync.clone(),
-            recycler: self.recycler.clone(),
+            spool: self.clone(),
             committed: false,
         })
     }
 }
 
-/// Below this much free space (plus what the free files hold) the spool gives the free
-/// files back before a message's file is opened. A streamed message's size is not known
-/// before it ends, so the ENOSPC retry of `store` cannot be had here; a disk this short
-/// should not hoard files for reuse anyway.
+/// Below this much free space (plus what an idle segment holds) the spool gives back the
+/// current segment, when all its messages are delivered, before a large message's file is
+/// opened. A streamed message's size is not known before it ends, so the ENOSPC retry of
+/// `store` cannot be had here; a disk this short should not keep delivered mail anyway.
 const SHORT_OF_SPACE: u64 = 32 << 20;
 
-/// Gives the recycler's free files back when the disk is short of space. Blocking.
-fn give_back_when_short(recycler: &Recycler, queue: &Path) {
-    let held = recycler.held_bound();
+/// Gives back an idle segment when the disk is short of space. Blocking.
+fn give_back_when_short(spool: &Spool) {
+    let held = spool.segments.idle_bytes();
     if held == 0 {
         return;
     }
-    let short = crate::fsutil::available_bytes(queue)
+    let short = crate::fsutil::available_bytes(&spool.queue)
         .is_ok_and(|free| free < SHORT_OF_SPACE.saturating_add(held));
-    if short {
-        let n = recycler.give_back(queue);
-        if n > 0 {
-            tracing::info!(
-                files = n,
-                "spool short of space: freed the files kept for reuse"
-            );
-        }
+    if short && spool.segments.release_if_idle() > 0 {
+        tracing::info!("spool short of space: gave back a segment of delivered messages");
     }
 }
 
-/// Opens the temp file for a message: a delivered message's file when one is free (it
-/// saves creating one, see recycle.rs), else `.<name>.tmp`. Blocking. Returns its path.
-fn open_temp(
-    recycler: Option<&Recycler>,
-    queue: &Path,
-    name: &str,
-) -> io::Result<(std::fs::File, PathBuf)> {
-    if let Some(r) = recycler {
-        give_back_when_short(r, queue);
-    }
-    let tmp = queue.join(
-        recycler
-            .and_then(Recycler::take)
-            .unwrap_or_else(|| format!(".{name}.tmp")),
-    );
+/// Opens the temp file `.<name>.tmp` for a large message. Blocking. Returns its path.
+fn open_temp(spool: &Spool, name: &str) -> io::Result<(std::fs::File, PathBuf)> {
+    give_back_when_short(spool);
+    let tmp = spool.queue.join(format!(".{name}.tmp"));
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
-        // A symlink planted under the temp or `.free-N` name is not followed.
+        // A symlink planted under the temp name is not followed.
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     Ok((file, tmp))
 }
 
-/// What a commit does once every byte is in the file: cut it to length (a reused file may
-/// be longer), fsync its data, rename it into the queue, and make the rename durable.
+/// What a commit does once every byte is in the file: cut it to length, fsync its data, rename it into the queue, and make the rename durable.
 /// Blocking.
 struct Finish {
     queue: PathBuf,
@@ -196,11 +179,10 @@ impl Incoming {
         let Bytes::Held(held) = std::mem::replace(&mut self.bytes, Bytes::Gone) else {
             return Err(gone());
         };
-        let (recycler, queue, name) =
-            (self.recycler.clone(), self.queue.clone(), self.name.clone());
+        let (spool, name) = (self.spool.clone(), self.name.clone());
         let reserved = self.head.len();
         let (file, tmp) = tokio::task::spawn_blocking(move || {
-            let (file, tmp) = open_temp(recycler.as_ref(), &queue, &name)?;
+            let (file, tmp) = open_temp(&spool, &name)?;
             let written = file
                 .write_all_at(&vec![b' '; reserved], 0)
                 .and_then(|()| file.write_all_at(&held, reserved as u64));
@@ -243,12 +225,20 @@ impl Incoming {
             full: self.full.clone(),
             dir_sync: self.dir_sync.clone(),
         };
-        let recycler = self.recycler.clone();
         match std::mem::replace(&mut self.bytes, Bytes::Gone) {
+            Bytes::Held(held) if self.spool.small_in_segments => {
+                // The whole message is here: appended to the segment log in one trip.
+                let (spool, id) = (self.spool.clone(), envelope.id.clone());
+                tokio::task::spawn_blocking(move || spool.append(&id, &[&head, &held]))
+                    .await
+                    .map_err(io::Error::other)??;
+            }
             Bytes::Held(held) => {
-                // The whole message is here: open, write, fsync and rename in one trip.
+                // A file per message (the spool benchmark's baseline): open, write, fsync
+                // and rename in one trip.
+                let spool = self.spool.clone();
                 tokio::task::spawn_blocking(move || -> io::Result<()> {
-                    let (file, tmp) = open_temp(recycler.as_ref(), &finish.queue, &finish.name)?;
+                    let (file, tmp) = open_temp(&spool, &finish.name)?;
                     let result = file
                         .write_all_at(&head, 0)
                         .and_then(|()| file.write_all_at(&held, head.len() as u64))

@@ -44,8 +44,12 @@ fn delivery_state_survives_and_removal_cleans_up() {
     assert_eq!(spool.load_all().unwrap()[0].state, state);
     spool.remove(&env.id).unwrap();
     assert!(spool.load_all().unwrap().is_empty());
-    // The message file is kept for reuse under a hidden name; the state file is gone.
-    assert_eq!(names(spool.queue_dir()), vec![".free-0".to_string()]);
+    // The message is marked done in its segment (still the current one); the state file
+    // is gone.
+    assert_eq!(
+        names(spool.queue_dir()),
+        vec!["segment-0.done".to_string(), "segment-0.log".to_string()]
+    );
 }
 
 #[test]
@@ -54,8 +58,10 @@ fn damaged_files_are_moved_aside_not_loaded() {
     let spool = Spool::open(dir.path(), false).unwrap();
     let good = envelope("aa03", b"good");
     spool.store(&good, b"good").unwrap();
-    let bad = envelope("aa04", b"truncated message");
-    spool.store(&bad, b"truncated message").unwrap();
+    // Larger than the segment log takes: a file of its own.
+    let big = vec![b'm'; incoming::HOLD + 1];
+    let bad = envelope("aa04", &big);
+    spool.store(&bad, &big).unwrap();
     let path = spool.queue_dir().join("aa04.msg");
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
@@ -99,50 +105,34 @@ fn names(dir: &Path) -> Vec<String> {
 }
 
 #[test]
-fn a_delivered_file_is_reused_and_a_shorter_message_reads_back_exactly() {
+fn a_large_message_has_a_file_of_its_own_deleted_when_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path(), true).unwrap();
-    let long = vec![b'a'; 5000];
-    let first = envelope("aa10", &long);
-    spool.store(&first, &long).unwrap();
-    spool.remove(&first.id).unwrap();
-    let queue = dir.path().join("queue");
-    assert_eq!(names(&queue), vec![".free-0".to_string()]);
-
-    let short = b"From: a@example.com\r\n\r\nshort\r\n";
-    let second = envelope("aa11", short);
-    spool.store(&second, short).unwrap();
-    assert_eq!(names(&queue), vec!["aa11.msg".to_string()]);
-    assert_eq!(spool.read(&second.id).unwrap().message(), short);
-    assert_eq!(spool.load_all().unwrap()[0].envelope, second);
-
-    // A restart forgets kept files and deletes them.
-    spool.remove(&second.id).unwrap();
-    assert_eq!(names(&queue), vec![".free-1".to_string()]);
-    drop(spool);
-    let spool = Spool::open(dir.path(), true).unwrap();
-    assert!(names(&queue).is_empty());
-    assert!(spool.load_all().unwrap().is_empty());
-}
-
-#[test]
-fn large_files_and_attached_spools_delete_instead_of_keeping() {
-    let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(dir.path(), false).unwrap();
     let big = vec![b'b'; 100 * 1024];
     let env = envelope("aa12", &big);
     spool.store(&env, &big).unwrap();
-    spool.remove(&env.id).unwrap();
     let queue = dir.path().join("queue");
+    assert_eq!(names(&queue), vec!["aa12.msg".to_string()]);
+    assert_eq!(spool.read(&env.id).unwrap().message(), &big[..]);
+    spool.remove(&env.id).unwrap();
     assert!(names(&queue).is_empty());
+}
 
-    // `queue remove` without a running relay works on an attached spool.
+#[test]
+fn an_attached_spool_removes_from_a_segment_and_the_next_start_does_not_load_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), false).unwrap();
     spool.store(&envelope("aa13", b"x"), b"x").unwrap();
+    spool.store(&envelope("aa14", b"y"), b"y").unwrap();
+    drop(spool);
+    // `queue remove` without a running relay works on an attached spool.
     let attached = Spool::attach(dir.path(), false);
     attached
         .remove(&QueueId::try_from("aa13".to_string()).unwrap())
         .unwrap();
-    assert!(names(&queue).is_empty());
+    let loaded = Spool::open(dir.path(), false).unwrap().load_all().unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].envelope.id.as_str(), "aa14");
 }
 
 /// Writes `pieces` through an [`Incoming`] and commits them under `env`.
@@ -179,32 +169,20 @@ async fn a_streamed_message_reads_back_byte_for_byte_and_loads_with_its_final_en
     assert_eq!(loaded.len(), 1);
     assert_eq!(loaded[0].envelope, env);
     let queue = dir.path().join("queue");
-    assert_eq!(names(&queue), vec!["aa20.msg".to_string()]);
+    assert_eq!(names(&queue), vec!["segment-0.log".to_string()]);
 }
 
 #[tokio::test]
-async fn a_streamed_message_reuses_a_free_file_and_is_cut_to_its_length() {
+async fn a_streamed_message_past_the_held_size_is_committed_as_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path(), true).unwrap();
-    let long = vec![b'a'; 5000];
-    let first = envelope("aa21", &long);
-    spool.store(&first, &long).unwrap();
-    spool.remove(&first.id).unwrap();
-    let queue = dir.path().join("queue");
-    assert_eq!(names(&queue), vec![".free-0".to_string()]);
-
     let mut env = envelope("aa22", b"");
-    stream(
-        &spool,
-        &mut env,
-        &[b"From: a@example.com\r\n\r\n", b"short\r\n"],
-    )
-    .await;
+    let body = vec![b'q'; incoming::HOLD];
+    stream(&spool, &mut env, &[b"From: a@example.com\r\n\r\n", &body]).await;
+    let queue = dir.path().join("queue");
     assert_eq!(names(&queue), vec!["aa22.msg".to_string()]);
-    assert_eq!(
-        spool.read(&env.id).unwrap().message(),
-        b"From: a@example.com\r\n\r\nshort\r\n"
-    );
+    assert_eq!(spool.dir_sync_counts().1, 1);
+    assert_eq!(spool.segment_sync_counts(), (0, 0));
     assert_eq!(spool.load_all().unwrap()[0].envelope, env);
 }
 
@@ -257,7 +235,7 @@ async fn a_small_message_touches_no_file_until_its_commit() {
     assert!(names(&queue).is_empty(), "{:?}", names(&queue));
     env.size = file.written();
     file.commit(&env).await.unwrap();
-    assert_eq!(names(&queue), vec!["aa30.msg".to_string()]);
+    assert_eq!(names(&queue), vec!["segment-0.log".to_string()]);
     assert_eq!(
         spool.read(&env.id).unwrap().message(),
         b"Received: x\r\nFrom: a@example.com\r\n\r\nsmall\r\n"
@@ -293,14 +271,14 @@ async fn messages_around_the_held_size_read_back_byte_for_byte() {
             refs.concat(),
             "{sizes:?}"
         );
-        // Delivered: its file is kept for reuse by the next one, which may be shorter.
+        // Delivered: marked done in its segment, or its file deleted.
         spool.remove(&env.id).unwrap();
     }
 }
 
 /// Many commits at once, with fsync: each is in the queue when its commit returns (a new
-/// Spool over the same folder, as after a restart, loads every one), and the directory
-/// fsyncs they shared were no more than the commits.
+/// Spool over the same folder, as after a restart, loads every one), and the segment
+/// fdatasyncs they shared were no more than the commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commits_are_all_in_the_queue_when_they_return() {
     let dir = tempfile::tempdir().unwrap();
@@ -319,9 +297,10 @@ async fn concurrent_commits_are_all_in_the_queue_when_they_return() {
     for t in tasks {
         committed.push(t.await.unwrap());
     }
-    let (syncs, commits) = spool.dir_sync_counts();
+    let (syncs, commits) = spool.segment_sync_counts();
     assert_eq!(commits, 32);
     assert!((1..=32).contains(&syncs), "{syncs}");
+    drop(spool);
     let restarted = Spool::open(dir.path(), true).unwrap();
     let loaded = restarted.load_all().unwrap();
     assert_eq!(loaded.len(), 32);

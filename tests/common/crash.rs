@@ -20,18 +20,9 @@ pub fn queue_id_of(data: &[u8]) -> Option<String> {
     Some(after.split(';').next()?.trim().to_string())
 }
 
-/// The queue ids of the messages in the spool's queue folder.
+/// The queue ids of the messages in the spool (asked of the spool, not its file layout).
 pub fn spooled_ids(spool: &Path) -> HashSet<String> {
-    std::fs::read_dir(spool.join("queue"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    name.strip_suffix(".msg").map(str::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    super::spooled_ids(spool)
 }
 
 /// Polls `done` until it holds (a process outside the test changes what it reads).

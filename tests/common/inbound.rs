@@ -204,13 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Smtp<S> {
     }
 }
 
-/// Messages in the spool queue (`<id>.msg` files; `.state` files are progress notes).
+/// Messages in the spool queue, as the spool reads them (`.state` files are progress notes).
 pub fn queued(root: &Path) -> usize {
-    std::fs::read_dir(root.join("spool/queue"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".msg"))
-                .count()
-        })
-        .unwrap_or(0)
+    super::spooled_ids(&root.join("spool")).len()
 }

@@ -26,6 +26,15 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 
+/// The queue ids of the messages in the spool at `spool` (its segment log and its
+/// `.msg` files), as the spool itself reads them, without writing anything.
+pub fn spooled_ids(spool: &Path) -> std::collections::HashSet<String> {
+    dkim_relay::spool::Spool::attach(spool, false)
+        .load_all()
+        .map(|all| all.into_iter().map(|m| m.envelope.id.to_string()).collect())
+        .unwrap_or_default()
+}
+
 pub const DOMAIN: &str = "example.com";
 pub const OTHER_DOMAIN: &str = "example.org";
 
