@@ -117,7 +117,8 @@ fn open_temp(spool: &Spool, name: &str) -> io::Result<(std::fs::File, PathBuf)> 
     Ok((file, tmp))
 }
 
-/// What a commit does once every byte is in the file: cut it to length, fsync its data, rename it into the queue, and make the rename durable.
+/// What a commit does once every byte is in the file: cut it to length, fsync its data,
+/// rename it into the queue, and make the rename durable.
 /// Blocking.
 struct Finish {
     queue: PathBuf,

@@ -2,7 +2,7 @@
 //! and how many undelivered messages each segment holds, which decides when it is deleted.
 //! Rebuilt from the segments and their done marks at start (recover.rs).
 
-use super::segment::Segment;
+use super::segment_file::Segment;
 use super::QueueId;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,25 +35,4 @@ pub(super) struct Place {
     pub at: u64,
     /// Bytes of its payload.
     pub len: u32,
-}
-
-pub fn log_name(number: u64) -> String {
-    format!("segment-{number}.log")
-}
-
-pub fn done_name(number: u64) -> String {
-    format!("segment-{number}.done")
-}
-
-/// The number of a segment's log or mark file name.
-pub fn number_of(name: &str) -> Option<(u64, bool)> {
-    let rest = name.strip_prefix("segment-")?;
-    let (n, is_log) = match rest.strip_suffix(".log") {
-        Some(n) => (n, true),
-        None => (rest.strip_suffix(".done")?, false),
-    };
-    n.bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| n.parse().ok())?
-        .map(|n| (n, is_log))
 }

@@ -24,6 +24,7 @@ mod problem;
 mod record;
 mod recover;
 mod segment;
+mod segment_file;
 
 pub use budget::{largest_transfer, MemoryBudget, MemoryLease, HEADER_STEP, TRANSFER_BASE};
 pub use envelope::{DeliveryState, Envelope, Origin, QueueId, RcptStatus, Utf8Use};

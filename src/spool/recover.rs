@@ -10,9 +10,9 @@
 
 use super::dirsync::{DirSync, SyncCounts};
 use super::file;
-use super::index::{done_name, log_name, number_of, Log, Open, Place};
+use super::index::{Log, Open, Place};
 use super::record::{self, Found, SEGMENT_HEADER};
-use super::segment::Segment;
+use super::segment_file::{done_name, log_name, number_of, Segment};
 use crate::fsutil::read_nofollow;
 use std::collections::{BTreeSet, HashSet};
 use std::io;

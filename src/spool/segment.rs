@@ -19,12 +19,13 @@
 //! next start), never a log without its marks.
 
 use super::dirsync::{DirSync, SyncCounts};
-pub(super) use super::index::{done_name, log_name, Log, Open, Place};
+use super::index::{Log, Open, Place};
 use super::record::{self, RECORD_HEADER, SEGMENT_HEADER};
+use super::segment_file::{log_name, Segment};
 use super::QueueId;
 use crate::fsutil::sync_dir;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::OpenOptions;
+use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,76 +53,8 @@ struct Inner {
     counts: Arc<SyncCounts>,
 }
 
-#[derive(Debug)]
-pub(super) struct Segment {
-    pub number: u64,
-    pub salt: u64,
-    pub file: File,
-    pub queue: PathBuf,
-    /// Group commit of this segment's fdatasync.
-    pub sync: DirSync,
-    /// The `.done` file, opened at the first mark.
-    pub done: Mutex<Option<File>>,
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Segment {
-    /// Marks `line` (a queue id, or `@offset` of a damaged record) done. Not fsynced, see
-    /// the module comment.
-    pub fn mark_done(&self, line: &str) -> io::Result<()> {
-        let mut done = lock(&self.done);
-        if done.is_none() {
-            *done = Some(
-                OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(self.queue.join(done_name(self.number)))?,
-            );
-        }
-        let file = done
-            .as_mut()
-            .ok_or_else(|| io::Error::other("no done file"))?;
-        // One write() with O_APPEND: a line is never interleaved with another.
-        file.write_all(format!("{line}\n").as_bytes())
-    }
-
-    /// Deletes the segment's files: the log first (see the module comment).
-    pub fn delete(&self) {
-        tracing::debug!(
-            segment = self.number,
-            "every message in the segment delivered; deleting it"
-        );
-        for name in [log_name(self.number), done_name(self.number)] {
-            match std::fs::remove_file(self.queue.join(&name)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    tracing::warn!(file = %name, error = %e, "cannot delete a delivered segment")
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// The record at `place`, checked: (the record's bytes, offset of its payload).
-    fn read(&self, place: Place) -> io::Result<Vec<u8>> {
-        let mut bytes = vec![0u8; RECORD_HEADER + place.len as usize];
-        self.file.read_exact_at(&mut bytes, place.at)?;
-        match record::record_at(self.salt, &bytes) {
-            Some(payload) if payload.end == bytes.len() => Ok(bytes),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "the record at {} of {} fails its checksum",
-                    place.at,
-                    log_name(self.number)
-                ),
-            )),
-        }
-    }
 }
 
 impl Segments {
@@ -333,7 +266,10 @@ impl Segments {
             }
             Err(e) => return Some(Err(e)),
         };
-        Some(seg.read(place).map(|bytes| (bytes, RECORD_HEADER)))
+        Some(
+            seg.read(place.at, place.len)
+                .map(|bytes| (bytes, RECORD_HEADER)),
+        )
     }
 
     pub fn contains(&self, id: &QueueId) -> bool {
