@@ -2,6 +2,7 @@
 //! done marks across restarts, deletion of delivered segments, group commit, and readers
 //! attached while a relay appends.
 
+use super::tests::names;
 use super::*;
 
 fn envelope(id: &str, message: &[u8]) -> Envelope {
@@ -45,15 +46,6 @@ fn loaded_ids(spool: &Spool) -> Vec<String> {
         .collect();
     ids.sort();
     ids
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

@@ -95,7 +95,8 @@ fn queue_ids_sort_by_time_and_are_unique() {
     assert!(QueueId::try_from("../x".to_string()).is_err());
 }
 
-fn names(dir: &Path) -> Vec<String> {
+/// The file names in `dir`, sorted (segment_tests.rs uses it too).
+pub(super) fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
