@@ -109,7 +109,9 @@ fn open_temp(spool: &Spool, name: &str) -> io::Result<(std::fs::File, PathBuf)> 
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(false)
+        // Ids are unique and leftovers are removed at start; truncating anyway means the
+        // file holds exactly what this commit writes.
+        .truncate(true)
         .mode(0o600)
         // A symlink planted under the temp name is not followed.
         .custom_flags(libc::O_NOFOLLOW)
@@ -117,9 +119,8 @@ fn open_temp(spool: &Spool, name: &str) -> io::Result<(std::fs::File, PathBuf)> 
     Ok((file, tmp))
 }
 
-/// What a commit does once every byte is in the file: cut it to length, fsync its data,
-/// rename it into the queue, and make the rename durable.
-/// Blocking.
+/// What a commit does once every byte is in the file: fsync its data, rename it into the
+/// queue, and make the rename durable. Blocking.
 struct Finish {
     queue: PathBuf,
     name: String,
@@ -129,8 +130,7 @@ struct Finish {
 }
 
 impl Finish {
-    fn run(&self, file: &std::fs::File, tmp: &Path, len: u64) -> io::Result<()> {
-        file.set_len(len)?;
+    fn run(&self, file: &std::fs::File, tmp: &Path) -> io::Result<()> {
         self.full.check()?;
         if self.fsync {
             // fdatasync: the data and what is needed to read it back (the size, the
@@ -218,7 +218,6 @@ impl Incoming {
             ));
         }
         let head = self.head.fill(envelope)?;
-        let len = head.len() as u64 + self.written;
         let finish = Finish {
             queue: self.queue.clone(),
             name: self.name.clone(),
@@ -243,7 +242,7 @@ impl Incoming {
                     let result = file
                         .write_all_at(&head, 0)
                         .and_then(|()| file.write_all_at(&held, head.len() as u64))
-                        .and_then(|()| finish.run(&file, &tmp, len));
+                        .and_then(|()| finish.run(&file, &tmp));
                     if result.is_err() {
                         // Best effort; a leftover is removed at the next start. After a
                         // failed rename the file is still under its temp name.
@@ -261,7 +260,7 @@ impl Incoming {
                 let tmp = self.tmp.clone().ok_or_else(gone)?;
                 tokio::task::spawn_blocking(move || -> io::Result<()> {
                     file.write_all_at(&head, 0)?;
-                    finish.run(&file, &tmp, len)
+                    finish.run(&file, &tmp)
                 })
                 .await
                 .map_err(io::Error::other)??;
