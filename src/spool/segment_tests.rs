@@ -2,23 +2,11 @@
 //! done marks across restarts, deletion of delivered segments, group commit, and readers
 //! attached while a relay appends.
 
-use super::tests::names;
+use super::tests::{envelope_to, names};
 use super::*;
 
 fn envelope(id: &str, message: &[u8]) -> Envelope {
-    Envelope {
-        id: QueueId::try_from(id.to_string()).unwrap(),
-        received: 1_700_000_000,
-        client: "127.0.0.1".parse().unwrap(),
-        helo: "host.internal".into(),
-        mail_from: "cron@example.com".into(),
-        rcpts: vec!["a@example.net".into()],
-        from_domain: "example.com".into(),
-        size: message.len() as u64,
-        eight_bit: false,
-        origin: Origin::Client,
-        utf8: Default::default(),
-    }
+    envelope_to(id, message, &["a@example.net"])
 }
 
 fn id(s: &str) -> QueueId {

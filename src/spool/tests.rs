@@ -2,13 +2,18 @@ use super::*;
 use std::time::{Duration, UNIX_EPOCH};
 
 fn envelope(id: &str, message: &[u8]) -> Envelope {
+    envelope_to(id, message, &["a@example.net", "b@example.net"])
+}
+
+/// An envelope for `message` to `rcpts` (segment_tests.rs uses it too).
+pub(super) fn envelope_to(id: &str, message: &[u8], rcpts: &[&str]) -> Envelope {
     Envelope {
         id: QueueId::try_from(id.to_string()).unwrap(),
         received: 1_700_000_000,
         client: "127.0.0.1".parse().unwrap(),
         helo: "host.internal".into(),
         mail_from: "cron@example.com".into(),
-        rcpts: vec!["a@example.net".into(), "b@example.net".into()],
+        rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
         from_domain: "example.com".into(),
         size: message.len() as u64,
         eight_bit: false,
